@@ -1,0 +1,222 @@
+"""ViT backbones shared by every fusion method: config, presets, tokenisers, positional tables, blocks.
+
+The pieces follow MBT's encoder (METHODS.md §1.2-1.3): tubelet and spectrogram patch embeddings with
+kernel = stride (VALID padding, a remainder is dropped), learned positional tables per modality, zero-initialised
+CLS tokens, and pre-LN ViT blocks (timm ``Block``, LayerNorm eps 1e-6, qkv bias) whose stochastic-depth rate grows
+linearly with depth. timm 1.0.31's ``Block.forward(x, attn_mask=...)`` passes the mask to
+``F.scaled_dot_product_attention``, so key-padding masks need no block subclass.
+
+Shapes: ``B`` batch, ``T`` frames, ``H = W`` image size, ``D`` width, ``Nv`` / ``Na`` video / audio tokens.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from timm.models.vision_transformer import Block, init_weights_vit_jax
+from torch import Tensor, nn
+
+from harness.data.base import InputSpec
+
+
+class BackboneConfig(BaseModel):
+    """Width, depth and tokenisation of the ViT that every method builds its streams from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="preset name the defaults came from (e.g. 'tiny', 'vit_b16')")
+    embed_dim: int = Field(gt=0, description="D, token width")
+    depth: int = Field(gt=0, description="L, number of transformer blocks per stream")
+    num_heads: int = Field(gt=0, description="attention heads per block; must divide embed_dim")
+    mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width as a multiple of embed_dim")
+    patch_size: int = Field(gt=0, description="spatial patch (pixels) of a video token")
+    tubelet: int = Field(1, gt=0, description="temporal extent (frames) of a video token; 1 = per-frame patches")
+    audio_patch: tuple[int, int] = Field(description="(freq, time) patch of the spectrogram, in bins and frames")
+    drop_path: float = Field(
+        0.0, ge=0.0, lt=1.0, description="stochastic-depth rate of the last block; linear from 0 at block 0 (MBT)"
+    )
+    checkpoint: str | None = Field(
+        None, description="local weights file, consumed by the methods' load_backbone_checkpoint; None = random init"
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> BackboneConfig:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        return self
+
+    def check(self, spec: InputSpec | None = None) -> list[tuple[str, str]]:
+        """Cross-checks that need the file system or the dataset's input spec.
+
+        The checkpoint is only checked for existence here; loading it into a method's matching keys is the job
+        of that method's ``load_backbone_checkpoint``.
+
+        Args:
+            spec: the dataset's input shapes; when given, each modality must yield at least one token.
+
+        Returns:
+            ``(key, message)`` pairs, empty when the config is usable.
+        """
+        errors: list[tuple[str, str]] = []
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            errors.append(("backbone.checkpoint", f"{self.checkpoint!r} is not a file (checkpoints are local files)"))
+        if spec is not None:
+            if num_video_tokens(self, spec) == 0:
+                errors.append(
+                    (
+                        "backbone.patch_size",
+                        f"video of {spec.frames}x{spec.image_size}x{spec.image_size} yields no tokens with "
+                        f"tubelet={self.tubelet}, patch_size={self.patch_size}",
+                    )
+                )
+            if num_audio_tokens(self, spec) == 0:
+                errors.append(
+                    (
+                        "backbone.audio_patch",
+                        f"spectrogram of {spec.n_mels}x{spec.n_frames} yields no tokens with "
+                        f"audio_patch={list(self.audio_patch)}",
+                    )
+                )
+        return errors
+
+
+# Presets: zero-arg functions returning the defaults (BACKBONES entries resolve to these). One place to tune.
+def tiny() -> dict:
+    """A 4-layer width-64 ViT for CPU runs on the synthetic dataset."""
+    return dict(name="tiny", embed_dim=64, depth=4, num_heads=4, patch_size=16, tubelet=1, audio_patch=(16, 16))
+
+
+def _vit16(name: str, embed_dim: int, depth: int, num_heads: int) -> dict:
+    return dict(
+        name=name,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        patch_size=16,
+        tubelet=2,
+        audio_patch=(16, 16),
+    )
+
+
+def vit_ti16() -> dict:
+    """ViT-Ti/16 with 2-frame tubelets."""
+    return _vit16("vit_ti16", 192, 12, 3)
+
+
+def vit_s16() -> dict:
+    """ViT-S/16 with 2-frame tubelets."""
+    return _vit16("vit_s16", 384, 12, 6)
+
+
+def vit_b16() -> dict:
+    """ViT-B/16 with 2-frame tubelets (MBT-B)."""
+    return _vit16("vit_b16", 768, 12, 12)
+
+
+def vit_l16() -> dict:
+    """ViT-L/16 with 2-frame tubelets (the AV-MAE VGGSound MBT)."""
+    return _vit16("vit_l16", 1024, 24, 16)
+
+
+def video_grid(cfg: BackboneConfig, spec: InputSpec) -> tuple[int, int, int]:
+    """(t, h, w) grid of video tokens; VALID padding drops a remainder, as MBT's conv does."""
+    side = spec.image_size // cfg.patch_size
+    return spec.frames // cfg.tubelet, side, side
+
+
+def audio_grid(cfg: BackboneConfig, spec: InputSpec) -> tuple[int, int]:
+    """(freq, time) grid of audio tokens."""
+    return spec.n_mels // cfg.audio_patch[0], spec.n_frames // cfg.audio_patch[1]
+
+
+def num_video_tokens(cfg: BackboneConfig, spec: InputSpec) -> int:
+    """Nv, video tokens per clip (CLS excluded)."""
+    t, h, w = video_grid(cfg, spec)
+    return t * h * w
+
+
+def num_audio_tokens(cfg: BackboneConfig, spec: InputSpec) -> int:
+    """Na, audio tokens per clip (CLS excluded)."""
+    f, t = audio_grid(cfg, spec)
+    return f * t
+
+
+class VideoPatchEmbed(nn.Module):
+    """Tubelet embedding: a Conv3d with kernel = stride = (tubelet, p, p) over (B, T, 3, H, W) -> (B, Nv, D)."""
+
+    def __init__(self, cfg: BackboneConfig, in_chans: int = 3):
+        super().__init__()
+        k = (cfg.tubelet, cfg.patch_size, cfg.patch_size)
+        self.proj = nn.Conv3d(in_chans, cfg.embed_dim, kernel_size=k, stride=k)
+
+    def forward(self, video: Tensor) -> Tensor:
+        x = self.proj(video.transpose(1, 2))  # (B, D, t, h, w); Conv3d wants channels before time
+        return x.flatten(2).transpose(1, 2)  # (B, Nv, D)
+
+
+class AudioPatchEmbed(nn.Module):
+    """Spectrogram patch embedding: a Conv2d 1 -> D with kernel = stride = audio_patch over (B, 1, F, T)."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(1, cfg.embed_dim, kernel_size=cfg.audio_patch, stride=cfg.audio_patch)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        x = self.proj(audio)  # (B, D, f, t)
+        return x.flatten(2).transpose(1, 2)  # (B, Na, D)
+
+
+def pos_table(n: int, dim: int) -> nn.Parameter:
+    """Learned positional table (1, n, D), truncated-normal std 0.02."""
+    table = nn.Parameter(torch.empty(1, n, dim))
+    nn.init.trunc_normal_(table, std=0.02)
+    return table
+
+
+def cls_token(dim: int) -> nn.Parameter:
+    """Zero-initialised CLS token (1, 1, D), as MBT's ``cls`` / ``clsspectrogram``."""
+    return nn.Parameter(torch.zeros(1, 1, dim))
+
+
+def layer_norm(dim: int) -> nn.LayerNorm:
+    """The LayerNorm every block and the final encoder norm use (eps 1e-6, as ViT/MBT)."""
+    return nn.LayerNorm(dim, eps=1e-6)
+
+
+def drop_path_rate(cfg: BackboneConfig, layer: int) -> float:
+    """MBT's stochastic-depth schedule: p_l = l / (L - 1) * drop_path."""
+    return cfg.drop_path * layer / max(cfg.depth - 1, 1)
+
+
+def make_blocks(cfg: BackboneConfig, n: int, start: int = 0) -> nn.ModuleList:
+    """``n`` pre-LN ViT blocks for layers ``start .. start + n - 1``, JAX-ViT initialised (xavier-uniform).
+
+    Args:
+        cfg: the backbone.
+        n: number of blocks.
+        start: index of the first block in the full depth; sets its stochastic-depth rate.
+
+    Returns:
+        timm ``Block`` s; each takes ``(x, attn_mask=...)`` with a bool mask broadcastable to (B, heads, N, N).
+    """
+    blocks = nn.ModuleList(
+        Block(
+            cfg.embed_dim,
+            cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            drop_path=drop_path_rate(cfg, start + i),
+        )
+        for i in range(n)
+    )
+    for block in blocks:
+        for name, module in block.named_modules():
+            init_weights_vit_jax(module, name)
+        # timm falls back to an explicit softmax when TIMM_FUSED_ATTN=0 or in export mode; pin SDPA so that
+        # masking, speed and FLOP counting take one path everywhere.
+        block.attn.fused_attn = True
+    return blocks

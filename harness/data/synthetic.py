@@ -1,0 +1,215 @@
+"""The embedded default dataset: procedural audio-visual clips in which fusion matters.
+
+Each clip shows ``1 + distractors`` coloured shapes moving (and bouncing) over ``frames`` video frames. Every
+object has a visual identity (a colour and a shape; ``identities`` of them) and "flashes" (is drawn at full
+brightness instead of dimmed) in a random set of frames. The soundtrack holds tone bursts of one ``pitch``
+(``pitches`` of them, log-spaced) exactly in the frames where the *sounding* object flashes; the distractors
+flash only in other frames. The label is ``identity_of_sounding_object * pitches + pitch``.
+
+Why this design caps what each kind of model can reach (with ``K = 1 + distractors`` objects):
+- video only sees K identities but not which one sounds, nor the pitch: at best ``1 / (K * pitches)``;
+- audio only hears the pitch but not the identity: at best ``1 / identities``;
+- late (score-level) fusion adds the two score vectors: the sum peaks on K candidates, so at best ``1 / K``;
+- token-level fusion can match the bursts to the object flashing at the same times: up to 100 %.
+With the defaults (K = 2, 6 identities, 3 pitches): 16.7 %, 16.7 %, 50 %, 100 %. Both sets of event times are
+drawn from the same distribution, so no single-modality statistic tells the sounding object apart.
+
+Audio goes through the real front end: a 16 kHz waveform -> Kaldi-compatible log-mel fbank (torchaudio) ->
+AST-style normalisation with the train split's statistics. Generation is vectorised over clips and frames,
+deterministic per ``seed``, and cached on disk by a hash of the parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.data.base import InputSpec
+
+SPLITS = ("train", "val", "test")
+# Identity i is drawn with COLOURS[i % 6] and SHAPES[i % 3] (then i // 6 shifts the shade): distinct pairs.
+COLOURS = torch.tensor([[1, 0.1, 0.1], [0.1, 1, 0.1], [0.2, 0.3, 1], [1, 1, 0.1], [0.1, 1, 1], [1, 0.2, 1]])
+SHAPES = ("square", "disc", "diamond")
+
+
+class SyntheticConfig(BaseModel):
+    """Parameters of the synthetic dataset (keys under ``dataset:`` in a run file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clips_train: int = Field(2400, ge=8, description="clips in the train split")
+    clips_val: int = Field(400, ge=8, description="clips in the validation split")
+    clips_test: int = Field(600, ge=8, description="clips in the test split")
+    frames: int = Field(8, ge=2, description="video frames per clip (T)")
+    slots: int = Field(4, ge=2, description="event slots per clip; each spans frames / slots frames and audio")
+    image_size: int = Field(32, ge=16, description="frame height and width in pixels")
+    identities: int = Field(6, ge=2, le=18, description="visual identities (colour x shape) of the objects")
+    pitches: int = Field(3, ge=1, le=8, description="tone pitches; classes = identities x pitches")
+    distractors: int = Field(1, ge=0, le=4, description="silent objects per clip besides the sounding one")
+    audio_seconds: float = Field(1.28, gt=0, description="length of the soundtrack in seconds")
+    sample_rate: int = Field(16000, ge=8000, description="waveform sample rate in Hz")
+    n_mels: int = Field(32, ge=8, description="mel bins of the log-mel spectrogram")
+    n_frames: int = Field(128, ge=8, description="spectrogram frames after pad/cut (10 ms hop)")
+    noise: float = Field(0.1, ge=0, le=1, description="std of the pixel noise and relative level of audio noise")
+    object_size: int = Field(0, ge=0, description="object radius in pixels; 0 = image_size // 6")
+    max_speed: float = Field(1.5, ge=0, description="largest object speed in pixels per frame")
+    seed: int = Field(0, description="generation seed (fixed across training seeds, so every trial sees one dataset)")
+
+
+def _event_sets(n: int, cfg: SyntheticConfig, g: torch.Generator) -> torch.Tensor:
+    """Flash masks (n, K, slots): object 0 sounds; distractors flash only in frames where it does not.
+
+    Every object's number of events is uniform in [1, T // 2] and its frames uniform among those allowed,
+    so the sounding object's flash pattern has the same distribution as each distractor's.
+    """
+    t, k = cfg.slots, 1 + cfg.distractors
+    most = max(1, t // 2)
+    perm = torch.rand(n, t, generator=g).argsort(dim=1)  # (n, T) random frame order
+    n_sound = torch.randint(1, most + 1, (n, 1), generator=g)
+    rank = torch.empty_like(perm).scatter_(1, perm, torch.arange(t).expand(n, t))  # rank of each frame
+    events = torch.zeros(n, k, t, dtype=torch.bool)
+    events[:, 0] = rank < n_sound
+    for j in range(1, k):
+        # random order of the free frames (sounded frames pushed last), take the first n_j of them
+        key = torch.rand(n, t, generator=g) + events[:, 0].float() * 2
+        rank_j = torch.empty_like(perm).scatter_(1, key.argsort(dim=1), torch.arange(t).expand(n, t))
+        free = t - n_sound
+        n_j = torch.minimum(torch.randint(1, most + 1, (n, 1), generator=g), free.clamp(min=1))
+        events[:, j] = (rank_j < n_j) & ~events[:, 0]
+    return events
+
+
+def _trajectories(n: int, cfg: SyntheticConfig, radius: int, g: torch.Generator) -> torch.Tensor:
+    """Centres (n, K, T, 2) of objects moving at constant speed and bouncing off the frame borders."""
+    k, t, lo, hi = 1 + cfg.distractors, cfg.frames, radius, cfg.image_size - 1 - radius
+    start = lo + torch.rand(n, k, 1, 2, generator=g) * (hi - lo)
+    speed = (torch.rand(n, k, 1, 2, generator=g) * 2 - 1) * cfg.max_speed
+    pos = start + speed * torch.arange(t).view(1, 1, t, 1) - lo  # unfolded path, origin at lo
+    span = hi - lo
+    pos = torch.remainder(pos, 2 * span)
+    return lo + torch.where(pos > span, 2 * span - pos, pos)  # reflect: bounce
+
+
+def _draw_video(ids: torch.Tensor, events: torch.Tensor, centres: torch.Tensor, radius: int, cfg, g) -> torch.Tensor:
+    """Render uint8 frames (n, T, 3, H, W): dim objects, bright when flashing, on a noisy dark background."""
+    n, k, t = events.shape
+    s = cfg.image_size
+    yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
+    dy = yy.view(1, 1, 1, s, s) - centres[..., 1, None, None]  # (n, K, T, H, W)
+    dx = xx.view(1, 1, 1, s, s) - centres[..., 0, None, None]
+    shape = ids % len(SHAPES)  # (n, K)
+    inside = torch.stack(
+        [
+            torch.maximum(dx.abs(), dy.abs()) <= radius * 0.85,  # square
+            dx**2 + dy**2 <= radius**2,  # disc
+            dx.abs() + dy.abs() <= radius * 1.2,  # diamond
+        ]
+    )  # (3, n, K, T, H, W)
+    mask = inside.gather(0, shape.view(1, n, k, 1, 1, 1).expand(1, n, k, t, s, s))[0]
+    shade = 1.0 - 0.35 * (ids // len(COLOURS)).float()  # identities beyond 6 reuse colours, darker
+    colour = COLOURS[ids % len(COLOURS)] * shade[..., None]  # (n, K, 3)
+    bright = torch.where(events, 1.0, 0.35)  # (n, K, T)
+    img = 0.08 + cfg.noise * torch.randn(n, t, 3, s, s, generator=g)
+    for j in range(k):  # later objects occlude earlier ones
+        paint = (colour[:, j, None, :] * bright[:, j, :, None])[..., None, None]  # (n, T, 3, 1, 1)
+        img = torch.where(mask[:, j, :, None], paint, img)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _synth_audio(pitch: torch.Tensor, sounding: torch.Tensor, cfg: SyntheticConfig, g) -> torch.Tensor:
+    """Waveforms (n, samples): tone bursts of one pitch in the sounding object's event frames, plus noise."""
+    n, t = sounding.shape
+    samples = int(round(cfg.audio_seconds * cfg.sample_rate))
+    freqs = 300.0 * (12.0 ** (torch.arange(cfg.pitches) / max(1, cfg.pitches - 1)))[pitch]  # 300 Hz .. 3.6 kHz
+    time = torch.arange(samples) / cfg.sample_rate
+    slot = (torch.arange(samples) * t // samples).clamp(max=t - 1)  # event slot of each sample
+    within = (time * t / cfg.audio_seconds) % 1.0
+    envelope = torch.sin(math.pi * within).clamp(min=0) ** 0.5  # smooth burst inside its slot
+    gate = sounding[:, slot].float() * envelope  # (n, samples)
+    phase = torch.rand(n, 1, generator=g) * 2 * math.pi
+    tone = torch.sin(2 * math.pi * freqs[:, None] * time + phase) + 0.5 * torch.sin(4 * math.pi * freqs[:, None] * time)
+    return 0.5 * gate * tone + 0.5 * cfg.noise * torch.randn(n, samples, generator=g)
+
+
+def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, n_frames: int) -> torch.Tensor:
+    """Kaldi-compatible log-mel fbank (AST settings: Hann window, 25 ms, 10 ms hop), padded/cut to n_frames.
+
+    Returns (n, 1, n_mels, n_frames): frequency on the height axis, time on the width axis.
+    """
+    from torchaudio.compliance.kaldi import fbank
+
+    out = torch.empty(wave.shape[0], 1, n_mels, n_frames)
+    for i, w in enumerate(wave):
+        f = fbank(
+            (w - w.mean())[None],
+            htk_compat=True,
+            sample_frequency=sample_rate,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=n_mels,
+            dither=0.0,
+            frame_shift=10,
+        )  # (frames, n_mels)
+        f = f[:n_frames]
+        out[i, 0] = torch.nn.functional.pad(f, (0, 0, 0, n_frames - f.shape[0])).T
+    return out
+
+
+def generate(cfg: SyntheticConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """Generate all splits: {split: {"video": uint8 (N,T,3,H,W), "audio": float (N,1,M,F), "label": (N,)}}."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    radius = cfg.object_size or max(2, cfg.image_size // 6)
+    out = {}
+    for split in SPLITS:
+        n = getattr(cfg, f"clips_{split}")
+        k = 1 + cfg.distractors
+        # identities: the sounding one uniform, distractors distinct from it and from each other
+        ids = torch.rand(n, cfg.identities, generator=g).argsort(dim=1)[:, :k]  # (n, K)
+        pitch = torch.randint(0, cfg.pitches, (n,), generator=g)
+        events = _event_sets(n, cfg, g)  # (n, K, slots)
+        centres = _trajectories(n, cfg, radius, g)  # (n, K, T, 2)
+        frame_events = events.repeat_interleave(cfg.frames // cfg.slots, dim=2)  # (n, K, T)
+        order = torch.rand(n, k, generator=g).argsort(dim=1)  # random drawing (occlusion) order
+        take = order[..., None]
+        video = _draw_video(
+            ids.gather(1, order), frame_events.gather(1, take.expand(-1, -1, cfg.frames)),
+            centres.gather(1, take[..., None].expand(-1, -1, cfg.frames, 2)), radius, cfg, g,
+        )
+        audio = log_mel(_synth_audio(pitch, events[:, 0], cfg, g), cfg.sample_rate, cfg.n_mels, cfg.n_frames)
+        out[split] = {"video": video, "audio": audio, "label": ids[:, 0] * cfg.pitches + pitch}
+    # AST-style normalisation, (x - mean) / (2 std), with the train split's statistics
+    mean, std = out["train"]["audio"].mean(), out["train"]["audio"].std()
+    for split in SPLITS:
+        out[split]["audio"] = ((out[split]["audio"] - mean) / (2 * std)).to(torch.float16)
+    return out
+
+
+def config_hash(cfg: SyntheticConfig) -> str:
+    """Hash of the parameters and of the generator's version: the cache key."""
+    blob = json.dumps({"v": 1, **cfg.model_dump()}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_or_generate(cfg: SyntheticConfig, cache_dir: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
+    """Load the cached splits for ``cfg``, generating and caching them (atomically) on first use."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache_dir) / "synthetic" / f"{config_hash(cfg)}.safetensors"
+    if not path.exists():
+        data = generate(cfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({f"{s}/{k}": v.contiguous() for s, d in data.items() for k, v in d.items()}, str(tmp))
+        os.replace(tmp, path)  # concurrent generators race harmlessly: same content, atomic rename
+    flat = load_file(str(path))
+    return {s: {k: flat[f"{s}/{k}"] for k in ("video", "audio", "label")} for s in SPLITS}
+
+
+def input_spec(cfg: SyntheticConfig) -> InputSpec:
+    return InputSpec(cfg.frames, cfg.image_size, cfg.n_mels, cfg.n_frames, cfg.identities * cfg.pitches)

@@ -1,0 +1,1 @@
+"""Fusion methods: one file per method, registered in `harness/registry.py`."""

@@ -1,0 +1,138 @@
+"""The base every fusion method subclasses, and the helpers all of them share for missing modalities and read-out.
+
+Missing modalities (DESIGN.md): a batch carries ``audio_present`` / ``video_present`` (B,) bool. An absent
+modality's patch tokens are never attention keys (key padding) and never reach the read-out. A stream's own CLS
+token is always a key in that stream, so a clip whose modality is absent still has one key per attention row (no
+NaN from an all-masked softmax) and its CLS output depends on learned parameters only.
+
+Shapes: ``B`` batch, ``N`` tokens of a sequence (CLS included), ``M`` modalities, ``D`` width.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from harness.backbones import BackboneConfig
+from harness.data.base import InputSpec
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's typed config; subclasses add fields, each with a description."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="registry name of the method")
+
+    def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
+        """Cross-checks against the backbone; ``(key path, message)`` pairs, empty when consistent."""
+        return []
+
+
+def check_fusion_layer(value: int, depth: int, key: str = "method.fusion_layer") -> list[tuple[str, str]]:
+    """The range check of a fusion layer Lf against the backbone depth L (0 = early fusion, L = late fusion)."""
+    if 0 <= value <= depth:
+        return []
+    return [
+        (
+            key,
+            f"{value} is out of range: must be in [0, {depth}] (0 = early fusion, {depth} = late fusion; "
+            f"the backbone has depth {depth})",
+        )
+    ]
+
+
+class FusionMethod(nn.Module):
+    """An audio-visual encoder whose ``forward(batch)`` returns ``{"embedding": (B, D), ...}``.
+
+    Subclasses set ``Config`` and, when they consume one stream only, ``modalities``. The task owns the head and
+    the loss, so every method is scored by the same head.
+
+    Args:
+        cfg: the method's config (an instance of ``Config``).
+        backbone: width, depth and tokenisation of the streams.
+        spec: the dataset's input shapes.
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    modalities: ClassVar[tuple[str, ...]] = ("audio", "video")
+
+    def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.spec = spec
+        self.embed_dim: int = backbone.embed_dim
+
+
+def present_masks(batch: dict, modalities: tuple[str, ...]) -> dict[str, Tensor]:
+    """``{modality: (B,) bool}``; a batch without a ``<m>_present`` key has that modality everywhere."""
+    out = {}
+    for m in modalities:
+        x = batch[m]
+        mask = batch.get(f"{m}_present")
+        out[m] = torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if mask is None else mask.to(x.device)
+    return out
+
+
+def keep_keys(present: Tensor, n_patches: int, keep_cls: Tensor | bool = True) -> Tensor:
+    """Which keys of a ``[CLS ‖ patches]`` sequence may be attended: (B, 1 + n_patches) bool.
+
+    Args:
+        present: (B,) bool, whether the modality is present.
+        n_patches: its patch tokens.
+        keep_cls: whether its CLS is a key; True in its own stream, ``present`` in a joint sequence.
+    """
+    cls = torch.as_tensor(keep_cls, device=present.device).expand(present.shape[0])[:, None]  # (B, 1)
+    return torch.cat([cls, present[:, None].expand(-1, n_patches)], dim=1)  # (B, 1 + n_patches)
+
+
+def attn_mask(keep: Tensor) -> Tensor:
+    """A (B, N) key-keep mask as the bool SDPA mask (B, 1, 1, N): True = may be attended, by every query."""
+    return keep[:, None, None, :]
+
+
+def modality_weights(present: dict[str, Tensor]) -> Tensor:
+    """(B, M) weights of a mean over present modalities; a clip with none present averages all of them.
+
+    The fallback keeps outputs finite (and data-independent, since only CLS tokens are then valid).
+    """
+    w = torch.stack([p for p in present.values()], dim=1).float()  # (B, M)
+    w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
+    return w / w.sum(1, keepdim=True)
+
+
+def mean_over_modalities(x: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    """Mean of per-modality tensors (B, ...) over the present modalities of each clip."""
+    w = modality_weights({m: present[m] for m in x})  # (B, M)
+    stacked = torch.stack(list(x.values()), dim=1)  # (B, M, ...)
+    w = w.reshape(w.shape + (1,) * (stacked.dim() - 2))
+    return (w * stacked).sum(1)
+
+
+def readout_cls(z: dict[str, Tensor], present: dict[str, Tensor]) -> dict:
+    """MBT's ``classifier='token'``: each modality's CLS after the final norm, averaged over present modalities.
+
+    Args:
+        z: ``{modality: (B, 1 + N_m, D)}`` after the shared final LayerNorm.
+        present: ``{modality: (B,) bool}``.
+    """
+    cls = {m: x[:, 0] for m, x in z.items()}  # m -> (B, D)
+    return {"embedding": mean_over_modalities(cls, present), "per_modality": cls}
+
+
+def readout_gap(z: dict[str, Tensor], present: dict[str, Tensor]) -> dict:
+    """MBT's ``classifier='gap'``: mean over every patch token of the present modalities (CLS excluded).
+
+    Tokens are pooled jointly, so a modality weighs by its token count, as in MBT. A clip with no modality
+    present pools the CLS tokens instead, which keeps the embedding finite.
+    """
+    tokens = torch.cat(list(z.values()), dim=1)  # (B, N, D)
+    is_cls = torch.cat([torch.arange(x.shape[1], device=tokens.device) == 0 for x in z.values()])  # (N,)
+    patch = torch.cat([present[m][:, None].expand(-1, x.shape[1]) for m, x in z.items()], dim=1) & ~is_cls
+    none = ~patch.any(1, keepdim=True)  # (B, 1)
+    w = torch.where(none, is_cls.expand_as(patch), patch).float()  # (B, N)
+    return {"embedding": (w[..., None] * tokens).sum(1) / w.sum(1, keepdim=True)}

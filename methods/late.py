@@ -1,0 +1,46 @@
+"""Late fusion: two independent ViT streams, combined only at the read-out.
+
+Paper: MBT's late-fusion baseline (Lf = L), Nagrani et al., "Attention Bottlenecks for Multimodal Fusion",
+NeurIPS 2021, https://arxiv.org/abs/2107.00135.
+Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`` with ``fusion_layer=12``
+(the config comment: per-modality CLS tokens are combined only at the end).
+Known differences: none in the encoder. Each modality has its own weights in every layer (``share_encoder=False``),
+there is no cross-modal attention anywhere, and the read-out is MBT's ``classifier='token'``: per-modality CLS after
+one shared final LayerNorm, averaged over the present modalities.
+
+Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` layers.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from harness.backbones import BackboneConfig, layer_norm
+from harness.data.base import InputSpec
+from methods._blocks import Streams, Tokenizers
+from methods.base import FusionMethod, MethodConfig, attn_mask, keep_keys, present_masks, readout_cls
+
+
+class LateConfig(MethodConfig):
+    """Late fusion has nothing to tune beyond the backbone."""
+
+    name: str = Field("late", description="registry name of the method")
+
+
+class Late(FusionMethod):
+    """Separate streams z_m <- Block_m(z_m) for l = 0..L-1; embedding = mean over present m of CLS_m."""
+
+    Config = LateConfig
+
+    def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec):
+        super().__init__(cfg, backbone, spec)
+        self.tokens = Tokenizers(backbone, spec, self.modalities)
+        self.streams = Streams(backbone, self.modalities, shared_weights=False)
+        self.norm = layer_norm(backbone.embed_dim)
+
+    def forward(self, batch: dict) -> dict:
+        present = present_masks(batch, self.modalities)
+        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        masks = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}
+        z = self.streams(z, masks, range(self.backbone.depth))
+        return readout_cls({m: self.norm(x) for m, x in z.items()}, present)

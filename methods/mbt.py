@@ -1,0 +1,111 @@
+"""MBT: attention bottlenecks, the only route between the modality streams from layer Lf on.
+
+Paper: Nagrani et al., "Attention Bottlenecks for Multimodal Fusion", NeurIPS 2021, https://arxiv.org/abs/2107.00135.
+Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`` (``use_bottleneck=True``).
+Known differences:
+- scenic allocates Nb + 1 bottleneck tokens when ``classifier='token'``; here there are exactly
+  ``bottleneck_tokens`` in both read-outs.
+- scenic overwrites the bottlenecks with the resized ViT positional grid when loading a checkpoint; here they keep
+  their normal(0.02) init until a ``load_backbone_checkpoint`` does that.
+- With ``readout='gap'`` the CLS tokens stay in the sequences but are left out of the pool (scenic has none).
+- A missing modality's bottleneck update is left out of the mean (scenic always has both modalities).
+
+Update rule, l = 0..L-1 (Block_m: modality m's block, or one shared block when ``shared_weights``):
+    l <  Lf:  z_m <- Block_m(z_m)
+    l >= Lf:  [z_m ‖ b_m] = Block_m([z_m ‖ b])     # (B, 1 + N_m + Nb, D), for each m, from the same b
+              b <- mean over present m of b_m      # (B, Nb, D)
+Read-out: CLS_m after one shared LayerNorm; bottleneck tokens never reach it. A bottleneck written at layer l is
+first read at layer l + 1, so information crosses modalities only when Lf <= L - 2 (Lf = L - 1 equals late fusion
+in its outputs, at the cost of the bottleneck tokens).
+
+Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``Nb`` bottlenecks, ``D`` width, ``L`` layers,
+``Lf`` fusion layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from harness.backbones import BackboneConfig, layer_norm
+from harness.data.base import InputSpec
+from methods._blocks import Streams, Tokenizers
+from methods.base import (
+    FusionMethod,
+    MethodConfig,
+    attn_mask,
+    check_fusion_layer,
+    keep_keys,
+    mean_over_modalities,
+    present_masks,
+    readout_cls,
+    readout_gap,
+)
+
+
+class MBTConfig(MethodConfig):
+    """Where the bottlenecks start, how many, and how the streams are read out."""
+
+    name: str = Field("mbt", description="registry name of the method")
+    fusion_layer: int = Field(
+        2,
+        description="Lf, first layer with bottlenecks; 0 = early fusion, L (backbone depth) = late fusion; "
+        "scenic's AS-mini config uses 8 of 12",
+    )
+    bottleneck_tokens: int = Field(4, ge=1, description="Nb, shared bottleneck tokens (MBT's default is 4)")
+    shared_weights: bool = Field(
+        False, description="one block stack for both modalities (scenic share_encoder); False = weights per modality"
+    )
+    readout: Literal["cls", "gap"] = Field(
+        "cls", description="cls: per-modality CLS (MBT's paper); gap: mean of present patch tokens (MBT's AS config)"
+    )
+    test_with_bottlenecks: bool = Field(
+        True, description="False: in eval mode every layer runs unimodally, with no cross-modal exchange"
+    )
+
+    def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
+        return check_fusion_layer(self.fusion_layer, backbone.depth)
+
+
+class MBT(FusionMethod):
+    """Per-modality streams that exchange information only through Nb shared bottleneck tokens."""
+
+    Config = MBTConfig
+
+    def __init__(self, cfg: MBTConfig, backbone: BackboneConfig, spec: InputSpec):
+        super().__init__(cfg, backbone, spec)
+        self.tokens = Tokenizers(backbone, spec, self.modalities)
+        self.streams = Streams(backbone, self.modalities, shared_weights=cfg.shared_weights)
+        self.norm = layer_norm(backbone.embed_dim)
+        # Only allocated when used, so that Lf = L has exactly late fusion's parameters.
+        self.bottleneck = None
+        if cfg.fusion_layer < backbone.depth:
+            self.bottleneck = nn.Parameter(torch.empty(1, cfg.bottleneck_tokens, backbone.embed_dim))
+            nn.init.normal_(self.bottleneck, std=0.02)
+
+    def forward(self, batch: dict) -> dict:
+        cfg: MBTConfig = self.cfg
+        depth = self.backbone.depth
+        fuse = self.bottleneck is not None and (self.training or cfg.test_with_bottlenecks)
+        lf = cfg.fusion_layer if fuse else depth
+        present = present_masks(batch, self.modalities)
+        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        keep = {m: keep_keys(present[m], x.shape[1] - 1) for m, x in z.items()}  # m -> (B, 1 + N_m)
+        z = self.streams(z, {m: attn_mask(k) for m, k in keep.items()}, range(lf))
+
+        if fuse:
+            b = self.bottleneck.expand(next(iter(z.values())).shape[0], -1, -1)  # (B, Nb, D)
+            nb = b.shape[1]
+            masks = {m: attn_mask(torch.cat([k, k.new_ones(k.shape[0], nb)], dim=1)) for m, k in keep.items()}
+            for layer in range(lf, depth):
+                b_new = {}
+                for m in z:
+                    y = self.streams.block(layer, m)(torch.cat([z[m], b], dim=1), attn_mask=masks[m])
+                    z[m], b_new[m] = y[:, :-nb], y[:, -nb:]  # (B, 1 + N_m, D), (B, Nb, D)
+                b = mean_over_modalities(b_new, present)  # (B, Nb, D)
+
+        z = {m: self.norm(x) for m, x in z.items()}
+        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)

@@ -1,0 +1,90 @@
+"""Vanilla self-attention fusion: one shared ViT, modalities concatenated into one sequence from layer Lf on.
+
+Paper: Nagrani et al., "Attention Bottlenecks for Multimodal Fusion", NeurIPS 2021, §3.2 "vanilla self-attention",
+https://arxiv.org/abs/2107.00135.
+Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`` with ``share_encoder=True``,
+``use_bottleneck=False``.
+Known differences: the ViT-checkpoint initialisation is not done here (a later ``load_backbone_checkpoint``).
+With ``readout='gap'`` the CLS tokens stay in the sequence (so every attention row keeps a key when a modality is
+missing) but are left out of the pool; scenic has no CLS tokens in ``gap`` mode.
+
+Update rule, l = 0..L-1:
+    l <  Lf:  z_m <- Block_l(z_m) for each m (same weights for both modalities)
+    l == Lf:  z = [z_video ‖ z_audio]              # (B, 2 + Nv + Na, D)
+    l >= Lf:  z <- Block_l(z)                      # every token attends to every present token
+
+Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` layers, ``Lf`` fusion layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from harness.backbones import BackboneConfig, layer_norm
+from harness.data.base import InputSpec
+from methods._blocks import Streams, Tokenizers
+from methods.base import (
+    FusionMethod,
+    MethodConfig,
+    attn_mask,
+    check_fusion_layer,
+    keep_keys,
+    present_masks,
+    readout_cls,
+    readout_gap,
+)
+
+
+class VanillaConfig(MethodConfig):
+    """Where the joint sequence starts and how it is read out."""
+
+    name: str = Field("vanilla", description="registry name of the method")
+    fusion_layer: int = Field(
+        0, description="Lf, first layer over the joint sequence; 0 = early fusion, L (backbone depth) = late fusion"
+    )
+    readout: Literal["cls", "gap"] = Field(
+        "cls", description="cls: per-modality CLS (MBT's paper); gap: mean of present patch tokens (MBT's AS config)"
+    )
+
+    def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
+        return check_fusion_layer(self.fusion_layer, backbone.depth)
+
+
+class Vanilla(FusionMethod):
+    """Shared blocks; per-modality passes below Lf, one joint sequence from Lf on."""
+
+    Config = VanillaConfig
+    # Concatenation order of the joint sequence: MBT's z = [z_rgb ‖ z_spec].
+    order = ("video", "audio")
+
+    def __init__(self, cfg: VanillaConfig, backbone: BackboneConfig, spec: InputSpec):
+        super().__init__(cfg, backbone, spec)
+        self.tokens = Tokenizers(backbone, spec, self.order)
+        self.streams = Streams(backbone, self.order, shared_weights=True)
+        self.norm = layer_norm(backbone.embed_dim)
+
+    def forward(self, batch: dict) -> dict:
+        cfg: VanillaConfig = self.cfg
+        depth, lf = self.backbone.depth, cfg.fusion_layer
+        present = present_masks(batch, self.order)
+        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        masks = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}
+        z = self.streams(z, masks, range(lf))
+
+        if lf < depth:
+            # In the joint sequence a CLS is a key only when its modality is present; a clip with neither present
+            # keeps both CLS keys so no attention row is empty.
+            none = ~(present["video"] | present["audio"])  # (B,)
+            keep = [keep_keys(present[m], z[m].shape[1] - 1, keep_cls=present[m] | none) for m in self.order]
+            mask = attn_mask(torch.cat(keep, dim=1))  # (B, 1, 1, 2 + Nv + Na)
+            sizes = [z[m].shape[1] for m in self.order]
+            joint = torch.cat([z[m] for m in self.order], dim=1)  # (B, 2 + Nv + Na, D)
+            for layer in range(lf, depth):
+                joint = self.streams.block(layer)(joint, attn_mask=mask)
+            z = dict(zip(self.order, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
+
+        z = {m: self.norm(x) for m, x in z.items()}
+        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)

@@ -1,0 +1,147 @@
+"""The method contract (DESIGN.md), checked for every registered method and the variants of its options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness.complexity import count_params
+from harness.registry import METHODS
+
+# Option variants worth running the whole contract on; every registered name also runs with its defaults.
+VARIANTS = {
+    "mbt": [{"readout": "gap"}, {"shared_weights": True}, {"fusion_layer": 0, "bottleneck_tokens": 1}],
+    "vanilla": [{"readout": "gap"}, {"fusion_layer": 1}],
+}
+CASES = [(name, {}) for name in METHODS.names()] + [
+    (name, v) for name, vs in VARIANTS.items() if name in METHODS for v in vs
+]
+IDS = [name + "".join(f"-{k}={v}" for k, v in o.items()) for name, o in CASES]
+# Presence pattern (audio, video): both, audio only, video only, neither.
+AUDIO_PRESENT = [True, True, False, False]
+VIDEO_PRESENT = [True, False, True, False]
+
+
+def build(name: str, overrides: dict, backbone, spec, seed: int = 0):
+    torch.manual_seed(seed)
+    cls = METHODS.get(name)
+    return cls(cls.Config(name=name, **overrides), backbone, spec)
+
+
+def outputs(out: dict) -> dict[str, torch.Tensor]:
+    """The output tensors, flattened to one dict."""
+    flat = {"embedding": out["embedding"]}
+    flat.update({f"per_modality.{m}": x for m, x in out.get("per_modality", {}).items()})
+    return flat
+
+
+def weighted_sum(out: dict) -> torch.Tensor:
+    # Fixed random weights: a plain sum of LayerNorm outputs has zero gradient w.r.t. its input.
+    g = torch.Generator().manual_seed(1)
+    return sum((x * torch.randn(x.shape, generator=g)).sum() for x in outputs(out).values())
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_shapes_and_finite(name, overrides, backbone, spec, make_batch):
+    model = build(name, overrides, backbone, spec)
+    out = model(make_batch(spec, [True] * 3, [True] * 3))
+    assert out["embedding"].shape == (3, model.embed_dim)
+    assert set(out.get("per_modality", {})) <= set(model.modalities)
+    for key, x in outputs(out).items():
+        assert x.shape == (3, model.embed_dim), key
+        assert torch.isfinite(x).all(), key
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_gradients_reach_trainable_and_not_frozen(name, overrides, backbone, spec, make_batch):
+    model = build(name, overrides, backbone.model_copy(update={"drop_path": 0.1}), spec)
+    params = dict(model.named_parameters())
+    frozen = next(iter(params))
+    params[frozen].requires_grad_(False)
+    weighted_sum(model(make_batch(spec, [True] * 2, [True] * 2))).backward()
+    assert params[frozen].grad is None
+    silent = [n for n, p in params.items() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not silent, f"no gradient reaches {silent}"
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_deterministic_under_seed(name, overrides, backbone, spec, make_batch):
+    bb = backbone.model_copy(update={"drop_path": 0.2})
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    runs = []
+    for _ in range(2):
+        model = build(name, overrides, bb, spec, seed=3)
+        torch.manual_seed(4)  # stochastic depth draws from the global generator in train mode
+        runs.append(outputs(model(batch)))
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_state_dict_round_trip_safetensors(name, overrides, backbone, spec, make_batch, tmp_path):
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    source = build(name, overrides, backbone, spec, seed=0).eval()
+    target = build(name, overrides, backbone, spec, seed=1).eval()
+    assert not torch.equal(source(batch)["embedding"], target(batch)["embedding"])
+    save_file(source.state_dict(), tmp_path / "model.safetensors")
+    target.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)
+    expected, got = outputs(source(batch)), outputs(target(batch))
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+@pytest.mark.parametrize("placeholder", ["random", "nan"])
+def test_missing_modalities_are_masked(name, overrides, placeholder, backbone, spec, make_batch):
+    model = build(name, overrides, backbone, spec).eval()
+    batch = make_batch(spec, AUDIO_PRESENT, VIDEO_PRESENT)
+    before = outputs(model(batch))
+    for key, x in before.items():
+        assert torch.isfinite(x).all(), key
+
+    swapped = dict(batch, audio=batch["audio"].clone(), video=batch["video"].clone())
+    for m in ("audio", "video"):
+        absent = ~batch[f"{m}_present"]
+        fill = torch.randn_like(swapped[m][absent]) * 100 if placeholder == "random" else float("nan")
+        swapped[m][absent] = fill
+    after = outputs(model(swapped))
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-6, msg=key)
+
+    # The masks hide only absent data: changing a present clip's input changes its embedding.
+    m = model.modalities[0]
+    changed = dict(batch, **{m: batch[m] + torch.randn_like(batch[m])})
+    assert not torch.allclose(outputs(model(changed))["embedding"][0], before["embedding"][0])
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_batch_without_presence_keys_means_present(name, overrides, backbone, spec, make_batch):
+    model = build(name, overrides, backbone, spec).eval()
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    bare = {k: v for k, v in batch.items() if not k.endswith("_present")}
+    torch.testing.assert_close(model(bare)["embedding"], model(batch)["embedding"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=IDS)
+def test_trainable_count_is_requires_grad(name, overrides, backbone, spec):
+    model = build(name, overrides, backbone, spec)
+    total, trainable = count_params(model)
+    assert total == trainable == sum(p.numel() for p in model.parameters())
+    frozen = list(model.parameters())[:3]
+    for p in frozen:
+        p.requires_grad_(False)
+    assert count_params(model) == (total, total - sum(p.numel() for p in frozen))
+
+
+@pytest.mark.parametrize("name", [n for n in ("vanilla", "mbt") if n in METHODS])
+def test_fusion_layer_range_is_checked(name, backbone):
+    cfg = METHODS.get(name).Config(name=name, fusion_layer=13)
+    assert cfg.check(backbone) == [
+        (
+            "method.fusion_layer",
+            "13 is out of range: must be in [0, 3] (0 = early fusion, 3 = late fusion; the backbone has depth 3)",
+        )
+    ]
+    for lf in (0, backbone.depth):
+        assert METHODS.get(name).Config(name=name, fusion_layer=lf).check(backbone) == []

@@ -1,0 +1,130 @@
+"""The methods against MBT's update rules (METHODS.md §1.4), their boundary cases and each other."""
+
+from __future__ import annotations
+
+import torch
+
+from methods.late import Late
+from methods.mbt import MBT
+from methods.vanilla import Vanilla
+
+
+def build(cls, backbone, spec, seed: int = 0, **fields):
+    torch.manual_seed(seed)
+    return cls(cls.Config(**fields), backbone, spec)
+
+
+def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def with_new_video(batch: dict) -> dict:
+    return dict(batch, video=torch.randn_like(batch["video"]))
+
+
+def mbt_reference(model: MBT, batch: dict, modalities: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The paper's rule written out with the model's own modules, no masks: only ``modalities`` exist."""
+    depth, lf = model.backbone.depth, model.cfg.fusion_layer
+    everywhere = {m: torch.ones(batch[m].shape[0], dtype=torch.bool) for m in model.modalities}
+    z = {m: x for m, x in model.tokens(batch, everywhere).items() if m in modalities}
+    for layer in range(lf):
+        z = {m: model.streams.block(layer, m)(x) for m, x in z.items()}
+    b = model.bottleneck.expand(batch["audio"].shape[0], -1, -1)
+    nb = b.shape[1]
+    for layer in range(lf, depth):
+        b_m = []
+        for m in modalities:
+            y = model.streams.block(layer, m)(torch.cat([z[m], b], dim=1))  # [z_m' ‖ b_m'] = Block_m([z_m ‖ b])
+            z[m] = y[:, :-nb]
+            b_m.append(y[:, -nb:])
+        b = torch.stack(b_m).mean(0)  # b <- mean_m b_m'
+    return {m: model.norm(x)[:, 0] for m, x in z.items()}
+
+
+def test_mbt_follows_the_bottleneck_update_rule(backbone, spec, make_batch):
+    model = build(MBT, backbone, spec, fusion_layer=1, bottleneck_tokens=3).eval()
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    out = model(batch)
+    for m, expected in mbt_reference(model, batch, ("audio", "video")).items():
+        assert_same(out["per_modality"][m], expected)
+    assert_same(out["embedding"], (out["per_modality"]["audio"] + out["per_modality"]["video"]) / 2)
+
+
+def test_mbt_bottleneck_averages_present_modalities_only(backbone, spec, make_batch):
+    model = build(MBT, backbone, spec, fusion_layer=0).eval()
+    batch = make_batch(spec, [True, True], [True, False])
+    out = model(batch)
+    audio_alone = {k: v[1:] for k, v in batch.items() if torch.is_tensor(v)}
+    expected = mbt_reference(model, audio_alone, ("audio",))["audio"]
+    assert_same(out["per_modality"]["audio"][1:], expected)
+    assert_same(out["embedding"][1:], expected)
+
+
+def test_mbt_at_depth_is_late_fusion(backbone, spec, make_batch):
+    mbt = build(MBT, backbone, spec, fusion_layer=backbone.depth).eval()
+    late = build(Late, backbone, spec, seed=1).eval()
+    late.load_state_dict(mbt.state_dict(), strict=True)
+    batch = make_batch(spec, [True, True, False], [True, False, True])
+    a, b = mbt(batch), late(batch)
+    assert_same(a["embedding"], b["embedding"])
+    for m in ("audio", "video"):
+        assert_same(a["per_modality"][m], b["per_modality"][m])
+
+
+def test_mbt_test_without_bottlenecks_is_late_fusion_in_eval_only(backbone, spec, make_batch):
+    mbt = build(MBT, backbone, spec, fusion_layer=1, test_with_bottlenecks=False)
+    late = build(Late, backbone, spec, seed=1)
+    state = {k: v for k, v in mbt.state_dict().items() if k != "bottleneck"}
+    late.load_state_dict(state, strict=True)
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    assert_same(mbt.eval()(batch)["embedding"], late.eval()(batch)["embedding"])
+    assert not torch.allclose(mbt.train()(batch)["embedding"], late.train()(batch)["embedding"])
+
+
+def test_mbt_exchanges_only_through_two_or_more_fusion_layers(backbone, spec, make_batch):
+    # A bottleneck written at layer l is read at layer l + 1, so Lf = L - 1 carries nothing to the streams.
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    depth = backbone.depth
+    for lf, crosses in ((0, True), (depth - 2, True), (depth - 1, False), (depth, False)):
+        model = build(MBT, backbone, spec, fusion_layer=lf, bottleneck_tokens=1).eval()
+        audio, audio_new = (model(x)["per_modality"]["audio"] for x in (batch, with_new_video(batch)))
+        assert torch.allclose(audio, audio_new, rtol=0, atol=1e-6) != crosses, f"fusion_layer={lf}"
+
+
+def test_vanilla_early_fusion_attends_across_and_late_does_not(backbone, spec, make_batch):
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    for lf, crosses in ((0, True), (backbone.depth, False)):
+        model = build(Vanilla, backbone, spec, fusion_layer=lf).eval()
+        audio, audio_new = (model(x)["per_modality"]["audio"] for x in (batch, with_new_video(batch)))
+        assert torch.allclose(audio, audio_new, rtol=0, atol=1e-6) != crosses, f"fusion_layer={lf}"
+
+
+def test_vanilla_missing_video_is_audio_alone(backbone, spec, make_batch):
+    # With video's keys masked, the joint sequence must give the audio tokens exactly the audio-only computation,
+    # which is vanilla at Lf = L with the same (shared) weights.
+    early = build(Vanilla, backbone, spec, fusion_layer=0).eval()
+    alone = build(Vanilla, backbone, spec, seed=1, fusion_layer=backbone.depth).eval()
+    alone.load_state_dict(early.state_dict(), strict=True)
+    batch = make_batch(spec, [True, True], [True, False])
+    out, ref = early(batch), alone(batch)
+    assert_same(out["per_modality"]["audio"][1], ref["per_modality"]["audio"][1])
+    assert_same(out["embedding"][1], ref["per_modality"]["audio"][1])
+    assert not torch.allclose(out["per_modality"]["audio"][0], ref["per_modality"]["audio"][0])
+
+
+def test_vanilla_at_depth_is_shared_weight_late_fusion(backbone, spec, make_batch):
+    vanilla = build(Vanilla, backbone, spec, fusion_layer=backbone.depth).eval()
+    mbt = build(MBT, backbone, spec, seed=1, fusion_layer=backbone.depth, shared_weights=True).eval()
+    mbt.load_state_dict(vanilla.state_dict(), strict=True)
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    assert_same(vanilla(batch)["embedding"], mbt(batch)["embedding"])
+
+
+def test_gap_pools_present_patch_tokens(backbone, spec, make_batch):
+    model = build(Vanilla, backbone, spec, fusion_layer=backbone.depth, readout="gap").eval()
+    batch = make_batch(spec, [True, True], [True, False])
+    z = model.tokens(batch, {m: torch.ones(2, dtype=torch.bool) for m in ("audio", "video")})
+    z = {m: model.norm(model.streams(z, {m: None for m in z}, range(backbone.depth))[m]) for m in z}
+    both = torch.cat([z["video"][0, 1:], z["audio"][0, 1:]]).mean(0)  # pooled by token count, CLS excluded
+    assert_same(model(batch)["embedding"][0], both)
+    assert_same(model(batch)["embedding"][1], z["audio"][1, 1:].mean(0))
