@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -38,6 +39,12 @@ class BackboneConfig(BaseModel):
     drop_path: float = Field(
         0.0, ge=0.0, lt=1.0, description="stochastic-depth rate of the last block; linear from 0 at block 0 (MBT)"
     )
+    time_embed: Literal["none", "shared"] = Field(
+        "none",
+        description="none: per-modality positional tables only (MBT); shared: plus one learned table indexed by "
+        "each token's time slot and added to both modalities, so co-occurring audio and video tokens share a time code",
+    )
+    time_embed_std: float = Field(1.0, gt=0, description="init std of the shared time table (salient on purpose)")
     checkpoint: str | None = Field(
         None, description="local weights file, consumed by the methods' load_backbone_checkpoint; None = random init"
     )
@@ -85,8 +92,9 @@ class BackboneConfig(BaseModel):
 
 # Presets: zero-arg functions returning the defaults (BACKBONES entries resolve to these). One place to tune.
 def tiny() -> dict:
-    """A 4-layer width-64 ViT for CPU runs on the synthetic dataset."""
-    return dict(name="tiny", embed_dim=64, depth=4, num_heads=4, patch_size=16, tubelet=1, audio_patch=(16, 16))
+    """A 4-layer width-64 ViT for CPU runs on the synthetic dataset, with a shared time table (docs/methods.md)."""
+    return dict(name="tiny", embed_dim=64, depth=4, num_heads=4, patch_size=16, tubelet=1, audio_patch=(16, 16),
+                time_embed="shared")  # fmt: skip
 
 
 def _vit16(name: str, embed_dim: int, depth: int, num_heads: int) -> dict:
@@ -167,6 +175,20 @@ class AudioPatchEmbed(nn.Module):
     def forward(self, audio: Tensor) -> Tensor:
         x = self.proj(audio)  # (B, D, f, t)
         return x.flatten(2).transpose(1, 2)  # (B, Na, D)
+
+
+def time_slots(cfg: BackboneConfig, spec: InputSpec) -> tuple[Tensor, Tensor, int]:
+    """Time slot of every video and audio token on a common grid of ``max(t_video, t_audio)`` slots.
+
+    Both modalities span the same clip, so slot ``i`` of a modality with ``t_m`` time steps sits at
+    ``i * grid // t_m``. Returns (video slots (Nv,), audio slots (Na,), grid size).
+    """
+    tv, h, w = video_grid(cfg, spec)
+    fa, ta = audio_grid(cfg, spec)
+    grid = max(tv, ta, 1)
+    video = (torch.arange(tv * h * w) // (h * w)) * grid // max(tv, 1)  # video tokens are time-major
+    audio = (torch.arange(fa * ta) % ta) * grid // max(ta, 1)  # audio tokens are frequency-major
+    return video, audio, grid
 
 
 def pos_table(n: int, dim: int) -> nn.Parameter:

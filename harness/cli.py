@@ -21,7 +21,7 @@ examples:
   harness validate sweeps/fusion_layer.yaml --set train.epochs=1
   harness run sweeps/quickstart.yaml --set method.name=mbt --set method.fusion_layer=2
   harness sweep sweeps/fusion_layer.yaml --set tune.num_samples=3
-  harness sweep sweeps/fusion_layer.yaml --address auto --storage /shared/ray_results --resume
+  harness sweep sweeps/fusion_layer.yaml --address auto --storage /shared/ray_results
   harness report --sweep fusion_layer --out reports/fusion_layer.md
   harness ui --port 5000
 
@@ -85,7 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweep import cli_sweep
 
-    return cli_sweep(args.file, args.set, args.tracking_uri, args.storage, args.address, args.resume)
+    return cli_sweep(args.file, args.set, args.tracking_uri, args.storage, args.address)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -166,14 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         "run every trial of a sweep file with Ray Tune, one MLflow child run per trial",
         "  harness sweep sweeps/fusion_layer.yaml\n"
-        "  harness sweep sweeps/fusion_layer.yaml --address auto --storage /shared/ray_results --resume",
+        "  harness sweep sweeps/fusion_layer.yaml --address auto --storage /shared/ray_results",
     )
     p.add_argument("file", metavar="FILE", help="sweep YAML file")
     add_set(p)
     add_tracking(p)
     p.add_argument("--storage", default=None, metavar="DIR", help="Ray Tune storage path (shared on a cluster)")
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address ('auto' = running cluster)")
-    p.add_argument("--resume", action="store_true", help="resume the unfinished trials of the same sweep")
     p.set_defaults(func=_cmd_sweep)
 
     p = add(

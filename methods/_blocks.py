@@ -17,6 +17,7 @@ from harness.backbones import (
     num_audio_tokens,
     num_video_tokens,
     pos_table,
+    time_slots,
 )
 from harness.data.base import InputSpec
 
@@ -43,6 +44,14 @@ class Tokenizers(nn.Module):
         self.patch = nn.ModuleDict({m: make[m][0](backbone) for m in modalities})
         self.pos = nn.ParameterDict({m: pos_table(make[m][1](backbone, spec), d) for m in modalities})
         self.cls = nn.ParameterDict({m: cls_token(d) for m in modalities})
+        # Optional time table shared by the modalities (backbone.time_embed="shared"): co-occurring tokens get
+        # the same code, so cross-modal attention can align them without learning two tables against each other.
+        self.time = None
+        if backbone.time_embed == "shared":
+            video_slot, audio_slot, grid = time_slots(backbone, spec)
+            self.time = nn.Parameter(torch.randn(grid, d) * backbone.time_embed_std)
+            self.register_buffer("video_slot", video_slot, persistent=False)
+            self.register_buffer("audio_slot", audio_slot, persistent=False)
 
     def forward(self, batch: dict, present: dict[str, Tensor]) -> dict[str, Tensor]:
         out = {}
@@ -53,6 +62,8 @@ class Tokenizers(nn.Module):
             keep = present[m].reshape((-1,) + (1,) * (x.dim() - 1))
             x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
             tokens = embed(x) + self.pos[m]  # (B, N_m, D)
+            if self.time is not None:
+                tokens = tokens + self.time[getattr(self, f"{m}_slot")]  # (N_m, D) broadcast over B
             cls = self.cls[m].expand(tokens.shape[0], -1, -1)  # (B, 1, D)
             out[m] = torch.cat([cls, tokens], dim=1)  # (B, 1 + N_m, D)
         return out

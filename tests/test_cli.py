@@ -77,10 +77,10 @@ def test_every_subcommand_has_help_with_examples(command, capsys):
 
 def test_parser_wires_handler_arguments():
     args = build_parser().parse_args(
-        ["sweep", "s.yaml", "--set", "a=1", "--set", "b=2", "--storage", "/d", "--address", "auto", "--resume"]
+        ["sweep", "s.yaml", "--set", "a=1", "--set", "b=2", "--storage", "/d", "--address", "auto"]
     )
-    assert (args.file, args.set, args.storage, args.address, args.resume, args.tracking_uri) == (
-        "s.yaml", ["a=1", "b=2"], "/d", "auto", True, None)  # fmt: skip
+    assert (args.file, args.set, args.storage, args.address, args.tracking_uri) == (
+        "s.yaml", ["a=1", "b=2"], "/d", "auto", None)  # fmt: skip
     args = build_parser().parse_args(["report", "--sweep", "x", "--out", "t.md", "--format", "csv"])
     assert (args.sweep, args.spec, args.out, args.format) == ("x", None, "t.md", "csv")
     with pytest.raises(SystemExit) as e:

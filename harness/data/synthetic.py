@@ -1,18 +1,20 @@
 """The embedded default dataset: procedural audio-visual clips in which fusion matters.
 
-Each clip shows ``1 + distractors`` coloured shapes moving (and bouncing) over ``frames`` video frames. Every
-object has a visual identity (a colour and a shape; ``identities`` of them) and "flashes" (is drawn at full
-brightness instead of dimmed) in a random set of frames. The soundtrack holds tone bursts of one ``pitch``
-(``pitches`` of them, log-spaced) exactly in the frames where the *sounding* object flashes; the distractors
-flash only in other frames. The label is ``identity_of_sounding_object * pitches + pitch``.
+Each clip shows ``1 + distractors`` objects moving (and bouncing) over ``frames`` video frames. Each object has a
+colour (``colours`` of them) and a shape (``shapes`` of them), both distinct within a clip, and "flashes" (is
+drawn at full brightness instead of dimmed) in a random set of event slots. The soundtrack holds tone bursts
+exactly in the slots where the *sounding* object flashes; the distractors flash only in other slots. As with real
+sources, what the sound is like depends on what sounds: the sounding object's shape sets the pitch (one pitch per
+shape), and an audio-only attribute, the timbre (``timbres`` harmonic recipes), varies freely. The label is
+``colour_of_sounding_object * timbres + timbre``.
 
-Why this design caps what each kind of model can reach (with ``K = 1 + distractors`` objects):
-- video only sees K identities but not which one sounds, nor the pitch: at best ``1 / (K * pitches)``;
-- audio only hears the pitch but not the identity: at best ``1 / identities``;
+Why this caps what each kind of model can reach (``K = 1 + distractors`` objects):
+- video only sees K colours but not which object sounds, nor the timbre: at best ``1 / (K * timbres)``;
+- audio only hears pitch (so the shape) and timbre, but colour is independent of shape: at best ``1 / colours``;
 - late (score-level) fusion adds the two score vectors: the sum peaks on K candidates, so at best ``1 / K``;
-- token-level fusion can match the bursts to the object flashing at the same times: up to 100 %.
-With the defaults (K = 2, 6 identities, 3 pitches): 16.7 %, 16.7 %, 50 %, 100 %. Both sets of event times are
-drawn from the same distribution, so no single-modality statistic tells the sounding object apart.
+- token-level fusion can bind the sound to its object, by its shape (pitch) or by synchrony: up to 100 %.
+With the defaults (K = 2, 6 colours, 3 timbres): 16.7 %, 16.7 %, 50 %, 100 %. The sounding object's event times
+have the same distribution as each distractor's, so no single-modality statistic tells it apart.
 
 Audio goes through the real front end: a 16 kHz waveform -> Kaldi-compatible log-mel fbank (torchaudio) ->
 AST-style normalisation with the train split's statistics. Generation is vectorised over clips and frames,
@@ -30,11 +32,12 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.data.base import InputSpec
+from harness.data.base import InputSpec, TensorSplit
 
 SPLITS = ("train", "val", "test")
-# Identity i is drawn with COLOURS[i % 6] and SHAPES[i % 3] (then i // 6 shifts the shade): distinct pairs.
 COLOURS = torch.tensor([[1, 0.1, 0.1], [0.1, 1, 0.1], [0.2, 0.3, 1], [1, 1, 0.1], [0.1, 1, 1], [1, 0.2, 1]])
+PITCHES_HZ = (250.0, 600.0, 1400.0)  # one per shape
+TIMBRES = ((1.0,), (1.0, 2.0), (1.0, 3.0))  # partials (multiples of the pitch) of each timbre
 SHAPES = ("square", "disc", "diamond")
 
 
@@ -49,9 +52,10 @@ class SyntheticConfig(BaseModel):
     frames: int = Field(8, ge=2, description="video frames per clip (T)")
     slots: int = Field(4, ge=2, description="event slots per clip; each spans frames / slots frames and audio")
     image_size: int = Field(32, ge=16, description="frame height and width in pixels")
-    identities: int = Field(6, ge=2, le=18, description="visual identities (colour x shape) of the objects")
-    pitches: int = Field(3, ge=1, le=8, description="tone pitches; classes = identities x pitches")
-    distractors: int = Field(1, ge=0, le=4, description="silent objects per clip besides the sounding one")
+    colours: int = Field(6, ge=2, le=6, description="object colours; classes = colours x timbres")
+    shapes: int = Field(3, ge=2, le=3, description="object shapes; each sounds at its own pitch")
+    timbres: int = Field(3, ge=1, le=3, description="harmonic recipes of the sound (audio-only label attribute)")
+    distractors: int = Field(1, ge=0, le=2, description="silent objects per clip besides the sounding one (< shapes)")
     audio_seconds: float = Field(1.28, gt=0, description="length of the soundtrack in seconds")
     sample_rate: int = Field(16000, ge=8000, description="waveform sample rate in Hz")
     n_mels: int = Field(32, ge=8, description="mel bins of the log-mel spectrogram")
@@ -59,6 +63,9 @@ class SyntheticConfig(BaseModel):
     noise: float = Field(0.1, ge=0, le=1, description="std of the pixel noise and relative level of audio noise")
     object_size: int = Field(0, ge=0, description="object radius in pixels; 0 = image_size // 6")
     max_speed: float = Field(1.5, ge=0, description="largest object speed in pixels per frame")
+    idle_brightness: float = Field(
+        0.35, ge=0, le=1, description="brightness of an object outside its flashes (0 = visible only when flashing)"
+    )
     seed: int = Field(0, description="generation seed (fixed across training seeds, so every trial sees one dataset)")
 
 
@@ -96,14 +103,14 @@ def _trajectories(n: int, cfg: SyntheticConfig, radius: int, g: torch.Generator)
     return lo + torch.where(pos > span, 2 * span - pos, pos)  # reflect: bounce
 
 
-def _draw_video(ids: torch.Tensor, events: torch.Tensor, centres: torch.Tensor, radius: int, cfg, g) -> torch.Tensor:
+def _draw_video(colour_ids, shape_ids, events, centres, radius: int, cfg, g) -> torch.Tensor:
     """Render uint8 frames (n, T, 3, H, W): dim objects, bright when flashing, on a noisy dark background."""
     n, k, t = events.shape
     s = cfg.image_size
     yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
     dy = yy.view(1, 1, 1, s, s) - centres[..., 1, None, None]  # (n, K, T, H, W)
     dx = xx.view(1, 1, 1, s, s) - centres[..., 0, None, None]
-    shape = ids % len(SHAPES)  # (n, K)
+    shape = shape_ids  # (n, K)
     inside = torch.stack(
         [
             torch.maximum(dx.abs(), dy.abs()) <= radius * 0.85,  # square
@@ -112,28 +119,31 @@ def _draw_video(ids: torch.Tensor, events: torch.Tensor, centres: torch.Tensor, 
         ]
     )  # (3, n, K, T, H, W)
     mask = inside.gather(0, shape.view(1, n, k, 1, 1, 1).expand(1, n, k, t, s, s))[0]
-    shade = 1.0 - 0.35 * (ids // len(COLOURS)).float()  # identities beyond 6 reuse colours, darker
-    colour = COLOURS[ids % len(COLOURS)] * shade[..., None]  # (n, K, 3)
-    bright = torch.where(events, 1.0, 0.35)  # (n, K, T)
+    colour = COLOURS[colour_ids]  # (n, K, 3)
+    bright = torch.where(events, 1.0, cfg.idle_brightness)  # (n, K, T)
     img = 0.08 + cfg.noise * torch.randn(n, t, 3, s, s, generator=g)
-    for j in range(k):  # later objects occlude earlier ones
+    for j in range(k):  # later objects occlude earlier ones; an unlit object (brightness 0) is not drawn
         paint = (colour[:, j, None, :] * bright[:, j, :, None])[..., None, None]  # (n, T, 3, 1, 1)
-        img = torch.where(mask[:, j, :, None], paint, img)
+        drawn = mask[:, j] & (bright[:, j] > 0)[..., None, None]  # (n, T, H, W)
+        img = torch.where(drawn[:, :, None], paint, img)
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _synth_audio(pitch: torch.Tensor, sounding: torch.Tensor, cfg: SyntheticConfig, g) -> torch.Tensor:
-    """Waveforms (n, samples): tone bursts of one pitch in the sounding object's event frames, plus noise."""
+def _synth_audio(shape, timbre, sounding, cfg: SyntheticConfig, g) -> torch.Tensor:
+    """Waveforms (n, samples): bursts of the shape's pitch and the timbre's partials in the sounding slots."""
     n, t = sounding.shape
     samples = int(round(cfg.audio_seconds * cfg.sample_rate))
-    freqs = 300.0 * (12.0 ** (torch.arange(cfg.pitches) / max(1, cfg.pitches - 1)))[pitch]  # 300 Hz .. 3.6 kHz
+    f0 = torch.tensor(PITCHES_HZ)[shape]  # (n,)
     time = torch.arange(samples) / cfg.sample_rate
     slot = (torch.arange(samples) * t // samples).clamp(max=t - 1)  # event slot of each sample
     within = (time * t / cfg.audio_seconds) % 1.0
     envelope = torch.sin(math.pi * within).clamp(min=0) ** 0.5  # smooth burst inside its slot
     gate = sounding[:, slot].float() * envelope  # (n, samples)
     phase = torch.rand(n, 1, generator=g) * 2 * math.pi
-    tone = torch.sin(2 * math.pi * freqs[:, None] * time + phase) + 0.5 * torch.sin(4 * math.pi * freqs[:, None] * time)
+    tone = torch.zeros(n, samples)
+    for j, partials in enumerate(TIMBRES[: cfg.timbres]):
+        wave = sum(torch.sin(2 * math.pi * p * f0[:, None] * time + p * phase) / p for p in partials)
+        tone = torch.where((timbre == j)[:, None], wave, tone)
     return 0.5 * gate * tone + 0.5 * cfg.noise * torch.randn(n, samples, generator=g)
 
 
@@ -169,20 +179,27 @@ def generate(cfg: SyntheticConfig) -> dict[str, dict[str, torch.Tensor]]:
     for split in SPLITS:
         n = getattr(cfg, f"clips_{split}")
         k = 1 + cfg.distractors
-        # identities: the sounding one uniform, distractors distinct from it and from each other
-        ids = torch.rand(n, cfg.identities, generator=g).argsort(dim=1)[:, :k]  # (n, K)
-        pitch = torch.randint(0, cfg.pitches, (n,), generator=g)
+        # colours and shapes: distinct within a clip; object 0 sounds
+        colour = torch.rand(n, cfg.colours, generator=g).argsort(dim=1)[:, :k]  # (n, K)
+        shape = torch.rand(n, cfg.shapes, generator=g).argsort(dim=1)[:, :k]  # (n, K)
+        timbre = torch.randint(0, cfg.timbres, (n,), generator=g)
         events = _event_sets(n, cfg, g)  # (n, K, slots)
         centres = _trajectories(n, cfg, radius, g)  # (n, K, T, 2)
         frame_events = events.repeat_interleave(cfg.frames // cfg.slots, dim=2)  # (n, K, T)
         order = torch.rand(n, k, generator=g).argsort(dim=1)  # random drawing (occlusion) order
         take = order[..., None]
         video = _draw_video(
-            ids.gather(1, order), frame_events.gather(1, take.expand(-1, -1, cfg.frames)),
-            centres.gather(1, take[..., None].expand(-1, -1, cfg.frames, 2)), radius, cfg, g,
+            colour.gather(1, order),
+            shape.gather(1, order),
+            frame_events.gather(1, take.expand(-1, -1, cfg.frames)),
+            centres.gather(1, take[..., None].expand(-1, -1, cfg.frames, 2)),
+            radius,
+            cfg,
+            g,
         )
-        audio = log_mel(_synth_audio(pitch, events[:, 0], cfg, g), cfg.sample_rate, cfg.n_mels, cfg.n_frames)
-        out[split] = {"video": video, "audio": audio, "label": ids[:, 0] * cfg.pitches + pitch}
+        wave = _synth_audio(shape[:, 0], timbre, events[:, 0], cfg, g)
+        audio = log_mel(wave, cfg.sample_rate, cfg.n_mels, cfg.n_frames)
+        out[split] = {"video": video, "audio": audio, "label": colour[:, 0] * cfg.timbres + timbre}
     # AST-style normalisation, (x - mean) / (2 std), with the train split's statistics
     mean, std = out["train"]["audio"].mean(), out["train"]["audio"].std()
     for split in SPLITS:
@@ -192,7 +209,7 @@ def generate(cfg: SyntheticConfig) -> dict[str, dict[str, torch.Tensor]]:
 
 def config_hash(cfg: SyntheticConfig) -> str:
     """Hash of the parameters and of the generator's version: the cache key."""
-    blob = json.dumps({"v": 1, **cfg.model_dump()}, sort_keys=True).encode()
+    blob = json.dumps({"v": 2, **cfg.model_dump()}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -212,4 +229,31 @@ def load_or_generate(cfg: SyntheticConfig, cache_dir: str | os.PathLike) -> dict
 
 
 def input_spec(cfg: SyntheticConfig) -> InputSpec:
-    return InputSpec(cfg.frames, cfg.image_size, cfg.n_mels, cfg.n_frames, cfg.identities * cfg.pitches)
+    return InputSpec(cfg.frames, cfg.image_size, cfg.n_mels, cfg.n_frames, cfg.colours * cfg.timbres)
+
+
+class SyntheticDataset:
+    """The ``synthetic`` format: generated on first use, cached by parameter hash, held in memory.
+
+    Args:
+        params: the dataset's parameters.
+        cache_dir: root of the harness cache (the clips go under ``<cache_dir>/synthetic/``).
+    """
+
+    Config = SyntheticConfig
+
+    def __init__(self, params: SyntheticConfig, cache_dir: str | os.PathLike):
+        self.params = params
+        self.spec = input_spec(params)
+        data = load_or_generate(params, cache_dir)
+        self.splits = {s: TensorSplit(s, **data[s]) for s in SPLITS}
+        self.fingerprint = config_hash(params)
+
+    @classmethod
+    def input_spec(cls, params: SyntheticConfig) -> InputSpec:
+        return input_spec(params)
+
+    @classmethod
+    def prepare(cls, params: SyntheticConfig, cache_dir: str | os.PathLike) -> None:
+        """Generate and cache the data ahead of the trials (the sweep driver calls this once)."""
+        load_or_generate(params, cache_dir)

@@ -1,0 +1,157 @@
+"""MLflow, as DESIGN.md names it: experiment = sweep name, a parent run per sweep, a child run per trial.
+
+One writer per store. ``harness run`` logs from its own process (``MlflowReporter``). In a sweep the trials never
+touch MLflow: they report to Ray Tune, and the sweep driver's ``MlflowSweepCallback`` turns those reports into
+child runs. So concurrent trials can never lock or corrupt a SQLite store, and workers on other nodes need no
+route to it.
+
+Params are the flattened resolved config (``method.fusion_layer``, ``train.lr``, ...), logged once per run.
+Tags: ``harness.sweep``, ``harness.sweep_hash``, ``harness.trial_id``, git SHA and dirty flag, versions, device.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.config import RunSpec, flatten
+
+# MLflow rejects params longer than this; longer values are cut with a marker.
+_MAX_PARAM = 6000
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's own default: ./mlflow.db in the cwd.
+
+    The default is spelled as an absolute ``sqlite:///`` path so that processes in other working directories
+    (Ray trials chdir into their trial folders) open the same store.
+    """
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def code_tags() -> dict[str, str]:
+    """Git SHA and dirty flag of the harness checkout, and the versions of what a number depends on."""
+    import mlflow
+    import torch
+
+    import harness
+
+    root = Path(harness.__file__).resolve().parent.parent
+    tags = {"harness.version": harness.__version__, "harness.torch_version": torch.__version__,
+            "harness.mlflow_version": mlflow.__version__}  # fmt: skip
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)  # fmt: skip
+        if sha.returncode == 0:
+            tags["harness.git_sha"] = sha.stdout.strip()
+            tags["harness.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def run_params(spec_dict: dict) -> dict[str, str]:
+    """MLflow params: the flattened resolved config, values as strings (``null`` for None)."""
+    out = {}
+    for k, v in flatten(spec_dict).items():
+        s = "null" if v is None else str(v)
+        out[k] = s if len(s) <= _MAX_PARAM else s[: _MAX_PARAM - 3] + "..."
+    return out
+
+
+def _experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created meanwhile by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_failure(client, run_id: str, error: BaseException | str) -> None:
+    """Mark ``run_id`` FAILED with its error as a tag and an ``error.txt`` artifact; what was logged stays."""
+    text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
+    first = text.strip().splitlines()[-1] if text.strip() else "unknown error"
+    client.set_tag(run_id, "harness.error", first[:5000])
+    client.log_text(run_id, text, "error.txt")
+    client.set_terminated(run_id, status="FAILED")
+
+
+class MlflowReporter:
+    """A trial's reporter that logs straight to MLflow (``harness run``): one top-level run per trial."""
+
+    def __init__(self, client, run_id: str, uri: str, experiment: str):
+        self.client, self.run_id, self.uri, self.experiment = client, run_id, uri, experiment
+
+    @classmethod
+    @contextmanager
+    def open(cls, spec: RunSpec, uri: str | None = None, parent_run_id: str | None = None, tags: dict | None = None):
+        """Start a run for ``spec``; it ends FINISHED, or FAILED with the error if the block raises."""
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri(uri or spec.tracking.uri)
+        client = MlflowClient(uri)
+        experiment = spec.tracking.experiment or spec.name
+        exp_id = _experiment_id(client, experiment)
+        all_tags = {**code_tags(), **(tags or {}), "mlflow.runName": f"{spec.name}-{spec.method.name}-s{spec.seed}"}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, tags=all_tags)
+        self = cls(client, run.info.run_id, uri, experiment)
+        log_params(client, self.run_id, run_params(spec.to_dict()))
+        try:
+            yield self
+        except BaseException as e:
+            log_failure(client, self.run_id, e)
+            raise
+        client.set_terminated(self.run_id, status="FINISHED")
+
+    def start(self, info: dict) -> None:
+        for key, value in info["tags"].items():
+            self.client.set_tag(self.run_id, key, value)
+        log_metrics(self.client, self.run_id, info["metrics"], step=0)
+
+    def report(self, metrics: dict[str, float], step: int) -> None:
+        log_metrics(self.client, self.run_id, metrics, step)
+
+
+def log_params(client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = list(params.items())
+    for i in range(0, len(items), 100):  # MLflow's batch limit
+        client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
+
+
+def log_metrics(client, run_id: str, metrics: dict, step: int) -> None:
+    """Log the numeric, finite-or-not metrics with a ``/`` in their name (``epoch`` and ``lr`` too)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def cli_ui(uri: str | None, host: str, port: int) -> int:
+    """``harness ui``: the MLflow UI on the project's store, bound to ``host`` (127.0.0.1 by default)."""
+    uri = tracking_uri(uri)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    print(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", "1"]  # fmt: skip
+    return subprocess.call(cmd, env=env)

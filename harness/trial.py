@@ -1,0 +1,129 @@
+"""One trial: build the dataset, method and task from a resolved spec, count their cost, train, evaluate.
+
+``run_trial`` is the single code path: ``harness run`` calls it directly, each Ray Tune trial of a sweep calls it
+in a worker process, and the tests call it too. Where the figures go is the reporter's business.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from harness.config import ConfigError, RunSpec
+from harness.registry import ENGINES, FORMATS, METHODS, TASKS
+
+
+class Reporter(Protocol):
+    """Where a trial sends what it measures."""
+
+    def start(self, info: dict) -> None:
+        """Once, before training: ``{"tags": {...}, "metrics": {"model/params_total": ..., ...}}``."""
+
+    def report(self, metrics: dict[str, float], step: int) -> None:
+        """Each epoch's figures, then the final ones (``test/*``, ``perf/*``) at step ``train.epochs``."""
+
+
+class PrintReporter:
+    """Prints one line per epoch; the default of ``run_trial`` and what tests use."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def start(self, info: dict) -> None:
+        m = info["metrics"]
+        print(
+            f"model: {m['model/params_total'] / 1e6:.3f}M params ({m['model/params_trainable'] / 1e6:.3f}M trainable),"
+            f" {m['model/gflops']:.4f} GFLOPs/clip",
+            file=self.stream,
+        )
+
+    def report(self, metrics: dict[str, float], step: int) -> None:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" in k)
+        print(f"[{step}] {shown}", file=self.stream, flush=True)
+
+
+def cache_dir(spec: RunSpec) -> Path:
+    """Where generated and prepared data is cached: ``cache_dir``, ``$HARNESS_CACHE`` or ~/.cache/fusion-harness."""
+    return Path(spec.cache_dir or os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "fusion-harness")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels where it has them."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_dataset(spec: RunSpec):
+    """The dataset object of ``spec`` (its format's loader class), generating or loading the cache."""
+    return FORMATS.get(spec.dataset.format)(spec.dataset.params, cache_dir(spec))
+
+
+def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The method and the task (which owns the shared head), freshly initialised from ``spec.seed``."""
+    torch.manual_seed(spec.seed)
+    method = METHODS.get(spec.method.name)(spec.method, spec.backbone, input_spec)
+    task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
+    return method, task
+
+
+def model_cost(method: torch.nn.Module, task: torch.nn.Module, input_spec) -> dict[str, float]:
+    """``model/*`` metrics: params (total, trainable) of method + head, forward FLOPs and MACs of one clip."""
+    from harness.complexity import count_params, forward_flops
+
+    total, trainable = count_params(torch.nn.ModuleDict({"method": method, "task": task}))
+    flops = forward_flops(method, task, input_spec)
+    return {
+        "model/params_total": float(total),
+        "model/params_trainable": float(trainable),
+        "model/gflops": flops["gflops"],
+        "model/gmacs": flops["gmacs"],
+    }
+
+
+def run_tags(device: torch.device) -> dict[str, str]:
+    """Tags a trial adds about where it ran: device and torch version."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"harness.device": name, "harness.torch_version": torch.__version__}
+
+
+def run_trial(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, float]:
+    """Train and evaluate one configuration; returns the final metrics.
+
+    Args:
+        spec: the resolved run (``harness.config.load_config`` or ``RunSpec.from_dict``).
+        reporter: receives the cost once and every epoch's metrics; default prints them.
+    """
+    reporter = reporter or PrintReporter()
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    seed_everything(spec.seed)
+    data = build_dataset(spec)
+    method, task = build_model(spec, data.spec)
+    engine = ENGINES.get(spec.engine.name)(spec)
+    tags = {**run_tags(engine.device), "harness.dataset_fingerprint": getattr(data, "fingerprint", "")}
+    reporter.start({"tags": tags, "metrics": model_cost(method, task, data.spec)})
+    return engine.fit(method, task, data, reporter.report)
+
+
+def cli_run(path: str, overrides: list[str], tracking_uri: str | None) -> int:
+    """``harness run FILE``: one trial without Ray, logged to MLflow as a run of its own."""
+    from harness.config import load_config
+    from harness.tracking import MlflowReporter
+
+    spec = load_config(path, overrides)
+    if not isinstance(spec, RunSpec):
+        raise ConfigError([("search", f"{path} is a sweep; run it with `harness sweep {path}`")])
+    with MlflowReporter.open(spec, tracking_uri) as reporter:
+        final = run_trial(spec, reporter)
+    print(" ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("test/")))
+    print(f"logged to MLflow run {reporter.run_id} in experiment '{reporter.experiment}' at {reporter.uri}")
+    return 0
