@@ -12,34 +12,33 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 from ray.tune import Callback
 
 from harness.config import RunSpec, load_config, set_dotted
 from harness.search import SweepSpec
-from harness.tracking import code_tags, log_failure, log_metrics, log_params, run_params
+from harness.tracking import code_tags, error_summary, log_failure, log_metrics, log_params, run_params
 
-_START = "harness_start"  # the first report of a trial carries the trial's tags and cost as JSON under this key
+_START = "harness_start"  # the first report of a trial carries the trial's tags as JSON under this key
 
 
 class TuneReporter:
-    """A trial's reporter inside a Ray Tune worker: every figure goes to ``ray.tune.report``."""
+    """A trial's reporter inside a Ray Tune worker: every figure goes to ``ray.tune.report``.
 
-    def __init__(self):
-        self._start: str | None = None
+    The cost and tags are reported at once, before training, so that a trial that fails in its first epoch still
+    leaves them in its MLflow run.
+    """
 
     def start(self, info: dict) -> None:
-        self._start = json.dumps(info)
+        from ray import tune
+
+        tune.report({**info["metrics"], _START: json.dumps(info["tags"]), "harness_step": 0})
 
     def report(self, metrics: dict[str, float], step: int) -> None:
         from ray import tune
 
-        payload = {**metrics, "harness_step": step}
-        if self._start is not None:
-            payload[_START], self._start = self._start, None
-        tune.report(payload)
+        tune.report({**metrics, "harness_step": step})
 
 
 def trial_assignment(config: dict) -> dict:
@@ -189,12 +188,9 @@ class MlflowSweepCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.runs[trial.trial_id]
-        start = result.get("harness_start")
-        if start:
-            start = json.loads(start)
-            for key, value in start["tags"].items():
+        if _START in result:
+            for key, value in json.loads(result[_START]).items():
                 self.client.set_tag(run_id, key, value)
-            log_metrics(self.client, run_id, start["metrics"], step=0)
         metrics = {k: v for k, v in result.items() if "/" in k and not k.startswith("config")}
         metrics.update({k: result[k] for k in ("epoch", "lr") if k in result})
         log_metrics(self.client, run_id, metrics, step=int(result.get("harness_step", 0)))
@@ -209,10 +205,11 @@ class MlflowSweepCallback(Callback):
         print(f"  done  {self._label(trial)}: {shown} ({time.time() - self.t0[trial.trial_id]:.0f} s)", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = trial.get_error()
-        text = "".join(traceback.format_exception(error)) if error else "unknown error (see the Ray trial logs)"
+        # The error file is local to the driver right away; get_error() reads storage, which may lag behind.
+        local = Path(trial.error_file) if trial.error_file else None
+        text = (local.read_text() if local and local.exists() else trial.get_error()) or "unknown error (Ray logs)"
         log_failure(self.client, self.runs[trial.trial_id], text)
-        first = text.strip().splitlines()[-1]
+        first = error_summary(text)
         self.failed.append(f"{self._label(trial)}: {first}")
         print(f"  FAIL  {self._label(trial)}: {first}", flush=True)
 

@@ -12,6 +12,7 @@ Tags: ``harness.sweep``, ``harness.sweep_hash``, ``harness.trial_id``, git SHA a
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import traceback
@@ -80,11 +81,20 @@ def _experiment_id(client, name: str) -> str:
         return exp.experiment_id
 
 
+def error_summary(text: str) -> str:
+    """The line that names the exception (``pkg.NonFiniteLossError: train/loss is nan ...``), class unqualified."""
+    lines = [
+        ln.strip() for ln in text.strip().splitlines() if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", ln.strip())
+    ]
+    line = lines[-1] if lines else text.strip().splitlines()[-1]
+    head, _, rest = line.partition(":")
+    return f"{head.rsplit('.', 1)[-1]}:{rest}" if rest else line
+
+
 def log_failure(client, run_id: str, error: BaseException | str) -> None:
     """Mark ``run_id`` FAILED with its error as a tag and an ``error.txt`` artifact; what was logged stays."""
     text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
-    first = text.strip().splitlines()[-1] if text.strip() else "unknown error"
-    client.set_tag(run_id, "harness.error", first[:5000])
+    client.set_tag(run_id, "harness.error", error_summary(text)[:5000] if text.strip() else "unknown error")
     client.log_text(run_id, text, "error.txt")
     client.set_terminated(run_id, status="FAILED")
 

@@ -82,7 +82,8 @@ class TorchEngine:
         """Train, validate each epoch, test at the end. ``report(metrics, step)`` receives every figure.
 
         Returns:
-            The final metrics (``test/*``, ``perf/*`` and the last epoch's ``val/*``).
+            The last epoch's ``train/loss`` and ``val/*`` with the final ``test/*`` and ``perf/*`` (only the latter
+            are reported at step ``epochs``).
 
         Raises:
             NonFiniteLossError: the loss became NaN or infinite.
@@ -126,7 +127,7 @@ class TorchEngine:
             last = {"train/loss": (total / max(1, n)).item(), **{f"val/{k}": v for k, v in val.items()}}
             report({**last, "lr": sched.get_last_lr()[0], "epoch": epoch}, epoch)
 
-        final = dict(last)
+        final: dict[str, float] = {}
         test = data.splits["test"]
         final.update({f"test/{k}": v for k, v in self.evaluate(method, task, test).items()})
         # ":audio_only": only the audio is present (video masked), and the other way round.
@@ -136,7 +137,7 @@ class TorchEngine:
         final["perf/peak_mem_mb"] = peak_memory_mb(self.device)
         final["perf/wall_s"] = time.perf_counter() - start
         report(final, t.epochs)
-        return final
+        return {**last, **final}
 
 
 def peak_memory_mb(device: torch.device) -> float:
