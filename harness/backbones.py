@@ -92,8 +92,12 @@ class BackboneConfig(BaseModel):
 
 # Presets: zero-arg functions returning the defaults (BACKBONES entries resolve to these). One place to tune.
 def tiny() -> dict:
-    """A 4-layer width-64 ViT for CPU runs on the synthetic dataset, with a shared time table (docs/methods.md)."""
-    return dict(name="tiny", embed_dim=64, depth=4, num_heads=4, patch_size=16, tubelet=1, audio_patch=(16, 16),
+    """A 4-layer width-64 ViT for CPU runs on the synthetic dataset, with a shared time table (docs/methods.md).
+
+    One token per frame (a 32 px patch covers the synthetic default's 32 px frame) and one per 16 spectrogram frames
+    over all 32 mel bins, so each modality has one token per time step on the same grid.
+    """
+    return dict(name="tiny", embed_dim=64, depth=4, num_heads=4, patch_size=32, tubelet=1, audio_patch=(32, 16),
                 time_embed="shared")  # fmt: skip
 
 
