@@ -14,11 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from ray.tune import Callback
+# Ray Tune's newer console output prints a configuration box and TensorBoard hints; the harness prints one line
+# per finished trial instead. Set before Ray reads it.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-from harness.config import RunSpec, load_config, set_dotted
-from harness.search import SweepSpec
-from harness.tracking import code_tags, error_summary, log_failure, log_metrics, log_params, run_params
+from ray.tune import Callback  # noqa: E402
+
+from harness.config import RunSpec, load_config, set_dotted  # noqa: E402
+from harness.search import SweepSpec  # noqa: E402
+from harness.tracking import code_tags, error_summary, log_failure, log_metrics, log_params, run_params  # noqa: E402
 
 _START = "harness_start"  # the first report of a trial carries the trial's tags as JSON under this key
 

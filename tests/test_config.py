@@ -171,7 +171,7 @@ def test_round_trip_and_flatten(toy):
     assert again.to_dict() == spec.to_dict()
     flat = flatten(d)
     assert flat["method.fusion_layer"] == 2 and flat["dataset.num_classes"] == 5 and flat["seed"] == 1
-    assert flat["backbone.audio_patch"] == [16, 16] and flat["train.lr"] == 1.0e-3
+    assert flat["backbone.audio_patch"] == [32, 16] and flat["train.lr"] == 1.0e-3
     d["method"]["fusion_layer"] = 9
     with pytest.raises(ConfigError, match=r"method.fusion_layer: 9 is out of range"):
         RunSpec.from_dict(d)

@@ -67,7 +67,7 @@ def test_batches_follow_the_sample_contract(tmp_path):
         batch["video"].dtype == torch.float32
         and -1.0 <= float(batch["video"].min()) <= float(batch["video"].max()) <= 1.0
     )
-    assert batch["audio"].shape[1:] == (1, 32, 128) and batch["label"].shape == (5,)
+    assert batch["audio"].shape[1:] == (1, 32, 64) and batch["label"].shape == (5,)
     assert batch["audio_present"].all() and batch["video_present"].all() and len(batch["id"]) == 5
     again = next(ds.splits["train"].batches(5, shuffle=True, seed=3))
     assert batch["id"] == again["id"]
