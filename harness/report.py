@@ -49,9 +49,13 @@ def child_runs(uri: str, parent) -> pd.DataFrame:
 
 
 def swept_keys(runs: pd.DataFrame) -> list[str]:
-    """Params (dotted, without ``params.``) that vary between the runs: the rows' keys. ``method.name`` first."""
+    """Params (dotted, without ``params.``) whose set values differ between runs: the rows' keys.
+
+    ``method.name`` comes first. A param that only some methods have (``method.bottleneck_tokens``) is a key only if
+    the runs that have it disagree on it; seeds and storage locations never are.
+    """
     keys = [c[len("params.") :] for c in runs.columns if c.startswith("params.")]
-    varying = [k for k in keys if k not in _NOT_A_KEY and runs[f"params.{k}"].fillna("—").nunique() > 1]
+    varying = [k for k in keys if k not in _NOT_A_KEY and runs[f"params.{k}"].dropna().nunique() > 1]
     return ["method.name"] + [k for k in varying if k != "method.name"]
 
 
@@ -73,6 +77,9 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     rows = []
     for group, g in df.groupby([f"params.{k}" for k in keys], sort=False, dropna=False):
         row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
+        if "method.fusion_layer" not in keys:  # shown even when not swept: it says what kind of fusion a row is
+            layers = g.get("params.method.fusion_layer", pd.Series(dtype=object)).dropna().unique()
+            row["method.fusion_layer"] = layers[0] if len(layers) == 1 else "—"
         row["n"] = len(g)
         for col, metric in (("trainable params", "params_trainable"), ("total params", "params_total"),
                             ("GFLOPs", "gflops")):  # fmt: skip
@@ -93,11 +100,10 @@ def _pm(mean: float, ci: float) -> str:
 
 def to_markdown(table: pd.DataFrame, keys: list[str], title: str, note: str) -> str:
     """The table as GitHub Markdown, with the n of each row and what the ± means."""
-    show = pd.DataFrame({"method": table["method.name"]})
-    if "method.fusion_layer" not in keys:
-        show["fusion layer"] = "—"
+    show = pd.DataFrame({"method": table["method.name"], "fusion layer": table["method.fusion_layer"]})
     for k in keys[1:]:
-        show["fusion layer" if k == "method.fusion_layer" else k] = table[k]
+        if k != "method.fusion_layer":
+            show[k] = table[k]
     show["trainable params"] = table["trainable params"].map(lambda v: f"{v / 1e6:.3f} M")
     show["total params"] = table["total params"].map(lambda v: f"{v / 1e6:.3f} M")
     show["GFLOPs"] = table["GFLOPs"].map(lambda v: f"{v:.4f}")
@@ -118,10 +124,11 @@ def figure(table: pd.DataFrame, keys: list[str], path: Path, title: str) -> None
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     palette = dict(zip(table["method.name"].unique(), sns.color_palette("tab10")))
-    layered = table[table.get("method.fusion_layer", pd.Series("—", index=table.index)) != "—"] if (
-        "method.fusion_layer" in table) else table.iloc[0:0]  # fmt: skip
-    for method, g in layered.groupby("method.name", sort=False):
-        g = g.assign(lf=g["method.fusion_layer"].astype(int)).sort_values("lf")
+    layered = table[table["method.fusion_layer"] != "—"]
+    methods = list(layered["method.name"].unique())
+    for i, (method, g) in enumerate(layered.groupby("method.name", sort=False)):
+        dodge = 0.06 * (i - (len(methods) - 1) / 2)  # methods at the same Lf side by side
+        g = g.assign(lf=g["method.fusion_layer"].astype(int) + dodge).sort_values("lf")
         ax.errorbar(g["lf"], g["test top-1"], yerr=g["test top-1 ci95"].fillna(0), marker="o", capsize=3,
                     label=method, color=palette[method])  # fmt: skip
     flat = table.drop(layered.index)

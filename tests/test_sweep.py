@@ -88,9 +88,12 @@ def test_aggregate_groups_seeds_with_a_t_interval():
         "metrics.model/params_total": [10.0] * 6,
     })  # fmt: skip
     keys = swept_keys(runs)
-    assert keys == ["method.name", "method.fusion_layer"]
+    assert keys == ["method.name"]  # fusion_layer is set for mbt only, and the same for all its runs
+    assert swept_keys(runs.assign(**{"params.method.fusion_layer": ["1", "2", "1", None, None, None]})) == [
+        "method.name", "method.fusion_layer"]  # fmt: skip
     table = aggregate(runs, keys)
     top = table.iloc[0]
+    assert top["method.fusion_layer"] == "1"  # shown though not swept
     assert top["method.name"] == "mbt" and top["n"] == 3 and top["test top-1"] == pytest.approx(72.0)
     assert top["test top-1 ci95"] == pytest.approx(4.303 * 2.0 / 3**0.5, rel=1e-3)
     assert table.iloc[1]["method.fusion_layer"] == "—" and table.iloc[1]["test top-1 ci95"] == 0.0
