@@ -255,6 +255,7 @@ FORMATS = Registry("format", "harness.formats")
 # fmt: off
 METHODS.register("vanilla", "methods.vanilla:Vanilla", "vanilla self-attention fusion (MBT): one shared ViT, modalities concatenated from fusion_layer on")  # noqa: E501
 METHODS.register("mbt", "methods.mbt:MBT", "Attention Bottlenecks (Nagrani et al. 2021): cross-modal flow only through bottleneck tokens")  # noqa: E501
+METHODS.register("cross", "methods.cross:Cross", "modality-specific-parameter fusion (MBT): per-modality ViTs that attend over both modalities from fusion_layer on")  # noqa: E501
 METHODS.register("late", "methods.late:Late", "late (score-level) fusion: two independent ViT streams, per-modality scores averaged")  # noqa: E501
 METHODS.register("audio_only", "methods.unimodal:AudioOnly", "audio stream only (unimodal baseline)")
 METHODS.register("video_only", "methods.unimodal:VideoOnly", "video stream only (unimodal baseline)")

@@ -7,6 +7,10 @@ Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`
 Known differences: the ViT-checkpoint initialisation is not done here (a later ``load_backbone_checkpoint``).
 With ``readout='gap'`` the CLS tokens stay in the sequence (so every attention row keeps a key when a modality is
 missing) but are left out of the pool; scenic has no CLS tokens in ``gap`` mode.
+Weights: MBT's vanilla fusion is defined with one shared stack only (scenic ``share_encoder=True``). Neither the
+paper nor scenic defines a vanilla fusion with separate weights: scenic's ``share_encoder=False`` without
+bottlenecks is the modality-specific-parameter rule (each modality's own block over [other ‖ own] tokens), which
+is the ``cross`` method. ``shared_weights`` therefore accepts only True and points to ``cross`` otherwise.
 
 Update rule, l = 0..L-1:
     l <  Lf:  z_m <- Block_l(z_m) for each m (same weights for both modalities)
@@ -37,6 +41,12 @@ from methods.base import (
     readout_gap,
 )
 
+# Why vanilla has no per-modality weights (the config check and the constructor say the same).
+SEPARATE_WEIGHTS = (
+    "false is not defined for vanilla fusion (MBT's vanilla shares one stack); for per-modality weights that "
+    "attend over both modalities use method.name=cross"
+)
+
 
 class VanillaConfig(MethodConfig):
     """Where the joint sequence starts and how it is read out."""
@@ -48,9 +58,17 @@ class VanillaConfig(MethodConfig):
     readout: Literal["cls", "gap"] = Field(
         "cls", description="cls: per-modality CLS (MBT's paper); gap: mean of present patch tokens (MBT's AS config)"
     )
+    shared_weights: bool = Field(
+        True,
+        description="one block stack for both modalities (scenic share_encoder=True); False is not a vanilla "
+        "variant in MBT: per-modality weights with attention over both modalities is method.name=cross",
+    )
 
     def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
-        return check_fusion_layer(self.fusion_layer, backbone.depth)
+        errors = check_fusion_layer(self.fusion_layer, backbone.depth)
+        if not self.shared_weights:
+            errors.append(("method.shared_weights", SEPARATE_WEIGHTS))
+        return errors
 
 
 class Vanilla(FusionMethod):
@@ -62,6 +80,8 @@ class Vanilla(FusionMethod):
 
     def __init__(self, cfg: VanillaConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)
+        if not cfg.shared_weights:
+            raise ValueError(f"method.shared_weights={cfg.shared_weights}: {SEPARATE_WEIGHTS}")
         self.tokens = Tokenizers(backbone, spec, self.order)
         self.streams = Streams(backbone, self.order, shared_weights=True)
         self.norm = layer_norm(backbone.embed_dim)

@@ -13,6 +13,7 @@ from harness.registry import METHODS
 VARIANTS = {
     "mbt": [{"readout": "gap"}, {"shared_weights": True}, {"fusion_layer": 0, "bottleneck_tokens": 1}],
     "vanilla": [{"readout": "gap"}, {"fusion_layer": 1}],
+    "cross": [{"readout": "gap"}, {"fusion_layer": 1}],
 }
 CASES = [(name, {}) for name in METHODS.names()] + [
     (name, v) for name, vs in VARIANTS.items() if name in METHODS for v in vs

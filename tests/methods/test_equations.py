@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from methods.cross import Cross
 from methods.late import Late
 from methods.mbt import MBT
-from methods.vanilla import Vanilla
+from methods.vanilla import Vanilla, VanillaConfig
 
 
 def build(cls, backbone, spec, seed: int = 0, **fields):
@@ -128,3 +130,80 @@ def test_gap_pools_present_patch_tokens(backbone, spec, make_batch):
     both = torch.cat([z["video"][0, 1:], z["audio"][0, 1:]]).mean(0)  # pooled by token count, CLS excluded
     assert_same(model(batch)["embedding"][0], both)
     assert_same(model(batch)["embedding"][1], z["audio"][1, 1:].mean(0))
+
+
+def cross_reference(model: Cross, batch: dict) -> dict[str, torch.Tensor]:
+    """§1.4 (2) written out with the model's own modules, no masks: z_m <- last |z_m| of Block_m([z_other ‖ z_m])."""
+    depth, lf = model.backbone.depth, model.cfg.fusion_layer
+    z = model.tokens(batch, {m: torch.ones(batch[m].shape[0], dtype=torch.bool) for m in model.modalities})
+    for layer in range(lf):
+        z = {m: model.streams.block(layer, m)(x) for m, x in z.items()}
+    for layer in range(lf, depth):
+        audio = model.streams.block(layer, "audio")(torch.cat([z["video"], z["audio"]], dim=1))
+        video = model.streams.block(layer, "video")(torch.cat([z["audio"], z["video"]], dim=1))
+        z = {"audio": audio[:, -z["audio"].shape[1] :], "video": video[:, -z["video"].shape[1] :]}  # simultaneous
+    return {m: model.norm(x)[:, 0] for m, x in z.items()}
+
+
+def test_cross_follows_the_modality_specific_update_rule(backbone, spec, make_batch):
+    model = build(Cross, backbone, spec, fusion_layer=1).eval()
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    out = model(batch)
+    for m, expected in cross_reference(model, batch).items():
+        assert_same(out["per_modality"][m], expected)
+
+
+def test_cross_streams_meet_only_from_the_fusion_layer(backbone, spec, make_batch):
+    # Unlike MBT, the exchange is immediate: at Lf = L - 1 the last layer already reads the other modality.
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    depth = backbone.depth
+    for lf, crosses in ((0, True), (depth - 1, True), (depth, False)):
+        model = build(Cross, backbone, spec, fusion_layer=lf).eval()
+        audio, audio_new = (model(x)["per_modality"]["audio"] for x in (batch, with_new_video(batch)))
+        assert torch.allclose(audio, audio_new, rtol=0, atol=1e-6) != crosses, f"fusion_layer={lf}"
+
+
+@pytest.mark.parametrize("fusion_layer", [0, "depth"])
+def test_cross_is_late_fusion_at_depth_or_without_the_other_modality(fusion_layer, backbone, spec, make_batch):
+    # Lf = L: no cross-modal attention at all. Lf = 0: a clip whose other modality is absent sees no key of it.
+    lf = backbone.depth if fusion_layer == "depth" else fusion_layer
+    cross = build(Cross, backbone, spec, fusion_layer=lf).eval()
+    late = build(Late, backbone, spec, seed=1).eval()
+    late.load_state_dict(cross.state_dict(), strict=True)
+    batch = make_batch(spec, [True, True, False], [True, False, True])
+    a, b = cross(batch), late(batch)
+    # Clip 1 has audio only, clip 2 video only; at Lf = L every stream of every clip matches late fusion.
+    alone = {"audio": [1], "video": [2]} if lf < backbone.depth else {"audio": [0, 1, 2], "video": [0, 1, 2]}
+    assert_same(a["embedding"][1:], b["embedding"][1:])
+    for m, clips in alone.items():
+        assert_same(a["per_modality"][m][clips], b["per_modality"][m][clips])
+    assert torch.allclose(a["embedding"][0], b["embedding"][0]) == (lf == backbone.depth)
+
+
+def test_cross_with_one_block_for_both_modalities_is_vanilla(backbone, spec, make_batch):
+    # Attention is permutation-equivariant, so [z_other ‖ z_m] through the shared block gives z_m's rows of the
+    # joint sequence: scenic's share_encoder=True without bottlenecks is vanilla fusion.
+    vanilla = build(Vanilla, backbone, spec, fusion_layer=1).eval()
+    cross = build(Cross, backbone, spec, seed=1, fusion_layer=1).eval()
+    state = {}
+    for key, value in vanilla.state_dict().items():
+        for m in ("audio", "video"):
+            state[key.replace("streams.blocks.shared.", f"streams.blocks.{m}.")] = value
+    cross.load_state_dict(state, strict=True)
+    both = make_batch(spec, [True] * 2, [True] * 2)
+    a, b = cross(both), vanilla(both)
+    for m in ("audio", "video"):
+        torch.testing.assert_close(a["per_modality"][m], b["per_modality"][m], rtol=0, atol=1e-5)
+    # With one modality absent, only the absent stream's own CLS differs (a key in cross, not in vanilla's joint
+    # sequence), and it never reaches the embedding.
+    mixed = make_batch(spec, [True, False], [False, True])
+    torch.testing.assert_close(cross(mixed)["embedding"], vanilla(mixed)["embedding"], rtol=0, atol=1e-5)
+
+
+def test_vanilla_with_separate_weights_points_to_cross(backbone, spec):
+    cfg = VanillaConfig(shared_weights=False)
+    assert cfg.check(backbone) == [("method.shared_weights", cfg.check(backbone)[0][1])]
+    assert "method.name=cross" in cfg.check(backbone)[0][1]
+    assert VanillaConfig().check(backbone) == []
+    with pytest.raises(ValueError, match="method.shared_weights=False"):
+        Vanilla(cfg, backbone, spec)

@@ -1,0 +1,218 @@
+"""``harness profile``: parameters, forward FLOPs and tokens of a method + task head at any size, without memory.
+
+The method and the task are built on the meta device (``torch.device("meta")``): parameters have shapes but no
+storage and no values, so a ViT-L pair costs no memory and no init time, and ``FlopCounterMode`` counts one clip's
+forward pass from the shapes alone (the same counts as on CPU: ``tests/test_profile.py``).
+
+A source is a run YAML (``harness.config.load_config``; the input shapes come from its dataset's format without
+loading or generating any data) or a preset from ``harness/profiles/``. A file with an ``input:`` section
+(``frames``, ``image_size``, ``n_mels``, ``n_frames``, ``num_classes``) gives the shapes directly and needs no
+``dataset``; the presets are such files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.backbones import BackboneConfig, num_audio_tokens, num_video_tokens
+from harness.config import (
+    ConfigError,
+    RunSpec,
+    apply_overrides,
+    label_errors,
+    load_config,
+    load_yaml,
+    parse_override,
+    pydantic_errors,
+)
+from harness.data.base import InputSpec
+from harness.registry import BACKBONES, FORMATS, METHODS, TASKS, UnknownNameError, close_names
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+# Keys of a file with ``input:``; anything else (train, engine, ...) does not change the model and is ignored.
+INPUT_FILE_KEYS = ("name", "seed", "input", "backbone", "method", "task", "train", "engine", "tracking", "cache_dir")
+
+
+class InputConfig(BaseModel):
+    """The ``input:`` section: the shapes a dataset would yield (``harness.data.base.InputSpec``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frames: int = Field(gt=0, description="T, video frames per clip")
+    image_size: int = Field(gt=0, description="H = W of each frame")
+    n_mels: int = Field(gt=0, description="spectrogram height (frequency bins)")
+    n_frames: int = Field(gt=0, description="spectrogram width (time frames)")
+    num_classes: int = Field(gt=0, description="classes of the task head")
+
+
+@dataclass
+class ProfileSpec:
+    """What ``harness profile`` builds: the model's sections of a run and its input shapes."""
+
+    name: str
+    backbone: BackboneConfig
+    method: BaseModel
+    task_name: str
+    task: BaseModel
+    input: InputSpec
+
+
+def presets() -> list[str]:
+    """Names of the shipped presets (``harness/profiles/*.yaml``)."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The file of preset ``name``. Raises :class:`ConfigError` naming close and valid presets."""
+    if name not in presets():
+        raise ConfigError([("--preset", str(UnknownNameError("preset", name, presets())))])
+    return PROFILES_DIR / f"{name}.yaml"
+
+
+def load_profile(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ProfileSpec:
+    """Resolve a run file or a file with ``input:`` (plus ``--set`` overrides) into a :class:`ProfileSpec`.
+
+    Raises:
+        ConfigError: every problem found, at once.
+    """
+    raw = load_yaml(path)
+    if "input" not in raw:
+        spec = load_config(path, overrides)
+        if not isinstance(spec, RunSpec):
+            raise ConfigError([(str(path), "is a sweep file; profile one run file (or a preset)")])
+        shapes = FORMATS.get(spec.dataset.format).input_spec(spec.dataset.params)  # computed, no data read
+        return ProfileSpec(spec.name, spec.backbone, spec.method, spec.task_name, spec.task, shapes)
+
+    errors: list[tuple[str, str]] = []
+    parsed = []
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as e:
+            errors += e.errors
+            continue
+        if key.split(".")[0] not in INPUT_FILE_KEYS:
+            errors.append((f"--set {text}", _unknown(key.split(".")[0], INPUT_FILE_KEYS)))
+        else:
+            parsed.append((key, value, f"--set {text}"))
+    origins: dict[str, str] = {}
+    errors += apply_overrides(raw, parsed, origins)
+    errors += [(k, _unknown(k, INPUT_FILE_KEYS)) for k in raw if k not in INPUT_FILE_KEYS]
+
+    shapes = _section(InputConfig, raw.get("input"), "input", errors)
+    backbone = method = task = None
+    bb = dict(raw.get("backbone") or {"name": "tiny"})
+    preset = _lookup(BACKBONES, "backbone", bb.get("name", "tiny"), errors)
+    if preset is not None:
+        backbone = _section(BackboneConfig, {**preset(), **bb}, "backbone", errors)
+    m = dict(raw.get("method") or {})
+    method_cls = _lookup(METHODS, "method", m.get("name"), errors)
+    if method_cls is not None:
+        method = _section(method_cls.Config, m, "method", errors)
+    t = dict(raw.get("task") or {})
+    task_name = t.pop("name", "classification")
+    task_cls = _lookup(TASKS, "task", task_name, errors)
+    if task_cls is not None:
+        task = _section(task_cls.Config, t, "task", errors)
+    if shapes is not None:
+        shapes = InputSpec(**shapes.model_dump())
+        if backbone is not None:
+            errors += backbone.check(shapes)
+    if method is not None and backbone is not None:
+        errors += method.check(backbone)
+    if errors:
+        raise ConfigError(label_errors(errors, origins))
+    return ProfileSpec(raw.get("name", Path(path).stem), backbone, method, task_name, task, shapes)
+
+
+def _unknown(key: str, valid: tuple[str, ...]) -> str:
+    close = close_names(key, valid)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return f"unknown key {key!r}{hint}; valid keys: {', '.join(sorted(valid))}"
+
+
+def _lookup(registry, section: str, name: Any, errors: list) -> Any:
+    if not isinstance(name, str):
+        errors.append((f"{section}.name", f"must be the name of a registered {registry.kind}, got {name!r}"))
+        return None
+    try:
+        return registry.get(name)
+    except UnknownNameError as e:
+        errors.append((f"{section}.name", str(e)))
+        return None
+
+
+def _section(model: type[BaseModel], data: Any, prefix: str, errors: list) -> BaseModel | None:
+    if not isinstance(data, dict):
+        errors.append((prefix, f"must be a mapping, got {data!r}"))
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors += pydantic_errors(e, prefix, model)
+        return None
+
+
+def profile(spec: ProfileSpec) -> dict[str, Any]:
+    """Params, forward FLOPs/MACs of one clip and tokens per modality of the method + task head, built on meta.
+
+    Returns:
+        ``params_total``, ``params_trainable``, ``gflops`` (2 x ``gmacs``), ``gmacs``, ``tokens`` (patch tokens per
+        modality, CLS excluded), and ``name``, ``method``, ``backbone``, ``task``, ``input`` for the record.
+    """
+    from harness.complexity import count_params, forward_flops
+
+    with torch.device("meta"):
+        method = METHODS.get(spec.method.name)(spec.method, spec.backbone, spec.input)
+        task = TASKS.get(spec.task_name)(spec.task, spec.input.num_classes, method.embed_dim)
+    total, trainable = count_params(torch.nn.ModuleDict({"method": method, "task": task}))
+    count = {"video": num_video_tokens, "audio": num_audio_tokens}
+    return {
+        "name": spec.name,
+        "method": spec.method.model_dump(mode="json"),
+        "backbone": spec.backbone.name,
+        "task": spec.task_name,
+        "input": spec.input.to_dict(),
+        "tokens": {m: count[m](spec.backbone, spec.input) for m in method.modalities},
+        "params_total": total,
+        "params_trainable": trainable,
+        **forward_flops(method, task, spec.input),
+    }
+
+
+def format_profile(p: dict[str, Any]) -> str:
+    """The human-readable lines ``harness profile`` prints."""
+    i = p["input"]
+    method = ", ".join(f"{k}={v}" for k, v in p["method"].items())
+    return "\n".join(
+        [
+            f"profile    {p['name']}",
+            f"method     {method}",
+            f"backbone   {p['backbone']}; task {p['task']} ({i['num_classes']} classes)",
+            f"input      video {i['frames']}x3x{i['image_size']}x{i['image_size']}, audio 1x{i['n_mels']}x"
+            f"{i['n_frames']}",
+            "tokens     " + ", ".join(f"{m} {n}" for m, n in p["tokens"].items()) + " (CLS excluded)",
+            f"params     total {p['params_total']:,} ({p['params_total'] / 1e6:.1f} M), trainable "
+            f"{p['params_trainable']:,} ({p['params_trainable'] / 1e6:.1f} M)",
+            f"forward    {_g(p['gflops'])} GFLOPs = 2 x {_g(p['gmacs'])} GMACs (one clip, batch 1)",
+        ]
+    )
+
+
+def _g(x: float) -> str:
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
+
+
+def cli_profile(file: str | None, preset: str | None, overrides: list[str], as_json: bool) -> int:
+    """``harness profile``: print the cost of ``file`` or ``preset``; exit 2 on configuration errors."""
+    if (file is None) == (preset is None):
+        raise ConfigError([("profile", f"give a run FILE or --preset NAME (presets: {', '.join(presets())})")])
+    p = profile(load_profile(preset_path(preset) if preset else file, overrides))
+    print(json.dumps(p, sort_keys=True) if as_json else format_profile(p))
+    return 0

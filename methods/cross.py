@@ -1,0 +1,97 @@
+"""Modality-specific-parameter fusion ("cross"): per-modality weights, each stream attends over all tokens from Lf on.
+
+Paper: Nagrani et al., "Attention Bottlenecks for Multimodal Fusion", NeurIPS 2021, §3.2 "fusion with modality-
+specific parameters", https://arxiv.org/abs/2107.00135.
+Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`` with ``share_encoder=False``,
+``use_bottleneck=False`` (``get_context`` / ``combine_context``).
+Known differences:
+- The ViT-checkpoint initialisation is not done here (a later ``load_backbone_checkpoint``).
+- With ``readout='gap'`` the CLS tokens stay in the sequences but are left out of the pool (scenic has none).
+- A missing modality's tokens (its CLS included) are never keys of the other stream; scenic always has both.
+- Like scenic, each fusion layer runs Block_m over the full ``[context ‖ z_m]`` sequence and drops the context's
+  outputs: two full-length passes per fusion layer, so the FLOPs are those of the reference, not of a
+  queries-of-own-tokens-only kernel.
+With one shared block this rule would be vanilla fusion (attention is permutation-equivariant), which is why
+scenic's ``share_encoder=True, use_bottleneck=False`` is ``vanilla`` and this file always has weights per modality.
+
+Update rule, l = 0..L-1 (Block_m: modality m's own block at layer l):
+    l <  Lf:  z_m <- Block_m(z_m)
+    l >= Lf:  z_m <- last |z_m| outputs of Block_m([z_other ‖ z_m])   # (B, 2 + Nv + Na, D) in, (B, 1 + N_m, D) kept
+              for every m, all from the layer-l inputs (simultaneous update)
+Lf = L is late fusion (same parameters, same outputs); Lf = 0 attends across from the first layer.
+
+Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` layers, ``Lf`` fusion layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from harness.backbones import BackboneConfig, layer_norm
+from harness.data.base import InputSpec
+from methods._blocks import Streams, Tokenizers
+from methods.base import (
+    FusionMethod,
+    MethodConfig,
+    attn_mask,
+    check_fusion_layer,
+    keep_keys,
+    present_masks,
+    readout_cls,
+    readout_gap,
+)
+
+
+class CrossConfig(MethodConfig):
+    """Where the streams start attending to each other and how they are read out."""
+
+    name: str = Field("cross", description="registry name of the method")
+    fusion_layer: int = Field(
+        0,
+        description="Lf, first layer whose streams attend over both modalities; 0 = early fusion, "
+        "L (backbone depth) = late fusion",
+    )
+    readout: Literal["cls", "gap"] = Field(
+        "cls", description="cls: per-modality CLS (MBT's paper); gap: mean of present patch tokens (MBT's AS config)"
+    )
+
+    def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
+        return check_fusion_layer(self.fusion_layer, backbone.depth)
+
+
+class Cross(FusionMethod):
+    """Per-modality blocks; from Lf on each stream's queries attend over [other modality ‖ own tokens]."""
+
+    Config = CrossConfig
+
+    def __init__(self, cfg: CrossConfig, backbone: BackboneConfig, spec: InputSpec):
+        super().__init__(cfg, backbone, spec)
+        self.tokens = Tokenizers(backbone, spec, self.modalities)
+        self.streams = Streams(backbone, self.modalities, shared_weights=False)
+        self.norm = layer_norm(backbone.embed_dim)
+
+    def forward(self, batch: dict) -> dict:
+        cfg: CrossConfig = self.cfg
+        depth, lf = self.backbone.depth, cfg.fusion_layer
+        present = present_masks(batch, self.modalities)
+        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        own = {m: keep_keys(present[m], x.shape[1] - 1) for m, x in z.items()}  # m -> (B, 1 + N_m)
+        z = self.streams(z, {m: attn_mask(k) for m, k in own.items()}, range(lf))
+
+        if lf < depth:
+            # As context, a modality's CLS is a key only when it is present: an absent modality adds no key at all.
+            ctx = {m: keep_keys(present[m], x.shape[1] - 1, keep_cls=present[m]) for m, x in z.items()}
+            others = {m: [o for o in self.modalities if o != m] for m in self.modalities}
+            masks = {m: attn_mask(torch.cat([*(ctx[o] for o in others[m]), own[m]], dim=1)) for m in z}
+            for layer in range(lf, depth):
+                new = {}
+                for m, x in z.items():
+                    seq = torch.cat([*(z[o] for o in others[m]), x], dim=1)  # (B, 2 + Nv + Na, D): context, then own
+                    new[m] = self.streams.block(layer, m)(seq, attn_mask=masks[m])[:, -x.shape[1] :]  # (B, 1 + N_m, D)
+                z = new  # every stream read the layer-l inputs
+
+        z = {m: self.norm(x) for m, x in z.items()}
+        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)
