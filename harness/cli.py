@@ -1,4 +1,4 @@
-"""The ``harness`` command line: ls, validate, run, sweep, report, ui.
+"""The ``harness`` command line: ls, validate, run, sweep, report, profile, ui.
 
 Heavy libraries (torch, ray, mlflow, pandas) are imported inside the handlers, so ``harness ls`` is instant and
 ``harness validate`` never starts Ray.
@@ -23,6 +23,7 @@ examples:
   harness sweep sweeps/fusion_layer.yaml --set tune.num_samples=3
   harness sweep sweeps/fusion_layer.yaml --address auto --storage /shared/ray_results
   harness report --sweep fusion_layer --out reports/fusion_layer.md
+  harness profile --preset mbt_b16_audioset
   harness ui --port 5000
 
 Keys are spelled the same in YAML, --set and MLflow params (method.fusion_layer, train.lr, seed, ...).
@@ -92,6 +93,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from harness.report import cli_report
 
     return cli_report(args.sweep, args.spec, args.out, args.format, args.tracking_uri)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from harness.profile import cli_profile
+
+    return cli_profile(args.file, args.preset, args.set, args.json)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
@@ -179,14 +186,33 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         "build comparison tables from the FINISHED runs in MLflow (mean, std, CI over seeds)",
         "  harness report --sweep fusion_layer --out reports/fusion_layer.md\n"
-        "  harness report --spec reports/table2.yaml --out reports/table2.csv --format csv",
+        "  harness report --spec reports/table2.yaml --out reports/table2.csv --format csv\n"
+        "  harness report --out reports/table2.html      # one page: table + figure, no external files",
     )
     p.add_argument("--sweep", default=None, metavar="NAME", help="sweep (MLflow experiment) to report")
     p.add_argument("--spec", default=None, metavar="FILE", help="report spec YAML (rows, columns, metrics)")
     p.add_argument("--out", required=True, metavar="FILE", help="output file")
-    p.add_argument("--format", choices=("md", "csv"), default=None, help="output format (default: from --out)")
+    p.add_argument(
+        "--format",
+        choices=("md", "csv", "tex", "html"),
+        default=None,
+        help="md, csv, tex (LaTeX tabular) or html (one self-contained page); default: the --out suffix",
+    )
     add_tracking(p)
     p.set_defaults(func=_cmd_report)
+
+    p = add(
+        "profile",
+        "params, forward GFLOPs/GMACs of one clip and tokens of a method + head at any size (meta device, no data)",
+        "  harness profile --preset mbt_b16_audioset\n"
+        "  harness profile --preset vanilla_b16_audioset --set method.fusion_layer=0 --json\n"
+        "  harness profile sweeps/run.yaml --set backbone.name=vit_l16",
+    )
+    p.add_argument("file", nargs="?", default=None, metavar="FILE", help="run YAML (or a file with an input: section)")
+    p.add_argument("--preset", default=None, metavar="NAME", help="a shipped preset (harness/profiles/NAME.yaml)")
+    add_set(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=_cmd_profile)
 
     p = add("ui", "open the MLflow UI on the harness's tracking store", "  harness ui --port 5000")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")

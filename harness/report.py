@@ -1,8 +1,10 @@
 """``harness report``: the comparison table and figure of a sweep, built from MLflow alone.
 
 Reads the FINISHED child runs of the latest sweep (or ``--sweep NAME``), groups them by method and the swept keys,
-aggregates the seeds as mean ± 95% t-interval with n, and writes Markdown, a CSV beside it (raw aggregates), and a
-PNG figure of top-1 against the fusion layer. The report is also logged as an artifact of the sweep's parent run.
+aggregates the seeds as mean ± 95% t-interval with n, and writes the table in the format of ``--out`` (Markdown,
+CSV, a LaTeX tabular, or one self-contained HTML page), the raw aggregates as CSV, and the figure of top-1 against the
+fusion layer as PNG and SVG (``harness.report_render`` formats). The files are also logged as artifacts of the
+sweep's parent run.
 """
 
 from __future__ import annotations
@@ -12,13 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.report_render import FORMATS, METRICS, display_table, figure, to_html, to_latex, to_markdown
+
 # Params that never define a row: they differ between seeds or only say where things were stored.
 _NOT_A_KEY = {"seed", "name", "cache_dir", "tracking.uri", "tracking.experiment", "train.threads"}
-_METRICS = {
-    "test top-1": "metrics.test/top1",
-    "top-1 audio only": "metrics.test/top1:audio_only",
-    "top-1 video only": "metrics.test/top1:video_only",
-}
 
 
 def find_sweep(client, sweep: str | None):
@@ -84,7 +83,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         for col, metric in (("trainable params", "params_trainable"), ("total params", "params_total"),
                             ("GFLOPs", "gflops")):  # fmt: skip
             row[col] = g.get(f"metrics.model/{metric}", pd.Series(dtype=float)).mean()
-        for col, metric in _METRICS.items():
+        for col, metric in METRICS.items():
             values = g.get(metric, pd.Series(dtype=float))
             row[col], row[f"{col} ci95"] = values.mean(), t_interval(values)
         rows.append(row)
@@ -92,66 +91,27 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return out.sort_values("test top-1", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _pm(mean: float, ci: float) -> str:
-    if pd.isna(mean):
-        return "—"
-    return f"{mean:.1f}" if pd.isna(ci) else f"{mean:.1f} ± {ci:.1f}"
+def report_format(out: Path, fmt: str | None) -> str:
+    """``fmt``, else the suffix of ``out`` (no suffix: ``md``); raises ``ConfigError`` for anything else."""
+    from harness.config import ConfigError
 
-
-def to_markdown(table: pd.DataFrame, keys: list[str], title: str, note: str) -> str:
-    """The table as GitHub Markdown, with the n of each row and what the ± means."""
-    show = pd.DataFrame({"method": table["method.name"], "fusion layer": table["method.fusion_layer"]})
-    for k in keys[1:]:
-        if k != "method.fusion_layer":
-            show[k] = table[k]
-    show["trainable params"] = table["trainable params"].map(lambda v: f"{v / 1e6:.3f} M")
-    show["total params"] = table["total params"].map(lambda v: f"{v / 1e6:.3f} M")
-    show["GFLOPs"] = table["GFLOPs"].map(lambda v: f"{v:.4f}")
-    for col in _METRICS:
-        show[col] = [_pm(m, c) for m, c in zip(table[col], table[f"{col} ci95"])]
-    show["n"] = table["n"]
-    return f"# {title}\n\n{note}\n\n{show.to_markdown(index=False)}\n"
-
-
-def figure(table: pd.DataFrame, keys: list[str], path: Path, title: str) -> None:
-    """Top-1 (mean ± 95% CI) against the fusion layer per method; methods without one as horizontal bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    palette = dict(zip(table["method.name"].unique(), sns.color_palette("tab10")))
-    layered = table[table["method.fusion_layer"] != "—"]
-    methods = list(layered["method.name"].unique())
-    for i, (method, g) in enumerate(layered.groupby("method.name", sort=False)):
-        dodge = 0.06 * (i - (len(methods) - 1) / 2)  # methods at the same Lf side by side
-        g = g.assign(lf=g["method.fusion_layer"].astype(int) + dodge).sort_values("lf")
-        ax.errorbar(g["lf"], g["test top-1"], yerr=g["test top-1 ci95"].fillna(0), marker="o", capsize=3,
-                    label=method, color=palette[method])  # fmt: skip
-    flat = table.drop(layered.index)
-    for _, r in flat.iterrows():
-        c, m, ci = palette[r["method.name"]], r["test top-1"], r["test top-1 ci95"]
-        ax.axhline(m, ls="--", color=c, label=r["method.name"])
-        if not pd.isna(ci):
-            ax.axhspan(m - ci, m + ci, color=c, alpha=0.12)
-    ax.set_xlabel("fusion layer Lf (0 = early, L = late)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title)
-    if not layered.empty:
-        ax.set_xticks(sorted(layered["method.fusion_layer"].astype(int).unique()))
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    chosen = fmt or out.suffix.lstrip(".").lower() or "md"
+    if chosen not in FORMATS:
+        where = f"format: {fmt}" if fmt else f"--out {out}: suffix '{out.suffix}'"
+        raise ConfigError([(where, f"unknown report format; valid: {', '.join(FORMATS)} (by suffix or --format)")])
+    return chosen
 
 
 def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None) -> dict[str, Path]:
-    """Write the report files of ``sweep`` (latest sweep if None); returns ``{"md"|"csv"|"png": path}``."""
+    """Write the report of ``sweep`` (latest sweep if None) and log it to the sweep's parent run.
+
+    ``out`` gets the table in ``fmt`` (default: its suffix): ``md``, ``csv``, ``tex`` (a booktabs tabular) or
+    ``html`` (one self-contained page, figure inlined). Beside it, whatever the format: the raw aggregates as CSV
+    and the figure as PNG and SVG. Returns ``{kind: path}`` for every file written.
+    """
     from mlflow.tracking import MlflowClient
 
+    fmt = report_format(out, fmt)
     client = MlflowClient(uri)
     parent = find_sweep(client, sweep)
     name = parent.data.tags["harness.sweep"]
@@ -161,27 +121,33 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None)
     keys = swept_keys(runs)
     table = aggregate(runs, keys)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fmt = fmt or out.suffix.lstrip(".") or "md"
-    paths: dict[str, Path] = {}
     note = (f"Sweep `{name}` (parent run `{parent.info.run_id}`, sweep hash "
             f"`{parent.data.tags.get('harness.sweep_hash', '?')[:12]}`): {len(runs)} finished trials. Accuracies are "
             "mean ± 95% t-interval over seeds (n per row); GFLOPs = 2 × multiply-adds of one clip's forward pass; "
             "\"audio only\" masks the video at test time and vice versa.")  # fmt: skip
-    csv = out.with_suffix(".csv")
-    table.to_csv(csv, index=False)
-    paths["csv"] = csv
+    title = f"{name}: method comparison"
+    paths = {"csv": out if fmt == "csv" else out.with_suffix(".csv"), "png": out.with_suffix(".png"),
+             "svg": out.with_suffix(".svg")}  # fmt: skip
+    table.to_csv(paths["csv"], index=False)
+    figure(table, [paths["png"], paths["svg"]], f"{name}: test top-1 vs fusion layer")
+    show = display_table(table, keys)
     if fmt == "md":
-        png = out.with_suffix(".png")
-        figure(table, keys, png, f"{name}: test top-1 vs fusion layer")
-        out.write_text(to_markdown(table, keys, f"{name}: method comparison", note) + f"\n![top-1]({png.name})\n")
-        paths.update(md=out, png=png)
-    for p in paths.values():
+        out.write_text(to_markdown(show, title, note, figure=paths["png"].name))
+    elif fmt == "tex":
+        out.write_text(to_latex(show, title, note))
+    elif fmt == "html":
+        out.write_text(to_html(show, title, note, png=paths["png"]))
+    paths[fmt] = out
+    for p in dict.fromkeys(paths.values()):
         client.log_artifact(parent.info.run_id, str(p), "report")
     return paths
 
 
 def cli_report(sweep: str | None, spec: str | None, out: str, fmt: str | None, tracking_uri: str | None) -> int:
-    """``harness report``; ``--spec FILE`` may name the sweep (``sweep:``) and the output format (``format:``)."""
+    """``harness report``; ``--spec FILE`` may name the sweep (``sweep:``) and the output format (``format:``).
+
+    Returns 0, or 1 when there is nothing to report; a bad format raises ``ConfigError`` (exit 2).
+    """
     from harness.config import ConfigError, load_yaml
     from harness.tracking import tracking_uri as resolve_uri
 

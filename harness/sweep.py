@@ -22,7 +22,15 @@ from ray.tune import Callback  # noqa: E402
 
 from harness.config import RunSpec, load_config, set_dotted  # noqa: E402
 from harness.search import SweepSpec  # noqa: E402
-from harness.tracking import code_tags, error_summary, log_failure, log_metrics, log_params, run_params  # noqa: E402
+from harness.tracking import (  # noqa: E402
+    code_tags,
+    error_summary,
+    log_failure,
+    log_learning_curves,
+    log_metrics,
+    log_params,
+    run_params,
+)
 
 _START = "harness_start"  # the first report of a trial carries the trial's tags as JSON under this key
 
@@ -163,7 +171,8 @@ class MlflowSweepCallback(Callback):
     """Ray Tune callback in the sweep driver: the only MLflow writer of a sweep.
 
     Opens a child run per trial (params = the trial's flattened resolved config), logs each report as metrics
-    at its epoch, and ends the run FINISHED, or FAILED with the trial's error. Prints one line per finished trial.
+    at its epoch, and ends the run FINISHED, or FAILED with the trial's error. A finished trial's run also gets its
+    learning curves (``curves.png``, ``curves.csv``) from the reports held here. Prints one line per finished trial.
     """
 
     def __init__(self, client, experiment_id: str, parent_run_id: str, spec, base: dict):
@@ -171,6 +180,7 @@ class MlflowSweepCallback(Callback):
         self.spec, self.base = spec, base
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
         self.finished, self.failed, self.last = 0, [], {}
+        self.history: dict[str, dict[int, dict[str, float]]] = {}  # trial id -> step -> metrics (a retry overwrites)
         self.t0: dict[str, float] = {}
 
     def _label(self, trial) -> str:
@@ -197,10 +207,14 @@ class MlflowSweepCallback(Callback):
                 self.client.set_tag(run_id, key, value)
         metrics = {k: v for k, v in result.items() if "/" in k and not k.startswith("config")}
         metrics.update({k: result[k] for k in ("epoch", "lr") if k in result})
-        log_metrics(self.client, run_id, metrics, step=int(result.get("harness_step", 0)))
+        step = int(result.get("harness_step", 0))
+        log_metrics(self.client, run_id, metrics, step=step)
         self.last[trial.trial_id] = {**self.last.get(trial.trial_id, {}), **metrics}
+        steps = self.history.setdefault(trial.trial_id, {})
+        steps[step] = {**steps.get(step, {}), **metrics}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        log_learning_curves(self.client, self.runs[trial.trial_id], self.history.get(trial.trial_id, {}))
         self.client.set_terminated(self.runs[trial.trial_id], status="FINISHED")
         self.finished += 1
         m = self.last.get(trial.trial_id, {})

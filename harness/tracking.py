@@ -157,6 +157,62 @@ def log_metrics(client, run_id: str, metrics: dict, step: int) -> None:
         client.log_batch(run_id, metrics=batch)
 
 
+def learning_curves(history: dict[int, dict[str, float]]) -> list[dict[str, float]]:
+    """Per-epoch rows ``{"epoch", "train/loss", "val/<metric>", ...}`` from a run's reports keyed by step.
+
+    Only the steps that carry a ``train/*`` or ``val/*`` figure are epochs (the cost at step 0 before training and
+    the final ``test/*`` step are not); rows are in epoch order.
+    """
+    rows = []
+    for step in sorted(history):
+        curve = {k: float(v) for k, v in history[step].items() if k.startswith(("train/", "val/"))}
+        if curve:
+            rows.append({"epoch": float(step), **curve})
+    return rows
+
+
+def log_learning_curves(client, run_id: str, history: dict[int, dict[str, float]]) -> bool:
+    """Log ``curves.csv`` and ``curves.png`` (train loss | validation metrics per epoch) as artifacts of ``run_id``.
+
+    Uses matplotlib's object API on the Agg canvas (no pyplot state in the sweep driver). Returns False, logging
+    nothing, when ``history`` holds no epoch.
+    """
+    import csv
+    import tempfile
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    rows = learning_curves(history)
+    if not rows:
+        return False
+    columns = ["epoch", *sorted({k for r in rows for k in r} - {"epoch"})]
+    fig = Figure(figsize=(6.4, 2.6))
+    FigureCanvasAgg(fig)
+    loss_ax, val_ax = fig.subplots(1, 2)
+    epochs = [r["epoch"] for r in rows]
+    for ax, prefix in ((loss_ax, "train/"), (val_ax, "val/")):
+        for name in (c for c in columns if c.startswith(prefix)):
+            ax.plot(epochs, [r.get(name, float("nan")) for r in rows], marker="o", ms=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    loss_ax.set_title("training", fontsize=9)
+    val_ax.set_title("validation", fontsize=9)
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory(prefix="harness-curves-") as tmp:
+        with open(Path(tmp) / "curves.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, columns, restval="")
+            writer.writeheader()
+            writer.writerows({**r, "epoch": int(r["epoch"])} for r in rows)
+        fig.savefig(Path(tmp) / "curves.png", dpi=80)
+        client.log_artifacts(run_id, tmp)
+    return True
+
+
 def cli_ui(uri: str | None, host: str, port: int) -> int:
     """``harness ui``: the MLflow UI on the project's store, bound to ``host`` (127.0.0.1 by default)."""
     uri = tracking_uri(uri)

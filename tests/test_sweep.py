@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -9,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.report import aggregate, swept_keys, t_interval
+from harness.report_render import tex_escape
 
 pytestmark = pytest.mark.ray
 
@@ -62,6 +66,25 @@ def test_sweep_goes_on_past_a_failed_trial_and_exits_nonzero(finished_sweep):
     assert "test/top1:video_only" in ok.data.metrics
 
 
+def test_finished_trials_log_their_learning_curves(finished_sweep, tmp_path):
+    _, uri, _ = finished_sweep
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t_sweep")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    for run in children:
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        if run.info.status != "FINISHED":
+            assert "curves.csv" not in names
+            continue
+        assert {"curves.csv", "curves.png"} <= names
+        curves = pd.read_csv(client.download_artifacts(run.info.run_id, "curves.csv", str(tmp_path)))
+        assert list(curves["epoch"]) == [0, 1] and {"train/loss", "val/top1"} <= set(curves.columns)
+        history = client.get_metric_history(run.info.run_id, "val/top1")
+        assert list(curves["val/top1"]) == pytest.approx([h.value for h in sorted(history, key=lambda h: h.step)])
+        png = Path(client.download_artifacts(run.info.run_id, "curves.png", str(tmp_path)))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
 def test_report_from_the_sweep(finished_sweep):
     _, uri, tmp = finished_sweep
     out = tmp / "reports" / "table2.md"
@@ -71,6 +94,41 @@ def test_report_from_the_sweep(finished_sweep):
     assert (tmp / "reports" / "table2.png").stat().st_size > 1000
     csv = pd.read_csv(tmp / "reports" / "table2.csv")
     assert set(csv["method.name"]) == {"late", "audio_only"} and (csv["n"] == 1).all()
+
+
+@pytest.mark.parametrize("suffix", ["tex", "html", "csv"])
+def test_report_format_follows_the_out_suffix(finished_sweep, suffix):
+    _, uri, tmp = finished_sweep
+    out = tmp / "formats" / f"table2.{suffix}"
+    assert main(["report", "--out", str(out), "--tracking-uri", uri]) == 0
+    text = out.read_text()
+    assert (tmp / "formats" / "table2.png").stat().st_size > 1000
+    assert (tmp / "formats" / "table2.svg").read_text().lstrip().startswith("<?xml")
+    if suffix == "tex":
+        assert "\\begin{tabular}" in text and "\\toprule" in text and "audio\\_only &" in text
+        assert r"mean $\pm$ 95\% t-interval" in text and "±" not in text and "×" not in text
+    elif suffix == "html":
+        assert text.startswith("<!DOCTYPE html>") and re.search(r'<table [^>]*id="results"', text)
+        assert "<td>audio_only</td>" in text and 'src="data:image/png;base64,' in text
+        assert 'src="http' not in text and "<link" not in text and "<script" not in text  # nothing external
+    else:
+        assert set(pd.read_csv(out)["method.name"]) == {"late", "audio_only"}
+
+
+def test_report_format_flag_overrides_the_suffix_and_bad_suffix_is_a_config_error(finished_sweep, capsys):
+    _, uri, tmp = finished_sweep
+    out = tmp / "formats" / "page.txt"
+    assert main(["report", "--out", str(out), "--format", "html", "--tracking-uri", uri]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    assert main(["report", "--out", str(tmp / "formats" / "table.docx"), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "'.docx'" in err and "md, csv, tex, html" in err
+
+
+def test_tex_escape():
+    assert tex_escape("val_top1 50% ± 2 × 3 — a&b #1 {x} ~^\\") == (
+        r"val\_top1 50\% $\pm$ 2 $\times$ 3 --- a\&b \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{}"
+    )
 
 
 def test_report_unknown_sweep_says_what_exists(finished_sweep, capsys):

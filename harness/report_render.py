@@ -1,0 +1,132 @@
+"""Rendering of an aggregated report table: Markdown, LaTeX, one self-contained HTML page, and the figure.
+
+``harness.report`` reads MLflow and aggregates; this module only formats. Every text format shows the same
+columns (``display_table``), so a number reads the same in the README, a paper and a browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+import pandas as pd
+
+# Report column -> MLflow metric; the order of the accuracy columns in every format.
+METRICS = {
+    "test top-1": "metrics.test/top1",
+    "top-1 audio only": "metrics.test/top1:audio_only",
+    "top-1 video only": "metrics.test/top1:video_only",
+}
+FORMATS = ("md", "csv", "tex", "html")
+
+
+def _pm(mean: float, ci: float) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{mean:.1f}" if pd.isna(ci) else f"{mean:.1f} ± {ci:.1f}"
+
+
+def display_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The aggregated ``table`` as strings: method, fusion layer, other swept keys, cost, mean ± CI, n."""
+    show = pd.DataFrame({"method": table["method.name"], "fusion layer": table["method.fusion_layer"]})
+    for k in keys[1:]:
+        if k != "method.fusion_layer":
+            show[k] = table[k]
+    show["trainable params"] = table["trainable params"].map(lambda v: f"{v / 1e6:.3f} M")
+    show["total params"] = table["total params"].map(lambda v: f"{v / 1e6:.3f} M")
+    show["GFLOPs"] = table["GFLOPs"].map(lambda v: f"{v:.4f}")
+    for col in METRICS:
+        show[col] = [_pm(m, c) for m, c in zip(table[col], table[f"{col} ci95"])]
+    show["n"] = table["n"]
+    return show.astype(str)
+
+
+def to_markdown(show: pd.DataFrame, title: str, note: str, figure: str | None = None) -> str:
+    """GitHub Markdown: a heading, the note, the table and (if given) a link to the figure file."""
+    text = f"# {title}\n\n{note}\n\n{show.to_markdown(index=False)}\n"
+    return text + (f"\n![top-1]({figure})\n" if figure else "")
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+                "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+_TEX_SYMBOL = {"±": r"$\pm$", "×": r"$\times$", "—": "---", "`": ""}
+
+
+def tex_escape(text: str) -> str:
+    """``text`` safe inside a LaTeX tabular: specials escaped, then ``±`` → ``$\\pm$``, ``×`` → ``$\\times$``."""
+    out = re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX_SPECIAL[m.group()], str(text))
+    for symbol, tex in _TEX_SYMBOL.items():
+        out = out.replace(symbol, tex)
+    return out
+
+
+def to_latex(show: pd.DataFrame, title: str, note: str) -> str:
+    """A ``table`` float with a booktabs ``tabular`` (``\\usepackage{booktabs}``); text left, numbers right."""
+    align = "".join("l" if c in ("method", "fusion layer") else "r" for c in show.columns)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(title)}. {tex_escape(note)}}}",
+             rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(tex_escape(c) for c in show.columns) + r" \\", r"\midrule"]  # fmt: skip
+    lines += [" & ".join(tex_escape(v) for v in row) + r" \\" for row in show.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;color:#222}
+table{border-collapse:collapse;font-size:.92em}th,td{padding:.35em .8em;border-bottom:1px solid #ddd}
+th{background:#f4f4f4;text-align:left}td{text-align:right}td:first-child,td:nth-child(2){text-align:left}
+img{max-width:100%;margin-top:1.5em}code{background:#f4f4f4;padding:0 .2em}"""
+
+
+def to_html(show: pd.DataFrame, title: str, note: str, png: Path | None = None) -> str:
+    """One self-contained page: the table and the figure inlined as a base64 PNG; no external asset."""
+    body = html.escape(note)
+    body = re.sub(r"`([^`]*)`", r"<code>\1</code>", body)
+    table = show.to_html(index=False, border=0, table_id="results", escape=True)
+    img = ""
+    if png is not None:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        img = f'<img alt="test top-1 against the fusion layer" src="data:image/png;base64,{data}">'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n<p>{body}</p>\n{table}\n{img}\n"
+            "</body></html>\n")  # fmt: skip
+
+
+def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
+    """Top-1 (mean ± 95% CI) against the fusion layer per method, saved to each of ``paths`` (PNG, SVG, ...).
+
+    Methods without a fusion layer are drawn as horizontal bands (mean, CI).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    palette = dict(zip(table["method.name"].unique(), sns.color_palette("tab10")))
+    layered = table[table["method.fusion_layer"] != "—"]
+    methods = list(layered["method.name"].unique())
+    for i, (method, g) in enumerate(layered.groupby("method.name", sort=False)):
+        dodge = 0.06 * (i - (len(methods) - 1) / 2)  # methods at the same Lf side by side
+        g = g.assign(lf=g["method.fusion_layer"].astype(int) + dodge).sort_values("lf")
+        ax.errorbar(g["lf"], g["test top-1"], yerr=g["test top-1 ci95"].fillna(0), marker="o", capsize=3,
+                    label=method, color=palette[method])  # fmt: skip
+    flat = table.drop(layered.index)
+    for _, r in flat.iterrows():
+        c, m, ci = palette[r["method.name"]], r["test top-1"], r["test top-1 ci95"]
+        ax.axhline(m, ls="--", color=c, label=r["method.name"])
+        if not pd.isna(ci):
+            ax.axhspan(m - ci, m + ci, color=c, alpha=0.12)
+    ax.set_xlabel("fusion layer Lf (0 = early, L = late)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title)
+    if not layered.empty:
+        ax.set_xticks(sorted(layered["method.fusion_layer"].astype(int).unique()))
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
