@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,3 +34,10 @@ lint: $(STAMP)
 
 clean:
 	rm -rf .harness mlflow.db mlruns reports/table2.*
+
+bench: $(STAMP)
+	$(BIN)/python bench/flops.py
+	$(BIN)/python bench/step.py --size tiny
+	$(BIN)/python bench/step.py --size small
+	$(BIN)/python bench/overhead.py --method vanilla
+	$(BIN)/python bench/overhead.py --method mbt
