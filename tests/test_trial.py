@@ -46,7 +46,7 @@ def test_run_trial_is_deterministic(tiny_run):
     assert c["train/loss"] != a["train/loss"]
 
 
-@pytest.mark.parametrize("method", ["vanilla", "late", "audio_only", "video_only"])
+@pytest.mark.parametrize("method", ["vanilla", "cross", "late", "audio_only", "video_only", "lavish", "avish"])
 def test_every_method_trains(tiny_run, method):
     tiny_run["method"] = {"name": method}
     final = run_trial(RunSpec.from_dict(tiny_run), Recorder())

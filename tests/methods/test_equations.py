@@ -1,12 +1,20 @@
-"""The methods against MBT's update rules (METHODS.md §1.4), their boundary cases and each other."""
+"""The methods against their papers' update rules (MBT: METHODS.md §1.4; LAVISH, AVISH: §2-3) and each other."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
+from harness.backbones import num_audio_tokens, num_video_tokens
+from harness.complexity import count_params, forward_flops
+from harness.tasks import ClassificationTask
+from methods._adapters import GroupedLinear, LAVISHAdapter
+from methods.avish import AVISH, AVISHConfig
 from methods.cross import Cross
 from methods.late import Late
+from methods.lavish import LAVISH, LAVISHConfig
 from methods.mbt import MBT
 from methods.vanilla import Vanilla, VanillaConfig
 
@@ -207,3 +215,150 @@ def test_vanilla_with_separate_weights_points_to_cross(backbone, spec):
     assert VanillaConfig().check(backbone) == []
     with pytest.raises(ValueError, match="method.shared_weights=False"):
         Vanilla(cfg, backbone, spec)
+
+
+# LAVISH / AVISH (METHODS.md §2.3-2.5, §3)
+def lavish_reference_alone(model: LAVISH, batch: dict) -> dict[str, torch.Tensor]:
+    """The frozen backbone run on each modality alone (timm's own Block.forward, no adapters, no masks)."""
+    z = model.tokens(batch, {m: torch.ones(batch[m].shape[0], dtype=torch.bool) for m in model.modalities})
+    for blk in model.blocks:
+        z = {m: blk(x) for m, x in z.items()}
+    return {m: model.norm(x)[:, 0] for m, x in z.items()}
+
+
+@pytest.mark.parametrize("cls", [LAVISH, AVISH])
+@pytest.mark.parametrize("audio_embed", ["image", "spectrogram"])
+def test_lavish_at_init_is_the_frozen_backbone_on_each_modality_alone(cls, audio_embed, backbone, spec, make_batch):
+    model = build(cls, backbone, spec, audio_embed=audio_embed).eval()
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    out = model(batch)
+    for m, expected in lavish_reference_alone(model, batch).items():
+        assert_same(out["per_modality"][m], expected)
+    assert_same(out["embedding"], (out["per_modality"]["audio"] + out["per_modality"]["video"]) / 2)
+    # Open gates: now each modality reads the other.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gate") or name.endswith("gate_av"):
+                p.fill_(1.0)
+    audio, audio_new = (model(x)["per_modality"]["audio"] for x in (batch, with_new_video(batch)))
+    assert not torch.allclose(audio, audio_new, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("latent_tokens", [3, 0])
+def test_adapter_follows_its_equations_and_never_attends_absent_keys(latent_tokens, backbone):
+    d = backbone.embed_dim
+    cfg = LAVISHConfig(reduction=4, groups=2)
+    torch.manual_seed(0)
+    adapter = LAVISHAdapter(d, cfg, latent_tokens, "rand", gated=True).eval()
+    with torch.no_grad():
+        adapter.gate_av.fill_(0.7)
+        adapter.gate.fill_(-1.3)
+    x, y = torch.randn(3, 5, d), torch.randn(3, 4, d)
+    keep = torch.tensor([[True] * 4, [True, False, True, False], [False] * 4])  # clip 2: Y absent
+    out = adapter(x, y, keep)
+    for b in range(3):
+        y_b = y[b][keep[b]]  # the present keys only, dropped rather than masked
+        if latent_tokens:
+            t = adapter.latent[0]
+            t = t + (t @ y_b.T).softmax(-1) @ y_b if len(y_b) else t  # T~ = T + softmax(T Y^T) Y
+            x_hat = x[b] + 0.7 * (x[b] @ t.T).softmax(-1) @ t  # X^ = X + g_av softmax(X T~^T) T~
+        else:
+            x_hat = x[b] + 0.7 * (x[b] @ y_b.T).softmax(-1) @ y_b if len(y_b) else x[b]  # AVISH
+        z = adapter.bn1(adapter.down(adapter.ln_before(x_hat))[None]).relu()
+        z = adapter.ln_post(adapter.bn2(adapter.up(z)))[0]
+        torch.testing.assert_close(out[b], -1.3 * z, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_linear_is_a_grouped_1x1_conv():
+    layer = GroupedLinear(8, 4, groups=2)
+    x = torch.randn(2, 5, 8)
+    conv = torch.nn.functional.conv1d(x.transpose(1, 2), layer.weight.reshape(4, 4, 1), groups=2)  # (B, out, N)
+    torch.testing.assert_close(layer(x), conv.transpose(1, 2))
+
+
+def test_lavish_audio_is_an_image_through_the_video_kernel(backbone, spec, make_batch):
+    # Paper's tokenisation: a 3-channel copy of the spectrogram as frame t//2 of a zero clip gives the tubelet kernel's
+    # central-frame response; the table is the video one, interpolated over the token index; one CLS for both.
+    model = build(LAVISH, backbone, spec).eval()
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    z = model.tokens(batch, {m: torch.ones(2, dtype=torch.bool) for m in ("audio", "video")})
+    clip = torch.zeros(2, backbone.tubelet, 3, spec.n_mels, spec.n_frames)
+    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None]
+    patches = model.tokens.patch["video"](clip)  # (B, Na, D)
+    pos = z["audio"][:, 1:] - patches  # the interpolated table, (B, Na, D)
+    table = model.tokens.pos["video"][0]  # (Nv, D)
+    assert pos.shape[1] == 12 != table.shape[0]
+    torch.testing.assert_close(pos[:, 0], table[0].expand(2, -1))
+    torch.testing.assert_close(pos[:, -1], table[-1].expand(2, -1))
+    assert_same(z["audio"][:, 0], z["video"][:, 0])
+    # A spectrogram with as many patches as the clip keeps the table as it is.
+    same = build(LAVISH, backbone, dataclasses.replace(spec, n_mels=16, n_frames=32)).eval()
+    batch = make_batch(same.spec, [True], [True])
+    tokens = same.tokens(batch, {m: torch.ones(1, dtype=torch.bool) for m in ("audio", "video")})["audio"]
+    clip = torch.zeros(1, backbone.tubelet, 3, 16, 32)
+    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None]
+    torch.testing.assert_close(tokens[0, 1:] - same.tokens.patch["video"](clip)[0], same.tokens.pos["video"][0])
+
+
+def adapter_params(cfg: LAVISHConfig | AVISHConfig, d: int) -> int:
+    """One adapter by hand: latent tokens + two grouped 1x1 convs + BN/LN affine + g_av (+ g)."""
+    m, _ = cfg.latent()
+    h = d // cfg.reduction
+    return m * d + 2 * d * h // cfg.groups + cfg.bn * 2 * (h + d) + (cfg.ln_before + cfg.ln_post) * 2 * d + 1
+
+
+@pytest.mark.parametrize(
+    "cls,fields",
+    [
+        (LAVISH, {}),
+        (AVISH, {}),
+        (LAVISH, {"latent_tokens": 5, "bn": False, "ln_before": False, "gate_audio": False, "train_norms": True}),
+        (AVISH, {"groups": 1, "reduction": 2, "ln_post": False}),
+    ],
+)
+def test_lavish_trains_only_adapters_and_head(cls, fields, backbone, spec):
+    model = build(cls, backbone, spec, **fields)
+    task = ClassificationTask(ClassificationTask.Config(), spec.num_classes, model.embed_dim)
+    cfg, d, depth = model.cfg, backbone.embed_dim, backbone.depth
+    gates = 2 * depth * (1 + cfg.gate_audio)  # visual adapters always gated, audio ones iff gate_audio
+    norms = (2 * depth + 1) * 2 * d if cfg.train_norms else 0  # LN1, LN2 per block + the final norm
+    expected = 4 * depth * adapter_params(cfg, d) + gates + norms + d * spec.num_classes + spec.num_classes
+    assert count_params(model)[1] + count_params(task)[1] == expected
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(n.startswith("adapters.") or (cfg.train_norms and "norm" in n) for n in trainable)
+    assert not any(n.startswith(("tokens.", "blocks.")) and "norm" not in n for n in trainable)
+
+
+def extra_macs(cls, backbone, spec, fields: dict) -> int:
+    """MACs of the method minus the plain backbone on the same tokens (vanilla at Lf = L: shared, no fusion)."""
+    method = build(cls, backbone, spec, audio_embed="spectrogram", **fields)
+    plain = build(Vanilla, backbone, spec, fusion_layer=backbone.depth)
+    return round((forward_flops(method, None, spec)["gmacs"] - forward_flops(plain, None, spec)["gmacs"]) * 1e9)
+
+
+def test_avish_extra_cost_grows_with_nv_na_and_lavish_with_nv_plus_na(backbone, spec):
+    d, depth, r, g, m = backbone.embed_dim, backbone.depth, 4, 2, 3
+    fields = {"reduction": r, "groups": g}
+    for s in (spec, dataclasses.replace(spec, frames=8, n_frames=80)):
+        na, nv = num_audio_tokens(backbone, s) + 1, num_video_tokens(backbone, s) + 1  # + CLS
+        bottleneck = 4 * depth * (na + nv) * d * (d // r) // g  # 4 adapters x (down + up)
+        # Per adapter, LAVISH: T Y^T and its softmax times Y (m M D each), X T~^T and times T~ (m N D each).
+        lavish = 2 * depth * 2 * 2 * m * d * (na + nv) + bottleneck
+        avish = 2 * depth * 2 * 2 * na * nv * d + bottleneck  # X Y^T and its softmax times Y (N M D each)
+        assert extra_macs(LAVISH, backbone, s, dict(fields, latent_tokens=m)) == lavish, s
+        assert extra_macs(AVISH, backbone, s, fields) == avish, s
+
+
+@pytest.mark.parametrize("cls", [LAVISH, AVISH])
+def test_lavish_batchnorm_in_training_ignores_absent_clips(cls, backbone, spec, make_batch):
+    # BatchNorm statistics come from the present clips' tokens only: a clip with no modality changes nothing.
+    model = build(cls, backbone, spec).train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gate") or name.endswith("gate_av"):
+                p.fill_(1.0)
+    batch = make_batch(spec, [True, False], [True, False])
+    first = {k: v[:1] if torch.is_tensor(v) else v[:1] for k, v in batch.items()}
+    out, alone = model(batch), model(first)
+    for m in ("audio", "video"):
+        assert_same(out["per_modality"][m][:1], alone["per_modality"][m])

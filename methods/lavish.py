@@ -1,0 +1,144 @@
+"""LAVISH: one frozen ViT shared by audio and video, bridged by latent-token audio-visual adapters in every block.
+
+Paper: Lin, Sung, Lei, Bansal, Bertasius, "Vision Transformers are Parameter-Efficient Audio-Visual Learners",
+CVPR 2023, https://arxiv.org/abs/2212.07983 (METHODS.md §2).
+Reference implementation: GenjiB/LAVISH ``AVE/nets/net_trans.py`` (``MMIL_Net.forward_vit``, ``VisualAdapter``).
+Known differences:
+- Video: the harness tokenises a clip's frames jointly (tubelets over (T, H, W), one sequence per clip), where the
+  AVE code runs each of 10 frames as an image paired with its own 1-s spectrogram and classifies each pair.
+- Audio (``audio_embed: image``, the default, the paper's way): the (1, n_mels, n_frames) log-mel is repeated to 3
+  channels and goes through the video patch embedding's 2-D kernel (the central frame t//2 of a tubelet kernel, as
+  MBT's central-frame inflation puts the image kernel there) with no resizing; the video positional table is 1-D
+  linearly interpolated over the token index to the audio token count, and the one CLS is prepended to both. Our
+  tables hold no CLS row (MBT's convention), so only the patch rows are interpolated; our spectrogram is
+  (mel x time), the AVE code's (time x mel), so tokens are frequency-major here. ``audio_embed: spectrogram`` uses
+  the backbone's own 1-channel audio patch embedding, audio positional table and audio CLS (``Tokenizers``), which
+  a 1-channel checkpoint (AST-style) fills.
+- Head: LAVISH's AVE head concatenates [a_cls; v_cls] -> Linear(2D, 512) -> Linear(512, 29) (no nonlinearity) under
+  a softmax + BCE loss. Here the task's one shared head scores each modality's CLS (``per_modality``, as MBT), so all
+  methods are compared under the same head; a cost preset may add the paper's head later.
+- The Swin-V2 path (the README's default backbone) is not ported: the adapters sit in the harness's ViT blocks.
+  ``start_tune_layers`` (skip adapters below layer k) is not ported (its default, 0, is what runs here).
+
+Update rule of block l (both directions from the same states, ViT pre-norm branches, METHODS.md §2.4):
+    a1 = A_p1(z_a, z_v);  v1 = V_p1(z_v, z_a)
+    z_m <- z_m + DropPath(Attn(LN1 z_m)) + m1          for m in (a, v)
+    a2 = A_p2(z_a, z_v);  v2 = V_p2(z_v, z_a)           # from the updated states
+    z_m <- z_m + DropPath(MLP(LN2 z_m)) + m2
+Read-out: CLS_m after the backbone's final LayerNorm, per modality. Frozen: patch embedding, positional tables, CLS,
+time table, blocks; the backbone's LayerNorms train only with ``train_norms``. Adapters: ``methods/_adapters.py``.
+
+Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` layers, ``m`` latent tokens.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from harness.backbones import BackboneConfig, layer_norm, make_blocks, num_audio_tokens
+from harness.data.base import InputSpec
+from methods._adapters import AdapterConfig, LAVISHAdapter
+from methods._blocks import Tokenizers
+from methods.base import FusionMethod, attn_mask, keep_keys, present_masks, readout_cls
+
+OTHER = {"audio": "video", "video": "audio"}
+
+
+class LAVISHConfig(AdapterConfig):
+    """LAVISH's adapter flags; defaults = the README's AVE Swin command (r 8, 2 groups, 2 tokens, BN, LNs, gates)."""
+
+    name: str = Field("lavish", description="registry name of the method")
+    latent_tokens: int = Field(2, ge=1, description="m, latent tokens per adapter (num_tokens); cost grows with m")
+    latent_init: Literal["rand", "zeros"] = Field(
+        "rand", description="rand: U[0, 1) (the paper and the AVE code); zeros: the AVS / AVQA code"
+    )
+
+    def latent(self) -> tuple[int, str]:
+        return self.latent_tokens, self.latent_init
+
+
+class SharedTokenizer(Tokenizers):
+    """The paper's ViT tokenisation: one patch kernel, one positional table and one CLS for both modalities.
+
+    Built as video-only ``Tokenizers`` on a copy of the backbone whose audio patch is the video patch, so the shared
+    time table (``backbone.time_embed``) gets the image grid's audio time slots.
+    """
+
+    def __init__(self, backbone: BackboneConfig, spec: InputSpec):
+        p = backbone.patch_size
+        image = backbone.model_copy(update={"audio_patch": (p, p)})
+        super().__init__(image, spec, ("video",))
+        self.audio_tokens = num_audio_tokens(image, spec)
+        if self.audio_tokens == 0:
+            raise ValueError(
+                f"method.audio_embed=image: a {spec.n_mels}x{spec.n_frames} spectrogram yields no {p}x{p} patch "
+                "(backbone.patch_size); use method.audio_embed=spectrogram"
+            )
+
+    def forward(self, batch: dict, present: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = super().forward(batch, present)  # {"video": (B, 1 + Nv, D)}
+        x = torch.where(present["audio"][:, None, None, None], batch["audio"], 0.0)  # placeholder -> 0, even NaN
+        proj = self.patch["video"].proj
+        kernel = proj.weight[:, :, proj.weight.shape[2] // 2]  # (D, 3, p, p): the tubelet's central frame
+        tokens = F.conv2d(x.expand(-1, 3, -1, -1), kernel, proj.bias, stride=kernel.shape[-1])  # (B, D, f, t)
+        tokens = tokens.flatten(2).transpose(1, 2)  # (B, Na, D)
+        pos = F.interpolate(self.pos["video"].transpose(1, 2), size=self.audio_tokens, mode="linear")  # (1, D, Na)
+        tokens = tokens + pos.transpose(1, 2)
+        if self.time is not None:
+            tokens = tokens + self.time[self.audio_slot]
+        cls = self.cls["video"].expand(tokens.shape[0], -1, -1)  # (B, 1, D)
+        return {"audio": torch.cat([cls, tokens], dim=1), **out}  # audio: (B, 1 + Na, D)
+
+
+class LAVISH(FusionMethod):
+    """A frozen shared ViT over each modality; 4 adapters per block carry audio <-> video information."""
+
+    Config = LAVISHConfig
+    positions: ClassVar[tuple[str, ...]] = ("p1", "p2")  # beside the MHSA, beside the FFN
+
+    def __init__(self, cfg: AdapterConfig, backbone: BackboneConfig, spec: InputSpec):
+        super().__init__(cfg, backbone, spec)
+        if errors := cfg.check(backbone):
+            raise ValueError("; ".join(f"{key}: {msg}" for key, msg in errors))
+        shared = cfg.audio_embed == "image"
+        self.tokens = SharedTokenizer(backbone, spec) if shared else Tokenizers(backbone, spec, self.modalities)
+        self.blocks = make_blocks(backbone, backbone.depth)
+        self.norm = layer_norm(backbone.embed_dim)
+        self.requires_grad_(False)  # the backbone, before any adapter exists
+        if cfg.train_norms:
+            for module in self.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.requires_grad_(True)
+        m, init = cfg.latent()
+        self.adapters = nn.ModuleDict(
+            {
+                f"{mod}_{pos}": nn.ModuleList(
+                    LAVISHAdapter(backbone.embed_dim, cfg, m, init, gated=mod == "video" or cfg.gate_audio)
+                    for _ in range(backbone.depth)
+                )
+                for pos in self.positions
+                for mod in self.modalities
+            }
+        )
+
+    def adapt(self, pos: str, layer: int, z: dict[str, Tensor], keys: dict[str, Tensor], present: dict) -> dict:
+        """{m: adapter_{m,pos,layer}(z_m, z_other)}, every modality from the same states z."""
+        return {m: self.adapters[f"{m}_{pos}"][layer](x, z[OTHER[m]], keys[OTHER[m]], present[m]) for m, x in z.items()}
+
+    def forward(self, batch: dict) -> dict:
+        present = present_masks(batch, self.modalities)
+        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        own = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}  # (B, 1, 1, 1 + N_m)
+        keys = {m: present[m][:, None].expand(-1, x.shape[1]) for m, x in z.items()}  # as Y: (B, 1 + N_m)
+        for layer, blk in enumerate(self.blocks):
+            res = self.adapt("p1", layer, z, keys, present)
+            mhsa = {m: blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x), attn_mask=own[m]))) for m, x in z.items()}
+            z = {m: x + mhsa[m] + res[m] for m, x in z.items()}
+            res = self.adapt("p2", layer, z, keys, present)
+            z = {m: x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x)))) + res[m] for m, x in z.items()}
+        return readout_cls({m: self.norm(x) for m, x in z.items()}, present)
