@@ -57,7 +57,7 @@ class TrainConfig(_Strict):
 
 
 class EngineConfig(_Strict):
-    """Which training engine runs the trial."""
+    """Which training engine runs the trial; an engine with settings of its own subclasses this as its ``Config``."""
 
     name: str = Field("torch", description="registered engine (`harness ls engines`)")
 
@@ -77,7 +77,7 @@ class _TopLevel(_Strict):
     backbone: dict[str, Any] = Field(default_factory=lambda: {"name": "tiny"}, description="preset + overrides")
     method: dict[str, Any] = Field(description="fusion method name + its Config fields")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings")
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="training engine")
+    engine: dict[str, Any] = Field(default_factory=dict, description="engine name + its Config fields")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings")
     cache_dir: str | None = Field(None, description="generated/prepared data cache; null = $HARNESS_CACHE or ~/.cache")
 
@@ -393,13 +393,18 @@ def _resolve(d: dict) -> tuple[RunSpec | None, Errors]:
     train = getattr(top, "train", None)
     if isinstance(train, TrainConfig) and train.min_lr > train.lr:
         errors.append(("train.min_lr", f"must be <= train.lr = {train.lr} (got {train.min_lr})"))
-    engine = getattr(top, "engine", None)
-    if isinstance(engine, EngineConfig) and engine.name not in ENGINES:
-        errors.append(("engine.name", str(UnknownNameError("engine", engine.name, ENGINES.names()))))
+    engine = None
+    eng = dict(getattr(top, "engine", None) or {})
+    eng_cls = _lookup(ENGINES, "engine", eng.get("name", "torch"), errors)
+    if eng_cls is not None:
+        engine = _validate(getattr(eng_cls, "Config", EngineConfig), {**eng, "name": eng.get("name", "torch")},
+                           "engine", errors)  # fmt: skip
+    if engine is not None and isinstance(train, TrainConfig) and hasattr(engine, "check"):
+        errors += engine.check(train)
 
     if errors:
         return None, errors
-    spec = RunSpec(top.name, top.seed, dataset, task_name, task, backbone, method, top.train, top.engine,
+    spec = RunSpec(top.name, top.seed, dataset, task_name, task, backbone, method, top.train, engine,
                    top.tracking, top.cache_dir)  # fmt: skip
     return spec, []
 

@@ -257,6 +257,8 @@ METHODS.register("vanilla", "methods.vanilla:Vanilla", "vanilla self-attention f
 METHODS.register("mbt", "methods.mbt:MBT", "Attention Bottlenecks (Nagrani et al. 2021): cross-modal flow only through bottleneck tokens")  # noqa: E501
 METHODS.register("cross", "methods.cross:Cross", "modality-specific-parameter fusion (MBT): per-modality ViTs that attend over both modalities from fusion_layer on")  # noqa: E501
 METHODS.register("late", "methods.late:Late", "late (score-level) fusion: two independent ViT streams, per-modality scores averaged")  # noqa: E501
+METHODS.register("lavish", "methods.lavish:LAVISH", "LAVISH (Lin et al. 2023): frozen shared ViT + latent-token audio-visual adapters in every block")  # noqa: E501
+METHODS.register("avish", "methods.avish:AVISH", "AVISH: LAVISH without latent tokens (direct audio-visual attention in each adapter)")  # noqa: E501
 METHODS.register("audio_only", "methods.unimodal:AudioOnly", "audio stream only (unimodal baseline)")
 METHODS.register("video_only", "methods.unimodal:VideoOnly", "video stream only (unimodal baseline)")
 TASKS.register("classification", "harness.tasks:ClassificationTask", "single-label classification: shared linear head, cross-entropy, top-1/top-5")  # noqa: E501
@@ -266,5 +268,7 @@ BACKBONES.register("vit_s16", "harness.backbones:vit_s16", "ViT-S/16 (D=384, L=1
 BACKBONES.register("vit_b16", "harness.backbones:vit_b16", "ViT-B/16 (D=768, L=12, 12 heads)")
 BACKBONES.register("vit_l16", "harness.backbones:vit_l16", "ViT-L/16 (D=1024, L=24, 16 heads)")
 ENGINES.register("torch", "harness.engines.torch_engine:TorchEngine", "plain PyTorch train/eval loop (CPU or one GPU)")
+ENGINES.register("deepspeed", "harness.engines.deepspeed_engine:DeepSpeedEngine", "DeepSpeed (ZeRO 0-3, bf16/fp16) on engine.workers Ray Train ranks; gloo on CPU, nccl on GPU")  # noqa: E501
+ENGINES.register("auto", "harness.engines:AutoEngine", "deepspeed where CUDA is available, torch otherwise")
 FORMATS.register("synthetic", "harness.data.synthetic:SyntheticDataset", "procedural audio-visual clips generated on the fly and cached")  # noqa: E501
 # fmt: on

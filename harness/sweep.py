@@ -35,6 +35,25 @@ from harness.tracking import (  # noqa: E402
 _START = "harness_start"  # the first report of a trial carries the trial's tags as JSON under this key
 
 
+def start_report(info: dict) -> dict:
+    """The first report of a trial: the cost metrics, and the tags as JSON under ``harness_start``."""
+    return {**info["metrics"], _START: json.dumps(info["tags"]), "harness_step": 0}
+
+
+def step_report(metrics: dict[str, float], step: int) -> dict:
+    """A report of the figures of ``step`` (an epoch, or ``train.epochs`` for the final ones)."""
+    return {**metrics, "harness_step": step}
+
+
+def from_report(report: dict, reporter) -> None:
+    """Pass a report shaped by :func:`start_report` or :func:`step_report` on to a trial reporter."""
+    if _START in report:
+        metrics = {k: v for k, v in report.items() if k not in (_START, "harness_step")}
+        reporter.start({"tags": json.loads(report[_START]), "metrics": metrics})
+    elif report:
+        reporter.report({k: v for k, v in report.items() if k != "harness_step"}, int(report["harness_step"]))
+
+
 class TuneReporter:
     """A trial's reporter inside a Ray Tune worker: every figure goes to ``ray.tune.report``.
 
@@ -45,12 +64,12 @@ class TuneReporter:
     def start(self, info: dict) -> None:
         from ray import tune
 
-        tune.report({**info["metrics"], _START: json.dumps(info["tags"]), "harness_step": 0})
+        tune.report(start_report(info))
 
     def report(self, metrics: dict[str, float], step: int) -> None:
         from ray import tune
 
-        tune.report({**metrics, "harness_step": step})
+        tune.report(step_report(metrics, step))
 
 
 def trial_assignment(config: dict) -> dict:
@@ -137,12 +156,18 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
     res = spec.tune.resources
     if spec.base.get("train", {}).get("threads") is None:  # one intra-op thread per CPU the trial holds
         base.setdefault("train", {})["threads"] = max(1, int(res.cpu))
-    concurrent = spec.tune.max_concurrent_trials or _max_concurrent(ray.cluster_resources(), res.cpu, res.gpu)
+    # A distributed engine's trial process only waits on its Ray Train workers: tune.resources are per worker,
+    # and the trial holds a token amount of memory (Ray refuses a request for nothing).
+    workers = _distributed_workers(spec)
+    held = {"cpu": 0, "gpu": 0, "memory": 2**20} if workers else {"cpu": res.cpu, "gpu": res.gpu}
+    gpu = max(res.gpu, float(ray.cluster_resources().get("GPU", 0) > 0)) if workers else res.gpu
+    concurrent = spec.tune.max_concurrent_trials or _max_concurrent(ray.cluster_resources(), res.cpu * max(1, workers),
+                                                                    gpu * max(1, workers))  # fmt: skip
     print(f"sweep '{spec.name}': {spec.num_trials} trials, {concurrent} at a time; MLflow {uri} "
           f"(experiment '{experiment}', parent run {parent.info.run_id})", flush=True)  # fmt: skip
     storage_path = str(Path(storage or Path.cwd() / ".harness" / "ray").resolve())
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu}),
+        tune.with_resources(trainable, held),
         param_space=param_space(spec, base),
         tune_config=tune.TuneConfig(num_samples=spec.tune.num_samples, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
@@ -230,6 +255,16 @@ class MlflowSweepCallback(Callback):
         first = error_summary(text)
         self.failed.append(f"{self._label(trial)}: {first}")
         print(f"  FAIL  {self._label(trial)}: {first}", flush=True)
+
+
+def _distributed_workers(spec: SweepSpec) -> int:
+    """Ray Train workers per trial when the sweep's (first) trial runs on a distributed engine, else 0."""
+    from harness.engines import choose_engine
+    from harness.registry import ENGINES
+
+    run = spec.resolve({k: d.probe_values()[0] for k, d in spec.axes.items()} | spec.variants[0])
+    engine = ENGINES.get(choose_engine(run.engine.name))
+    return run.engine.workers if getattr(engine, "distributed", False) else 0
 
 
 def _max_concurrent(resources: dict, cpu: float, gpu: float) -> int:

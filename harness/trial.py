@@ -103,12 +103,14 @@ def run_trial(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, floa
         reporter: receives the cost once and every epoch's metrics; default prints them.
     """
     reporter = reporter or PrintReporter()
+    engine = ENGINES.get(spec.engine.name)(spec)
+    if getattr(engine, "distributed", False):  # its workers build the trial themselves (deepspeed)
+        return engine.launch(reporter)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     seed_everything(spec.seed)
     data = build_dataset(spec)
     method, task = build_model(spec, data.spec)
-    engine = ENGINES.get(spec.engine.name)(spec)
     tags = {**run_tags(engine.device), "harness.dataset_fingerprint": getattr(data, "fingerprint", "")}
     reporter.start({"tags": tags, "metrics": model_cost(method, task, data.spec)})
     return engine.fit(method, task, data, reporter.report)

@@ -101,7 +101,16 @@ def test_dataset_cards_from_env_folder(tmp_path, monkeypatch):
 
 
 def test_builtin_tables():
-    assert registry.METHODS.names() == ["audio_only", "cross", "late", "mbt", "vanilla", "video_only"]
+    assert registry.METHODS.names() == [
+        "audio_only",
+        "avish",
+        "cross",
+        "late",
+        "lavish",
+        "mbt",
+        "vanilla",
+        "video_only",
+    ]
     assert registry.BACKBONES.names() == ["tiny", "vit_b16", "vit_l16", "vit_s16", "vit_ti16"]
     assert "classification" in registry.TASKS and "torch" in registry.ENGINES and "synthetic" in registry.FORMATS
     for reg in (registry.METHODS, registry.TASKS, registry.BACKBONES, registry.ENGINES, registry.FORMATS):

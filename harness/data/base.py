@@ -50,8 +50,13 @@ class TensorSplit:
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
-        """Yield batches (DESIGN.md's sample contract, stacked) in a seeded order."""
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                shard: tuple[int, int] | None = None):  # fmt: skip
+        """Yield batches (DESIGN.md's sample contract, stacked) in a seeded order.
+
+        ``shard=(rank, world)`` yields only rank's contiguous part of each batch (``batch_size`` is then the
+        global batch), so that data-parallel workers together see exactly the batches of one process.
+        """
         import torch
 
         n = len(self)
@@ -59,6 +64,8 @@ class TensorSplit:
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size]
+            if shard is not None:
+                idx = idx.tensor_split(shard[1])[shard[0]]
             b = idx.shape[0]
             yield {
                 "video": self.video[idx].float().div_(127.5).sub_(1.0),  # (B, T, 3, H, W) in [-1, 1]
