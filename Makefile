@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf .harness mlflow.db mlruns reports/table2.*
+	rm -rf .harness mlflow.db mlruns $(filter-out %.yaml,$(wildcard reports/table2.* reports/robustness.*))
 
 bench: $(STAMP)
 	$(BIN)/python bench/flops.py

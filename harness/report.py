@@ -68,8 +68,11 @@ def t_interval(values: pd.Series) -> float:
     return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
-def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per group of ``keys``: cost (mean over seeds) and metrics as mean, CI half-width and n."""
+def aggregate(runs: pd.DataFrame, keys: list[str], extra: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per group of ``keys``: cost (mean over seeds) and metrics as mean, CI half-width and n.
+
+    ``extra`` maps more columns to MLflow metric columns (``{"val/top1": "metrics.val/top1"}``), aggregated alike.
+    """
     df = runs.copy()
     for k in keys:
         df[f"params.{k}"] = df[f"params.{k}"].fillna("—")
@@ -83,7 +86,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         for col, metric in (("trainable params", "params_trainable"), ("total params", "params_total"),
                             ("GFLOPs", "gflops")):  # fmt: skip
             row[col] = g.get(f"metrics.model/{metric}", pd.Series(dtype=float)).mean()
-        for col, metric in METRICS.items():
+        for col, metric in {**METRICS, **(extra or {})}.items():
             values = g.get(metric, pd.Series(dtype=float))
             row[col], row[f"{col} ci95"] = values.mean(), t_interval(values)
         rows.append(row)
@@ -102,64 +105,91 @@ def report_format(out: Path, fmt: str | None) -> str:
     return chosen
 
 
-def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None) -> dict[str, Path]:
+def _runs(uri: str, client, sweeps: list[str | None]) -> tuple[pd.DataFrame, list]:
+    """FINISHED child runs of the latest invocation of each of ``sweeps``, and their parent runs."""
+    parents = [find_sweep(client, s) for s in sweeps]
+    frames = [child_runs(uri, p) for p in parents]
+    for p, f in zip(parents, frames):
+        if f.empty:
+            name = p.data.tags["harness.sweep"]
+            raise LookupError(f"sweep '{name}' (parent run {p.info.run_id}) has no FINISHED trials to report")
+    return pd.concat(frames, ignore_index=True), parents
+
+
+def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None, spec=None) -> dict[str, Path]:
     """Write the report of ``sweep`` (latest sweep if None) and log it to the sweep's parent run.
 
     ``out`` gets the table in ``fmt`` (default: its suffix): ``md``, ``csv``, ``tex`` (a booktabs tabular) or
     ``html`` (one self-contained page, figure inlined). Beside it, whatever the format: the raw aggregates as CSV
-    and the figure as PNG and SVG. Returns ``{kind: path}`` for every file written.
+    and the figure as PNG and SVG. ``spec`` (a ``ReportSpec``) picks sweeps, runs, rows and columns; without it the
+    generic comparison. Returns ``{kind: path}`` for every file written.
     """
     from mlflow.tracking import MlflowClient
 
-    fmt = report_format(out, fmt)
+    from harness.report_spec import apply_filters, paired_differences, paired_markdown, spec_table, split_provenance
+
+    fmt = report_format(out, fmt or (spec.format if spec else None))
     client = MlflowClient(uri)
-    parent = find_sweep(client, sweep)
-    name = parent.data.tags["harness.sweep"]
-    runs = child_runs(uri, parent)
+    runs, parents = _runs(uri, client, spec.sweeps(sweep) if spec else [sweep])
+    runs = apply_filters(runs, spec.filters) if spec else runs
     if runs.empty:
-        raise LookupError(f"sweep '{name}' (parent run {parent.info.run_id}) has no FINISHED trials to report")
-    keys = swept_keys(runs)
-    table = aggregate(runs, keys)
+        raise LookupError("no FINISHED trial of the sweep passes the spec's filters")
+    names = [p.data.tags["harness.sweep"] for p in parents]
+    name = " + ".join(dict.fromkeys(names))
+    keys = spec.rows if spec and spec.rows else swept_keys(runs)
+    missing = [k for k in keys if f"params.{k}" not in runs.columns]
+    if missing:
+        from harness.config import ConfigError
+
+        raise ConfigError([("rows", f"no run has the param {k!r}") for k in missing])
+    runs, keys, split_notes = split_provenance(runs, keys)
+    extra = {c.removeprefix("metrics."): c for c in (spec.columns or []) if c.startswith("metrics.")} if spec else {}
+    table = aggregate(runs, keys, extra)
     out.parent.mkdir(parents=True, exist_ok=True)
-    note = (f"Sweep `{name}` (parent run `{parent.info.run_id}`, sweep hash "
-            f"`{parent.data.tags.get('harness.sweep_hash', '?')[:12]}`): {len(runs)} finished trials. Accuracies are "
+    ids = [(p.info.run_id, p.data.tags.get("harness.sweep_hash", "?")[:12]) for p in parents]
+    where = ", ".join(f"`{n}` (parent run `{r}`, sweep hash `{h}`)" for n, (r, h) in zip(names, ids))
+    note = (f"Sweep {where}: {len(runs)} finished trials. Accuracies are "
             "mean ± 95% t-interval over seeds (n per row); GFLOPs = 2 × multiply-adds of one clip's forward pass; "
             "\"audio only\" masks the video at test time and vice versa.")  # fmt: skip
-    title = f"{name}: method comparison"
+    title = spec.title if spec and spec.title else f"{name}: method comparison"
     paths = {"csv": out if fmt == "csv" else out.with_suffix(".csv"), "png": out.with_suffix(".png"),
              "svg": out.with_suffix(".svg")}  # fmt: skip
     table.to_csv(paths["csv"], index=False)
-    figure(table, [paths["png"], paths["svg"]], f"{name}: test top-1 vs fusion layer")
-    show = display_table(table, keys)
+    if "method.name" in keys:
+        figure(table, [paths["png"], paths["svg"]], f"{name}: test top-1 vs fusion layer")
+    else:
+        del paths["png"], paths["svg"]
+    show = spec_table(table, runs, keys, spec) if spec else display_table(table, keys)
+    after = "".join(f"Note: {n}\n" for n in split_notes)
+    pairs = paired_markdown(paired_differences(runs, keys))
+    after += ("\n" if after and pairs else "") + pairs
     if fmt == "md":
-        out.write_text(to_markdown(show, title, note, figure=paths["png"].name))
+        out.write_text(to_markdown(show, title, note, figure=paths.get("png", Path()).name or None, after=after))
     elif fmt == "tex":
-        out.write_text(to_latex(show, title, note))
+        out.write_text(to_latex(show, title, " ".join([note, *split_notes])))
     elif fmt == "html":
-        out.write_text(to_html(show, title, note, png=paths["png"]))
+        out.write_text(to_html(show, title, " ".join([note, *split_notes]), png=paths.get("png")))
     paths[fmt] = out
-    for p in dict.fromkeys(paths.values()):
-        client.log_artifact(parent.info.run_id, str(p), "report")
+    for parent in parents:
+        for p in dict.fromkeys(paths.values()):
+            client.log_artifact(parent.info.run_id, str(p), "report")
     return paths
 
 
 def cli_report(sweep: str | None, spec: str | None, out: str, fmt: str | None, tracking_uri: str | None) -> int:
-    """``harness report``; ``--spec FILE`` may name the sweep (``sweep:``) and the output format (``format:``).
+    """``harness report``; the spec is ``--spec FILE``, else ``OUT`` with the suffix ``.yaml`` if that exists.
 
-    Returns 0, or 1 when there is nothing to report; a bad format raises ``ConfigError`` (exit 2).
+    Returns 0, or 1 when there is nothing to report; a bad spec or format raises ``ConfigError`` (exit 2).
     """
-    from harness.config import ConfigError, load_yaml
+    from harness.report_spec import load_spec
     from harness.tracking import tracking_uri as resolve_uri
 
-    if spec:
-        s = load_yaml(Path(spec)) or {}
-        unknown = sorted(set(s) - {"sweep", "format"})
-        if unknown:
-            raise ConfigError([(f"{spec}: {k}", "unknown report-spec key; valid: format, sweep") for k in unknown])
-        sweep, fmt = sweep or s.get("sweep"), fmt or s.get("format")
+    beside = Path(out).with_suffix(".yaml")
+    path = Path(spec) if spec else (beside if beside.is_file() else None)
+    loaded = load_spec(path) if path else None
     uri = resolve_uri(tracking_uri)
     try:
-        paths = build_report(uri, sweep, Path(out), fmt)
+        paths = build_report(uri, sweep, Path(out), fmt, loaded)
     except LookupError as e:
         print(f"error: {e}")
         return 1

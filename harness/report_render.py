@@ -22,7 +22,7 @@ METRICS = {
 FORMATS = ("md", "csv", "tex", "html")
 
 
-def _pm(mean: float, ci: float) -> str:
+def pm(mean: float, ci: float) -> str:
     if pd.isna(mean):
         return "—"
     return f"{mean:.1f}" if pd.isna(ci) else f"{mean:.1f} ± {ci:.1f}"
@@ -38,14 +38,16 @@ def display_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     show["total params"] = table["total params"].map(lambda v: f"{v / 1e6:.3f} M")
     show["GFLOPs"] = table["GFLOPs"].map(lambda v: f"{v:.4f}")
     for col in METRICS:
-        show[col] = [_pm(m, c) for m, c in zip(table[col], table[f"{col} ci95"])]
+        show[col] = [pm(m, c) for m, c in zip(table[col], table[f"{col} ci95"])]
     show["n"] = table["n"]
     return show.astype(str)
 
 
-def to_markdown(show: pd.DataFrame, title: str, note: str, figure: str | None = None) -> str:
-    """GitHub Markdown: a heading, the note, the table and (if given) a link to the figure file."""
-    text = f"# {title}\n\n{note}\n\n{show.to_markdown(index=False)}\n"
+def to_markdown(show: pd.DataFrame, title: str, note: str, figure: str | None = None, after: str = "") -> str:
+    """GitHub Markdown: a heading, the note, the table, ``after`` it (if any) and a link to the figure file."""
+    signed = [i for i, c in enumerate(show.columns) if c.startswith(("Δ", "drop", "paper"))]  # keep "+1.0" as is
+    table = show.to_markdown(index=False, **({"disable_numparse": signed} if signed else {}))
+    text = f"# {title}\n\n{note}\n\n{table}\n" + (f"\n{after}" if after else "")
     return text + (f"\n![top-1]({figure})\n" if figure else "")
 
 

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from harness.cli import main
 from harness.report import aggregate, swept_keys, t_interval
 from harness.report_render import tex_escape
+from harness.report_spec import load_spec, paired_differences, paired_markdown, split_provenance
 
 pytestmark = pytest.mark.ray
 
@@ -156,3 +157,82 @@ def test_aggregate_groups_seeds_with_a_t_interval():
     assert top["test top-1 ci95"] == pytest.approx(4.303 * 2.0 / 3**0.5, rel=1e-3)
     assert table.iloc[1]["method.fusion_layer"] == "—" and table.iloc[1]["test top-1 ci95"] == 0.0
     assert t_interval(pd.Series([1.0])) != t_interval(pd.Series([1.0]))  # NaN for n = 1
+
+
+def test_report_spec_beside_the_output_filters_columns_and_sorts(finished_sweep):
+    _, uri, tmp = finished_sweep
+    out = tmp / "spec" / "mine.md"
+    out.parent.mkdir()
+    (tmp / "spec" / "mine.yaml").write_text(yaml.safe_dump({
+        "sweep": "t_sweep", "title": "My table", "filters": {"method.name": ["late", "audio_only"]},
+        "rows": ["method.name"], "columns": ["gflops", "top1", "top1_audio_only", "delta_vs_best", "params.train.lr",
+                                             "metrics.val/top1"],
+        "sort_by": "gflops", "descending": False, "reference": {"late": 40.0},
+    }))  # fmt: skip
+    assert main(["report", "--out", str(out), "--tracking-uri", uri]) == 0
+    text = out.read_text()
+    assert text.startswith("# My table\n")
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols == ["method", "GFLOPs", "test top-1", "top-1 audio only", "Δ vs best", "train.lr", "val/top1",
+                    "paper top-1", "Δ vs paper", "n"]  # fmt: skip
+    table = pd.read_csv(tmp / "spec" / "mine.csv")
+    body = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split("|")[1].strip() for r in body] == ["audio_only", "late"]  # sorted by GFLOPs, ascending
+    late = next(r for r in body if "| late " in r)
+    top = table.set_index("method.name").loc["late", "test top-1"]
+    assert f"{top - 40.0:+.1f}" in late and "| 40.0 " in late and "0.001" in late
+    assert "| —" in next(r for r in body if "audio_only" in r)  # no reference for audio_only
+
+
+def test_report_spec_unknown_key_exits_2_and_names_it(finished_sweep, capsys):
+    _, uri, tmp = finished_sweep
+    spec = tmp / "bad.yaml"
+    spec.write_text(yaml.safe_dump({"sweep": "t_sweep", "colums": ["top1"], "columns": ["top2"]}))
+    assert main(["report", "--spec", str(spec), "--out", str(tmp / "bad.md"), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "colums" in err and "did you mean 'columns'" in err and "sort_by" in err and "'top2'" in err
+
+
+def test_paired_differences_over_shared_seeds():
+    runs = pd.DataFrame({
+        "params.method.name": ["mbt"] * 3 + ["late"] * 3 + ["vanilla"] * 3 + ["solo"],
+        "params.seed": ["0", "1", "2"] * 3 + ["0"],
+        "metrics.test/top1": [70.0, 72.0, 74.0, 60.0, 63.0, 63.0, 69.0, 72.0, 73.0, 10.0],
+    })  # fmt: skip
+    pairs = paired_differences(runs, ["method.name"]).set_index("row")
+    assert set(pairs.index) == {"late", "vanilla"}  # "solo" shares only one seed
+    assert pairs.loc["late", "mean"] == pytest.approx(10.0) and pairs.loc["late", "n"] == 3
+    assert pairs.loc["late", "ci95"] == pytest.approx(t_interval(pd.Series([10.0, 9.0, 11.0])))
+    assert not pairs.loc["late", "overlap"] and pairs.loc["vanilla", "overlap"]
+    text = paired_markdown(paired_differences(runs, ["method.name"]))
+    assert "`mbt` minus each row" in text and "vs `late`: +10.0 ± " in text and "vs `vanilla`: +0.7" in text
+    assert text.count("≈") == 1
+    assert paired_differences(runs.iloc[:6].assign(**{"params.seed": list("012345")}), ["method.name"]).empty
+
+
+def test_runs_of_different_code_or_data_are_split_not_mixed():
+    runs = pd.DataFrame({
+        "params.method.name": ["mbt"] * 4 + ["late"] * 2,
+        "params.seed": ["0", "1", "0", "1", "0", "1"],
+        "tags.harness.git_sha": ["a" * 40] * 6,
+        "tags.harness.dataset_fingerprint": ["f1"] * 2 + ["f2"] * 2 + ["f1"] * 2,
+        "metrics.test/top1": [70.0, 72.0, 50.0, 52.0, 60.0, 61.0],
+    })  # fmt: skip
+    split, keys, notes = split_provenance(runs, ["method.name"])
+    assert keys == ["method.name", "provenance"] and len(notes) == 1
+    assert "`mbt`" in notes[0] and "data" in notes[0] and "git" not in notes[0]
+    table = aggregate(split, keys).set_index("provenance")
+    assert table.loc["data f1", "test top-1"] == pytest.approx(71.0) and table.loc["data f2", "n"] == 2
+    assert table.loc["", "method.name"] == "late"
+    same, same_keys, none = split_provenance(runs.iloc[:2], ["method.name"])
+    assert same_keys == ["method.name"] and none == [] and "params.provenance" not in same.columns
+
+
+def test_report_spec_validation_without_mlflow(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("sweep: [a, b]\nfilters: {method.name: mbt}\nreference: {mbt: 71.5}\n")
+    spec = load_spec(path)
+    assert spec.sweeps(None) == ["a", "b"] and spec.sweeps("c") == ["c"] and spec.reference == {"mbt": 71.5}
+    for name in ("table2", "robustness"):  # the shipped specs are valid
+        assert load_spec(Path(__file__).parent.parent / "reports" / f"{name}.yaml").columns
