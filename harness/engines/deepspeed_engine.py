@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import nn
 
 from harness.config import EngineConfig, RunSpec, TrainConfig
-from harness.engines.torch_engine import NonFiniteLossError, TorchEngine, peak_memory_mb
+from harness.engines.torch_engine import NonFiniteLossError, TorchEngine
 
 
 class DeepSpeedConfig(EngineConfig):
@@ -215,14 +215,7 @@ class DeepSpeedEngine(TorchEngine):
             last = {"train/loss": (total / (max(1, n) * world)).item(), **{f"val/{k}": v for k, v in val.items()}}
             report({**last, "lr": engine.get_lr()[0], "epoch": epoch}, epoch)
 
-        final: dict[str, float] = {}
-        test = data.splits["test"]
-        final.update({f"test/{k}": v for k, v in self.evaluate(method, task, test).items()})
-        for present, masked in (("audio_only", "video"), ("video_only", "audio")):
-            final.update({f"test/{k}:{present}": v for k, v in self.evaluate(method, task, test, mask=masked).items()})
-        final["perf/train_samples_per_s"] = seen / max(train_time, 1e-9)
-        final["perf/peak_mem_mb"] = peak_memory_mb(self.device)
-        final["perf/wall_s"] = time.perf_counter() - start
+        final = self.final_metrics(method, task, data, seen / max(train_time, 1e-9), start)
         report(final, t.epochs)
         return {**last, **final}
 

@@ -127,17 +127,21 @@ class TorchEngine:
             last = {"train/loss": (total / max(1, n)).item(), **{f"val/{k}": v for k, v in val.items()}}
             report({**last, "lr": sched.get_last_lr()[0], "epoch": epoch}, epoch)
 
-        final: dict[str, float] = {}
+        final = self.final_metrics(method, task, data, seen / max(train_time, 1e-9), start)
+        report(final, t.epochs)
+        return {**last, **final}
+
+    def final_metrics(self, method, task, data, samples_per_s: float, start: float) -> dict[str, float]:
+        """``test/*`` with both modalities and with each masked, and the ``perf/*`` figures of the run."""
         test = data.splits["test"]
-        final.update({f"test/{k}": v for k, v in self.evaluate(method, task, test).items()})
+        final = {f"test/{k}": v for k, v in self.evaluate(method, task, test).items()}
         # ":audio_only": only the audio is present (video masked), and the other way round.
         for present, masked in (("audio_only", "video"), ("video_only", "audio")):
             final.update({f"test/{k}:{present}": v for k, v in self.evaluate(method, task, test, mask=masked).items()})
-        final["perf/train_samples_per_s"] = seen / max(train_time, 1e-9)
+        final["perf/train_samples_per_s"] = samples_per_s
         final["perf/peak_mem_mb"] = peak_memory_mb(self.device)
         final["perf/wall_s"] = time.perf_counter() - start
-        report(final, t.epochs)
-        return {**last, **final}
+        return final
 
 
 def peak_memory_mb(device: torch.device) -> float:
