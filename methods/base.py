@@ -10,7 +10,7 @@ Shapes: ``B`` batch, ``N`` tokens of a sequence (CLS included), ``M`` modalities
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +30,16 @@ class MethodConfig(BaseModel):
     def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
         """Cross-checks against the backbone; ``(key path, message)`` pairs, empty when consistent."""
         return []
+
+
+Readout = Literal["cls", "gap"]
+
+
+def readout_field() -> Any:
+    """The ``readout`` config field shared by the token-fusion methods (MBT's two classifiers)."""
+    return Field(
+        "cls", description="cls: per-modality CLS (MBT's paper); gap: mean of present patch tokens (MBT's AS config)"
+    )
 
 
 def check_fusion_layer(value: int, depth: int, key: str = "method.fusion_layer") -> list[tuple[str, str]]:

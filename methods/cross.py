@@ -25,8 +25,6 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` la
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 
@@ -36,11 +34,13 @@ from methods._blocks import Streams, Tokenizers
 from methods.base import (
     FusionMethod,
     MethodConfig,
+    Readout,
     attn_mask,
     check_fusion_layer,
     keep_keys,
     present_masks,
     readout_cls,
+    readout_field,
     readout_gap,
 )
 
@@ -54,9 +54,7 @@ class CrossConfig(MethodConfig):
         description="Lf, first layer whose streams attend over both modalities; 0 = early fusion, "
         "L (backbone depth) = late fusion",
     )
-    readout: Literal["cls", "gap"] = Field(
-        "cls", description="cls: per-modality CLS (MBT's paper); gap: mean of present patch tokens (MBT's AS config)"
-    )
+    readout: Readout = readout_field()
 
     def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
         return check_fusion_layer(self.fusion_layer, backbone.depth)

@@ -24,8 +24,6 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``Nb`` bottlenecks, `
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 from torch import nn
@@ -36,12 +34,14 @@ from methods._blocks import Streams, Tokenizers
 from methods.base import (
     FusionMethod,
     MethodConfig,
+    Readout,
     attn_mask,
     check_fusion_layer,
     keep_keys,
     mean_over_modalities,
     present_masks,
     readout_cls,
+    readout_field,
     readout_gap,
 )
 
@@ -59,9 +59,7 @@ class MBTConfig(MethodConfig):
     shared_weights: bool = Field(
         False, description="one block stack for both modalities (scenic share_encoder); False = weights per modality"
     )
-    readout: Literal["cls", "gap"] = Field(
-        "cls", description="cls: per-modality CLS (MBT's paper); gap: mean of present patch tokens (MBT's AS config)"
-    )
+    readout: Readout = readout_field()
     test_with_bottlenecks: bool = Field(
         True, description="False: in eval mode every layer runs unimodally, with no cross-modal exchange"
     )

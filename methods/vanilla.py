@@ -22,8 +22,6 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` la
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 
@@ -33,11 +31,13 @@ from methods._blocks import Streams, Tokenizers
 from methods.base import (
     FusionMethod,
     MethodConfig,
+    Readout,
     attn_mask,
     check_fusion_layer,
     keep_keys,
     present_masks,
     readout_cls,
+    readout_field,
     readout_gap,
 )
 
@@ -55,9 +55,7 @@ class VanillaConfig(MethodConfig):
     fusion_layer: int = Field(
         0, description="Lf, first layer over the joint sequence; 0 = early fusion, L (backbone depth) = late fusion"
     )
-    readout: Literal["cls", "gap"] = Field(
-        "cls", description="cls: per-modality CLS (MBT's paper); gap: mean of present patch tokens (MBT's AS config)"
-    )
+    readout: Readout = readout_field()
     shared_weights: bool = Field(
         True,
         description="one block stack for both modalities (scenic share_encoder=True); False is not a vanilla "
