@@ -194,8 +194,7 @@ class DeepSpeedEngine(TorchEngine):
         for epoch in range(t.epochs):
             engine.train()
             tick, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
-            for i, batch in enumerate(train.batches(t.batch_size, shuffle=True, seed=self.spec.seed * 100_003 + epoch,
-                                                    drop_last=True, shard=(rank, world))):  # fmt: skip
+            for i, batch in enumerate(self.train_batches(train, epoch, shard=(rank, world))):
                 for micro in _chunks(self._to_device(batch), e.grad_accum):
                     loss = engine(micro)
                     if not torch.isfinite(loss):

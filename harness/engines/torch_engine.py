@@ -60,6 +60,11 @@ class TorchEngine:
 
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
+    def train_batches(self, train, epoch: int, **kwargs):
+        """The epoch's training batches in the order every engine uses: shuffled by (seed, epoch), last dropped."""
+        seed = self.spec.seed * 100_003 + epoch
+        return train.batches(self.spec.train.batch_size, shuffle=True, seed=seed, drop_last=True, **kwargs)
+
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -103,8 +108,7 @@ class TorchEngine:
         for epoch in range(t.epochs):
             method.train()
             tick, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
-            for i, batch in enumerate(train.batches(t.batch_size, shuffle=True, seed=self.spec.seed * 100_003 + epoch,
-                                                    drop_last=True)):  # fmt: skip
+            for i, batch in enumerate(self.train_batches(train, epoch)):
                 batch = self._to_device(batch)
                 loss = task.loss(method(batch), batch)
                 if not torch.isfinite(loss):
