@@ -99,13 +99,23 @@ def param_space(spec: SweepSpec, base: dict) -> dict:
     return space
 
 
+def first_values(spec: SweepSpec) -> dict:
+    """Each axis at its first value: with a variant, the assignment that stands for a sweep's whole setup."""
+    return {k: d.probe_values()[0] for k, d in spec.axes.items()}
+
+
+def first_trial(spec: SweepSpec) -> RunSpec:
+    """The resolved first trial: where the sweep's data lives, which engine it runs."""
+    return spec.resolve(first_values(spec) | spec.variants[0])
+
+
 def prepare_datasets(spec: SweepSpec) -> None:
     """Generate or load every distinct dataset of the sweep once, before trials start (no races, no repeats)."""
     from harness.registry import FORMATS
     from harness.trial import cache_dir
 
     seen = set()
-    first = {k: d.probe_values()[0] for k, d in spec.axes.items()}
+    first = first_values(spec)
     for variant in spec.variants:
         run = spec.resolve({**first, **variant})
         key = (run.dataset.format, run.dataset.params.model_dump_json(), str(cache_dir(run)))
@@ -136,8 +146,7 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
 
     uri = tracking_uri(tracking or spec.base.get("tracking", {}).get("uri"))
     base = dict(spec.base)
-    base["cache_dir"] = str(cache_dir(spec.resolve({k: d.probe_values()[0] for k, d in spec.axes.items()}
-                                                    | spec.variants[0])).resolve())  # fmt: skip
+    base["cache_dir"] = str(cache_dir(first_trial(spec)).resolve())
     prepare_datasets(spec)
 
     client = MlflowClient(uri)
@@ -262,7 +271,7 @@ def _distributed_workers(spec: SweepSpec) -> int:
     from harness.engines import choose_engine
     from harness.registry import ENGINES
 
-    run = spec.resolve({k: d.probe_values()[0] for k, d in spec.axes.items()} | spec.variants[0])
+    run = first_trial(spec)
     engine = ENGINES.get(choose_engine(run.engine.name))
     return run.engine.workers if getattr(engine, "distributed", False) else 0
 
