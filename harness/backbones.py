@@ -46,7 +46,15 @@ class BackboneConfig(BaseModel):
     )
     time_embed_std: float = Field(1.0, gt=0, description="init std of the shared time table (salient on purpose)")
     checkpoint: str | None = Field(
-        None, description="local weights file, consumed by the methods' load_backbone_checkpoint; None = random init"
+        None,
+        description="local image-ViT weights (.safetensors, .pth/.pt/.bin, .npz; timm layout), loaded by the "
+        "method's load_backbone after init (harness/weights.py); None = random init",
+    )
+    tubelet_init: Literal["central", "average", "average_arp"] = Field(
+        "central",
+        description="how a checkpoint's 2-D patch kernel fills the tubelet kernel (scenic kernel_init_method): "
+        "central = in the middle frame, zeros elsewhere (MBT); average = kernel / tubelet in every frame "
+        "(inflation); average_arp = approximate-rank-pooling weights; no effect with tubelet=1",
     )
 
     @model_validator(mode="after")
@@ -59,7 +67,7 @@ class BackboneConfig(BaseModel):
         """Cross-checks that need the file system or the dataset's input spec.
 
         The checkpoint is only checked for existence here; loading it into a method's matching keys is the job
-        of that method's ``load_backbone_checkpoint``.
+        of that method's ``load_backbone`` (``harness/weights.py``).
 
         Args:
             spec: the dataset's input shapes; when given, each modality must yield at least one token.

@@ -71,6 +71,11 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
     """The method and the task (which owns the shared head), freshly initialised from ``spec.seed``."""
     torch.manual_seed(spec.seed)
     method = METHODS.get(spec.method.name)(spec.method, spec.backbone, input_spec)
+    if spec.backbone.checkpoint is not None:  # after init, before the cost is counted (harness/weights.py)
+        from harness.weights import read_checkpoint
+
+        loaded = method.load_backbone(read_checkpoint(spec.backbone.checkpoint))
+        print(loaded.summary(f"backbone.checkpoint {spec.backbone.checkpoint}"), file=sys.stderr)
     task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
     return method, task
 

@@ -18,6 +18,17 @@ from torch import Tensor, nn
 
 from harness.backbones import BackboneConfig
 from harness.data.base import InputSpec
+from harness.weights import (
+    CheckpointError,
+    ImageViT,
+    LoadReport,
+    Mapping,
+    apply_mapping,
+    image_vit,
+    map_blocks,
+    map_norm,
+    map_tokenizers,
+)
 
 
 class MethodConfig(BaseModel):
@@ -76,6 +87,34 @@ class FusionMethod(nn.Module):
         self.backbone = backbone
         self.spec = spec
         self.embed_dim: int = backbone.embed_dim
+
+    def load_backbone(self, state_dict: dict[str, Tensor]) -> LoadReport:
+        """Fill the backbone from an image ViT's state dict (timm layout), MBT's way (``harness/weights.py``).
+
+        Called by ``harness.trial.build_model`` after init when ``backbone.checkpoint`` is set. Parameters that
+        the checkpoint has no counterpart for keep their init and are reported as missing.
+
+        Raises:
+            harness.weights.CheckpointError: a backbone tensor whose shape differs and cannot be resized.
+        """
+        vit = image_vit(state_dict)
+        return apply_mapping(self, self.backbone_mapping(vit), vit)
+
+    def backbone_mapping(self, vit: ImageViT) -> Mapping:
+        """Our parameter name -> (checkpoint value, its source); the default covers the two-stream layout.
+
+        That layout (``methods._blocks``: ``tokens`` Tokenizers, ``streams`` Streams, ``norm``) is late, the
+        unimodal baselines, cross, vanilla and MBT's; a method laid out otherwise overrides this.
+        """
+        if not all(hasattr(self, a) for a in ("tokens", "streams", "norm")):
+            raise CheckpointError(
+                f"method {self.cfg.name!r} has no backbone-checkpoint mapping (it is not laid out as tokens, "
+                "streams, norm); drop backbone.checkpoint or give the method a backbone_mapping"
+            )
+        out = map_tokenizers(self.tokens, "tokens", vit, self.backbone, self.spec)
+        for name, blocks in self.streams.blocks.items():  # both streams, or the one shared stack
+            out |= map_blocks(blocks, f"streams.blocks.{name}", vit)
+        return out | map_norm("norm", vit)
 
 
 def present_masks(batch: dict, modalities: tuple[str, ...]) -> dict[str, Tensor]:

@@ -5,7 +5,7 @@ specific parameters", https://arxiv.org/abs/2107.00135.
 Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`` with ``share_encoder=False``,
 ``use_bottleneck=False`` (``get_context`` / ``combine_context``).
 Known differences:
-- The ViT-checkpoint initialisation is not done here (a later ``load_backbone_checkpoint``).
+- An image-ViT checkpoint (``backbone.checkpoint``) initialises both streams as in MBT (``harness/weights.py``).
 - With ``readout='gap'`` the CLS tokens stay in the sequences but are left out of the pool (scenic has none).
 - A missing modality's tokens (its CLS included) are never keys of the other stream; scenic always has both.
 - Like scenic, each fusion layer runs Block_m over the full ``[context ‖ z_m]`` sequence and drops the context's

@@ -5,8 +5,11 @@ Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`
 Known differences:
 - scenic allocates Nb + 1 bottleneck tokens when ``classifier='token'``; here there are exactly
   ``bottleneck_tokens`` in both read-outs.
-- scenic overwrites the bottlenecks with the resized ViT positional grid when loading a checkpoint; here they keep
-  their normal(0.02) init until a ``load_backbone_checkpoint`` does that.
+- Initialisation from an image ViT (``backbone.checkpoint``, ``harness/weights.py``): blocks into both streams (or
+  the shared stack), central-frame tubelets, resized/tiled positional tables, the RGB kernel summed to 1 channel for
+  the spectrogram, as scenic ``model_utils.py``. scenic also overwrites the bottlenecks with the resized positional
+  grid on every checkpoint load; here that is ``bottleneck_init: pos`` and the default keeps their normal(0.02)
+  init (the paper does not mention it).
 - With ``readout='gap'`` the CLS tokens stay in the sequences but are left out of the pool (scenic has none).
 - A missing modality's bottleneck update is left out of the mean (scenic always has both modalities).
 
@@ -24,12 +27,15 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``Nb`` bottlenecks, `
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
 
 from harness.backbones import BackboneConfig, layer_norm
 from harness.data.base import InputSpec
+from harness.weights import ImageViT, Mapping, bottleneck_factors, bottleneck_pos
 from methods._blocks import Streams, Tokenizers
 from methods.base import (
     FusionMethod,
@@ -63,9 +69,26 @@ class MBTConfig(MethodConfig):
     test_with_bottlenecks: bool = Field(
         True, description="False: in eval mode every layer runs unimodally, with no cross-modal exchange"
     )
+    bottleneck_init: Literal["normal", "pos"] = Field(
+        "normal",
+        description="normal: N(0, 0.02); pos: from the checkpoint's positional grid resized to an int(sqrt(Nb)) x "
+        "(Nb // that) grid when backbone.checkpoint is loaded (scenic's behaviour)",
+    )
 
     def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
-        return check_fusion_layer(self.fusion_layer, backbone.depth)
+        errors = check_fusion_layer(self.fusion_layer, backbone.depth)
+        if self.bottleneck_init == "pos":
+            if backbone.checkpoint is None:
+                errors.append(("method.bottleneck_init", "pos needs backbone.checkpoint (the grid comes from it)"))
+            if bottleneck_factors(self.bottleneck_tokens) is None:
+                errors.append(
+                    (
+                        "method.bottleneck_init",
+                        f"pos needs bottleneck_tokens that fill an int(sqrt(Nb)) x k grid (scenic); "
+                        f"{self.bottleneck_tokens} does not (4, 6, 8, 9, 12, 16 do)",
+                    )
+                )
+        return errors
 
 
 class MBT(FusionMethod):
@@ -83,6 +106,13 @@ class MBT(FusionMethod):
         if cfg.fusion_layer < backbone.depth:
             self.bottleneck = nn.Parameter(torch.empty(1, cfg.bottleneck_tokens, backbone.embed_dim))
             nn.init.normal_(self.bottleneck, std=0.02)
+
+    def backbone_mapping(self, vit: ImageViT) -> Mapping:
+        """The two-stream mapping, plus the bottlenecks from the resized grid when ``bottleneck_init: pos``."""
+        out = super().backbone_mapping(vit)
+        if self.bottleneck is not None and self.cfg.bottleneck_init == "pos":
+            out["bottleneck"] = (bottleneck_pos(vit, self.bottleneck.shape[1]), "pos_embed (resized to Nb)")
+        return out
 
     def forward(self, batch: dict) -> dict:
         cfg: MBTConfig = self.cfg

@@ -4,7 +4,8 @@ Paper: Nagrani et al., "Attention Bottlenecks for Multimodal Fusion", NeurIPS 20
 https://arxiv.org/abs/2107.00135.
 Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`` with ``share_encoder=True``,
 ``use_bottleneck=False``.
-Known differences: the ViT-checkpoint initialisation is not done here (a later ``load_backbone_checkpoint``).
+Known differences: an image-ViT checkpoint (``backbone.checkpoint``) initialises the shared stack as in MBT
+(``harness/weights.py``: blocks copied, central-frame tubelets, resized/tiled positional tables).
 With ``readout='gap'`` the CLS tokens stay in the sequence (so every attention row keeps a key when a modality is
 missing) but are left out of the pool; scenic has no CLS tokens in ``gap`` mode.
 Weights: MBT's vanilla fusion is defined with one shared stack only (scenic ``share_encoder=True``). Neither the
