@@ -101,19 +101,35 @@ class FusionMethod(nn.Module):
         return apply_mapping(self, self.backbone_mapping(vit), vit)
 
     def backbone_mapping(self, vit: ImageViT) -> Mapping:
-        """Our parameter name -> (checkpoint value, its source); the default covers the two-stream layout.
+        """Our parameter name -> (checkpoint value, its source) for the layouts the methods share.
 
-        That layout (``methods._blocks``: ``tokens`` Tokenizers, ``streams`` Streams, ``norm``) is late, the
-        unimodal baselines, cross, vanilla and MBT's; a method laid out otherwise overrides this.
+        ``tokens`` (``methods._blocks.Tokenizers`` or LAVISH's shared tokeniser), ``norm``, and the blocks as
+        ``streams`` (``methods._blocks.Streams``: late, the unimodal baselines, cross, vanilla, MBT; every stream, or
+        the one shared stack, gets the same blocks) or as one ``blocks`` list (the frozen shared backbone of LAVISH
+        and its kin). A method laid out otherwise overrides this.
         """
-        if not all(hasattr(self, a) for a in ("tokens", "streams", "norm")):
+        tokens, norm = getattr(self, "tokens", None), getattr(self, "norm", None)
+        if hasattr(self, "streams"):
+            stacks = {f"streams.blocks.{name}": blocks for name, blocks in self.streams.blocks.items()}
+        elif isinstance(getattr(self, "blocks", None), nn.ModuleList):
+            stacks = {"blocks": self.blocks}
+        else:
+            stacks = None
+        if tokens is None or norm is None or stacks is None:
             raise CheckpointError(
                 f"method {self.cfg.name!r} has no backbone-checkpoint mapping (it is not laid out as tokens, "
-                "streams, norm); drop backbone.checkpoint or give the method a backbone_mapping"
+                "streams or blocks, norm); drop backbone.checkpoint or give the method a backbone_mapping"
             )
-        out = map_tokenizers(self.tokens, "tokens", vit, self.backbone, self.spec)
-        for name, blocks in self.streams.blocks.items():  # both streams, or the one shared stack
-            out |= map_blocks(blocks, f"streams.blocks.{name}", vit)
+        # Audio read through the video tubelet's central frame (LAVISH's image path) needs the image kernel there.
+        shared_audio = "audio" in self.modalities and "audio" not in tokens.patch
+        if shared_audio and self.backbone.tubelet > 1 and self.backbone.tubelet_init != "central":
+            raise CheckpointError(
+                f"backbone.tubelet_init={self.backbone.tubelet_init}: {self.cfg.name} feeds audio through the tubelet "
+                "kernel's central frame, which must hold the image kernel; use backbone.tubelet_init=central"
+            )
+        out = map_tokenizers(tokens, "tokens", vit, self.backbone, self.spec)
+        for prefix, blocks in stacks.items():
+            out |= map_blocks(blocks, prefix, vit)
         return out | map_norm("norm", vit)
 
 
