@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.backbones import BackboneConfig, num_audio_tokens, num_video_tokens
 from harness.config import (
@@ -36,7 +36,10 @@ from harness.registry import BACKBONES, FORMATS, METHODS, TASKS, UnknownNameErro
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 # Keys of a file with ``input:``; anything else (train, engine, ...) does not change the model and is ignored.
-INPUT_FILE_KEYS = ("name", "seed", "input", "backbone", "method", "task", "train", "engine", "tracking", "cache_dir")
+# ``paper_extras`` (presets): the paper's own parameter accounting (PaperExtras).
+INPUT_FILE_KEYS = (
+    "name", "seed", "input", "backbone", "method", "task", "train", "engine", "tracking", "cache_dir", "paper_extras"
+)  # fmt: skip
 
 
 class InputConfig(BaseModel):
@@ -51,6 +54,46 @@ class InputConfig(BaseModel):
     num_classes: int = Field(gt=0, description="classes of the task head")
 
 
+class PaperPart(BaseModel):
+    """One part the paper's model counts and the harness's model does not have: a Linear layer, or bare parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="what it is, e.g. imagenet21k_head, ave_fc1")
+    in_features: int | None = Field(None, gt=0, description="a Linear layer's input width (with out_features)")
+    out_features: int | None = Field(None, gt=0, description="a Linear layer's output width; the Linear has a bias")
+    params: int | None = Field(None, gt=0, description="a count of bare parameters instead of a Linear")
+    trainable: bool = Field(description="whether the paper trains it (adds to trainable and to total)")
+    why: str = Field("", description="where the paper's code has it (shown in the printout)")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PaperPart:
+        linear = (self.in_features is not None, self.out_features is not None)
+        if linear not in ((True, True), (False, False)) or all(linear) == (self.params is not None):
+            raise ValueError(f"{self.name}: give in_features and out_features (a Linear), or params, not both")
+        return self
+
+    def module(self) -> torch.nn.Module:
+        """The part as a module on the current device (meta in ``profile``): a Linear, or one flat parameter."""
+        if self.params is not None:
+            part = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(self.params))])
+        else:
+            part = torch.nn.Linear(self.in_features, self.out_features)
+        return part.requires_grad_(self.trainable)
+
+
+class PaperExtras(BaseModel):
+    """``paper_extras:`` of a preset: the paper counts its model; ours differs by these parts (docs/methods.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="what the paper counts and where that comes from")
+    drop_task_head: bool = Field(
+        True, description="the paper's model has no harness task head, so the paper's figures leave ours out"
+    )
+    parts: list[PaperPart] = Field(description="the paper's parts the harness's model does not have")
+
+
 @dataclass
 class ProfileSpec:
     """What ``harness profile`` builds: the model's sections of a run and its input shapes."""
@@ -61,6 +104,7 @@ class ProfileSpec:
     task_name: str
     task: BaseModel
     input: InputSpec
+    paper_extras: PaperExtras | None = None
 
 
 def presets() -> list[str]:
@@ -120,6 +164,9 @@ def load_profile(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     task_cls = _lookup(TASKS, "task", task_name, errors)
     if task_cls is not None:
         task = _section(task_cls.Config, t, "task", errors)
+    extras = None
+    if raw.get("paper_extras") is not None:
+        extras = _section(PaperExtras, raw["paper_extras"], "paper_extras", errors)
     if shapes is not None:
         shapes = InputSpec(**shapes.model_dump())
         if backbone is not None:
@@ -128,7 +175,7 @@ def load_profile(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
         errors += method.check(backbone)
     if errors:
         raise ConfigError(label_errors(errors, origins))
-    return ProfileSpec(raw.get("name", Path(path).stem), backbone, method, task_name, task, shapes)
+    return ProfileSpec(raw.get("name", Path(path).stem), backbone, method, task_name, task, shapes, extras)
 
 
 def _unknown(key: str, valid: tuple[str, ...]) -> str:
@@ -179,10 +226,38 @@ def profile(spec: ProfileSpec) -> dict[str, Any]:
         "backbone": spec.backbone.name,
         "task": spec.task_name,
         "input": spec.input.to_dict(),
-        "tokens": {m: count[m](spec.backbone, spec.input) for m in method.modalities},
+        "tokens": {m: count[m](spec.backbone, spec.input) for m in method.modalities} | _tokeniser_counts(method),
         "params_total": total,
         "params_trainable": trainable,
         **forward_flops(method, task, spec.input),
+        **({"paper": paper_accounting(spec.paper_extras, method, task)} if spec.paper_extras else {}),
+    }
+
+
+def _tokeniser_counts(method: torch.nn.Module) -> dict[str, int]:
+    """Token counts a tokeniser fixes itself: LAVISH's image-mode audio is cut by the video patch, not audio_patch."""
+    audio = getattr(getattr(method, "tokens", None), "audio_tokens", None)
+    return {} if audio is None else {"audio": audio}
+
+
+def paper_accounting(extras: PaperExtras, method: torch.nn.Module, task: torch.nn.Module) -> dict[str, Any]:
+    """The paper's parameter counts: our method (+ our task head unless dropped) + the paper's extra parts.
+
+    The parts are built as modules (on meta under ``profile``) and counted like ours, never typed-in totals.
+    """
+    from harness.complexity import count_params
+
+    with torch.device("meta"):
+        parts = {p.name: p.module() for p in extras.parts}
+    ours = [method] if extras.drop_task_head else [method, task]
+    total, trainable = count_params(torch.nn.ModuleList([*ours, *parts.values()]))
+    return {
+        "source": extras.source,
+        "task_head_dropped": extras.drop_task_head,
+        "parts": {name: count_params(m)[0] for name, m in parts.items()},
+        "parts_trainable": [p.name for p in extras.parts if p.trainable],
+        "params_total": total,
+        "params_trainable": trainable,
     }
 
 
@@ -201,8 +276,24 @@ def format_profile(p: dict[str, Any]) -> str:
             f"params     total {p['params_total']:,} ({p['params_total'] / 1e6:.1f} M), trainable "
             f"{p['params_trainable']:,} ({p['params_trainable'] / 1e6:.1f} M)",
             f"forward    {_g(p['gflops'])} GFLOPs = 2 x {_g(p['gmacs'])} GMACs (one clip, batch 1)",
+            *_paper_lines(p.get("paper")),
         ]
     )
+
+
+def _paper_lines(paper: dict[str, Any] | None) -> list[str]:
+    """The paper's accounting, on lines of their own: what is ours and what is the paper's is never mixed."""
+    if not paper:
+        return []
+    parts = ", ".join(
+        f"{n} {c:,} ({'trainable' if n in paper['parts_trainable'] else 'frozen'})" for n, c in paper["parts"].items()
+    )
+    base = "method without our task head" if paper["task_head_dropped"] else "method + our task head"
+    return [
+        f"paper      total {paper['params_total']:,} ({paper['params_total'] / 1e6:.1f} M), trainable "
+        f"{paper['params_trainable']:,} ({paper['params_trainable'] / 1e6:.1f} M) = {base} + {parts}",
+        f"           ({paper['source']})",
+    ]
 
 
 def _g(x: float) -> str:

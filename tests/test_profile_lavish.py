@@ -1,0 +1,72 @@
+"""LAVISH cost presets (``harness/profiles/lavish_*_ave.yaml``) against the parameter counts written out by hand.
+
+The formulas follow the modules, not the code: a ViT (patch conv, positions with the CLS row, CLS, L blocks of
+12 D² + 13 D, final norm), 4 L adapters (METHODS.md §2.3) and the heads. The paper's accounting adds the parts the
+AVE code's model has (the 21k head, a gate_tk scalar per adapter, Linear(2D, 512) and Linear(512, 29)) and leaves
+the harness's task head out.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.config import ConfigError
+from harness.profile import format_profile, load_profile, preset_path, profile
+
+PATCH, TOKENS, CLASSES, IN21K = 16, 196, 29, 21843
+R, G, M = 8, 2, 2  # the README's flags: reduction, groups, latent tokens
+
+
+def linear(i: int, o: int) -> int:
+    return i * o + o
+
+
+def vit(d: int, depth: int) -> int:
+    """timm's ViT without its head: patch conv, 197 positions (CLS row), CLS, blocks, final norm."""
+    return 3 * PATCH * PATCH * d + d + (TOKENS + 1) * d + depth * (12 * d * d + 13 * d) + 2 * d
+
+
+def adapter(d: int) -> int:
+    """latent tokens, gate_av, LN before, grouped down/up (no bias), BN x 2, LN post, output gate."""
+    h = d // R
+    return M * d + 1 + 2 * d + 2 * (d * h // G) + 2 * h + 2 * d + 2 * d + 1
+
+
+@pytest.fixture(scope="module", params=[("lavish_vitb16_ave", 768, 12), ("lavish_vitl16_ave", 1024, 24)])
+def preset(request):
+    name, d, depth = request.param
+    return profile(load_profile(preset_path(name))), d, depth
+
+
+def test_ours_is_the_frozen_vit_plus_adapters_plus_our_head(preset):
+    p, d, depth = preset
+    adapters = 4 * depth * adapter(d)
+    assert p["params_total"] == vit(d, depth) + adapters + linear(d, CLASSES)
+    assert p["params_trainable"] == adapters + linear(d, CLASSES)
+    assert p["tokens"] == {"audio": (128 // PATCH) * (102 // PATCH), "video": TOKENS}  # 8 x 6 = 48, 14 x 14
+
+
+def test_the_paper_line_adds_the_21k_head_gate_tk_and_the_ave_head_and_drops_ours(preset):
+    p, d, depth = preset
+    paper = p["paper"]
+    trainable = 4 * depth * adapter(d) + 4 * depth + linear(2 * d, 512) + linear(512, CLASSES)
+    assert paper["params_trainable"] == trainable
+    assert paper["params_total"] == vit(d, depth) + linear(d, IN21K) + trainable
+    assert paper["parts"]["imagenet21k_head"] == d * 21843 + 21843
+    lines = format_profile(p).splitlines()
+    assert lines[-2].startswith("paper      total ") and "method without our task head" in lines[-2]
+    assert lines[-3].startswith("forward")  # ours stays on its own lines, above
+
+
+def test_image_mode_audio_tokens_follow_the_video_patch_not_audio_patch():
+    spec = load_profile(preset_path("lavish_vitb16_ave"), ["backbone.audio_patch=[128, 2]"])
+    assert profile(spec)["tokens"]["audio"] == 48  # the spectrogram is cut in 16² patches (SharedTokenizer)
+
+
+def test_a_paper_part_is_a_linear_or_a_count_not_both(tmp_path):
+    text = preset_path("lavish_vitb16_ave").read_text()
+    bad = text.replace("{name: adapter_gate_tk, params: 48,", "{name: adapter_gate_tk, params: 48, in_features: 2,")
+    path = tmp_path / "bad.yaml"
+    path.write_text(bad)
+    with pytest.raises(ConfigError, match="paper_extras.*adapter_gate_tk"):
+        load_profile(path)
