@@ -6,7 +6,8 @@ Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`
 (the config comment: per-modality CLS tokens are combined only at the end).
 Known differences: none in the encoder. Each modality has its own weights in every layer (``share_encoder=False``),
 there is no cross-modal attention anywhere, and the read-out is MBT's ``classifier='token'``: per-modality CLS after
-one shared final LayerNorm, averaged over the present modalities.
+one shared final LayerNorm, averaged over the present modalities. An image-ViT ``backbone.checkpoint`` initialises
+both streams as in MBT (``harness/weights.py``; the unimodal baselines inherit it).
 
 Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` layers.
 """
