@@ -1,4 +1,4 @@
-"""The ``harness`` command line: ls, validate, run, sweep, report, profile, ui.
+"""The ``harness`` command line: ls, validate, run, sweep, report, profile, ui, prepare, synth.
 
 Heavy libraries (torch, ray, mlflow, pandas) are imported inside the handlers, so ``harness ls`` is instant and
 ``harness validate`` never starts Ray.
@@ -80,13 +80,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.trial import cli_run
 
-    return cli_run(args.file, args.set, args.tracking_uri)
+    return cli_run(args.file, args.set, args.tracking_uri, args.resume)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweep import cli_sweep
 
-    return cli_sweep(args.file, args.set, args.tracking_uri, args.storage, args.address)
+    return cli_sweep(args.file, args.set, args.tracking_uri, args.storage, args.address, args.resume)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -105,6 +105,18 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from harness.tracking import cli_ui
 
     return cli_ui(args.tracking_uri, args.host, args.port)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from harness.data.prepare import cli_prepare
+
+    return cli_prepare(args.dataset, args.root, args.cache, args.workers, args.strict, args.set)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from harness.data.prepare import cli_synth
+
+    return cli_synth(args.out, args.layout, args.clips, args.seed)
 
 
 def _print_config_error(path: str | None, err: Exception) -> None:
@@ -167,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="run YAML file (a sweep file runs its base configuration)")
     add_set(p)
     add_tracking(p)
+    resume = "continue the interrupted run of FILE (same --set) from its last epoch, in the same MLflow run"
+    p.add_argument("--resume", action="store_true", help=resume)
     p.set_defaults(func=_cmd_run)
 
     p = add(
@@ -180,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking(p)
     p.add_argument("--storage", default=None, metavar="DIR", help="Ray Tune storage path (shared on a cluster)")
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster address ('auto' = running cluster)")
+    resume = "finish the unfinished trials of the last run of FILE (same --set) in their MLflow runs; none rerun"
+    p.add_argument("--resume", action="store_true", help=resume)
     p.set_defaults(func=_cmd_sweep)
 
     p = add(
@@ -219,6 +235,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     add_tracking(p)
     p.set_defaults(func=_cmd_ui)
+
+    p = add(
+        "prepare",
+        "decode a dataset's media once into a sharded cache (resumable) and write its manifest.json",
+        "  harness prepare ave --root /data/AVE_Dataset --workers 8\n"
+        "  harness prepare vggsound --root /data/vggsound --cache /fast/cache --strict\n"
+        "  harness prepare ave --root /tmp/ave --set frames=4 --set image_size=32",
+    )
+    p.add_argument("dataset", metavar="DATASET", help="dataset card (`harness ls datasets`)")
+    p.add_argument("--root", required=True, metavar="DIR", help="folder of the annotation files and media")
+    p.add_argument("--cache", default=None, metavar="DIR", help="prepared-cache folder (default: under $HARNESS_CACHE)")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="decoding processes (0: this process)")
+    p.add_argument("--strict", action="store_true", help="fail on the first corrupt file, naming it")
+    add_set(p)
+    p.set_defaults(func=_cmd_prepare)
+
+    p = add(
+        "synth",
+        "write a synthetic dataset as real MP4 files (H.264 + AAC) and annotation files of a dataset's layout",
+        "  harness synth --out /tmp/ave --layout ave --clips 20\n  harness prepare ave --root /tmp/ave",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--layout", required=True, choices=("vggsound", "audioset", "ave", "kinetics_sounds",
+                   "epic_kitchens_100"), help="whose file names and annotation format to write")  # fmt: skip
+    p.add_argument("--clips", type=int, default=12, metavar="N", help="clips to write (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed")
+    p.set_defaults(func=_cmd_synth)
     return parser
 
 

@@ -1,7 +1,8 @@
 """What every dataset gives the rest of the harness: its input spec and batches of samples.
 
 A sample (DESIGN.md): ``video`` float (T, 3, H, W) normalised, ``audio`` float (1, n_mels, n_frames) log-mel,
-``label`` int, ``id`` str. A batch stacks them and adds ``audio_present`` / ``video_present`` bool (B,) masks.
+``label`` (int; multi-hot float (C,); (S,) ints per segment; or a dict of heads), ``id`` str. A batch stacks
+them and adds ``audio_present`` / ``video_present`` bool (B,) masks.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ class InputSpec:
         image_size: H = W of each frame.
         n_mels: frequency bins of the log-mel spectrogram (its height).
         n_frames: time frames of the spectrogram (its width).
-        num_classes: number of classes of the dataset's default task.
+        num_classes: number of classes of the dataset's default task (for a multi-head task: all heads' together).
+        segments: S, labels per clip for localisation (AVE: 10 one-second segments); 0 = one label per clip.
+        heads: ``(("verb", 97), ("noun", 300))``: name and classes of each head of a multi-head task; () = one.
     """
 
     frames: int
@@ -26,6 +29,8 @@ class InputSpec:
     n_mels: int
     n_frames: int
     num_classes: int
+    segments: int = 0
+    heads: tuple[tuple[str, int], ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
