@@ -262,6 +262,9 @@ METHODS.register("avish", "methods.avish:AVISH", "AVISH: LAVISH without latent t
 METHODS.register("audio_only", "methods.unimodal:AudioOnly", "audio stream only (unimodal baseline)")
 METHODS.register("video_only", "methods.unimodal:VideoOnly", "video stream only (unimodal baseline)")
 TASKS.register("classification", "harness.tasks:ClassificationTask", "single-label classification: shared linear head, cross-entropy, top-1/top-5")  # noqa: E501
+TASKS.register("multilabel", "harness.tasks:MultilabelTask", "multi-label classification (AudioSet): shared linear head, sigmoid BCE, mAP/AUC")  # noqa: E501
+TASKS.register("localization", "harness.tasks:LocalizationTask", "per-segment event labels (AVE): shared head per segment, CE, segment accuracy")  # noqa: E501
+TASKS.register("multihead", "harness.tasks:MultiheadTask", "verb + noun heads (EPIC-KITCHENS-100): mean CE, per-head and action (joint) top-1/top-5")  # noqa: E501
 BACKBONES.register("tiny", "harness.backbones:tiny", "tiny ViT for CPU tests and the synthetic dataset")
 BACKBONES.register("vit_ti16", "harness.backbones:vit_ti16", "ViT-Ti/16 (D=192, L=12, 3 heads)")
 BACKBONES.register("vit_s16", "harness.backbones:vit_s16", "ViT-S/16 (D=384, L=12, 6 heads)")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from harness.config import RunSpec
+from harness.tasks import tree_map
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -70,16 +71,21 @@ class TorchEngine:
 
     @torch.no_grad()
     def evaluate(self, method: nn.Module, task: nn.Module, split, mask: str | None = None) -> dict[str, float]:
-        """Metrics of ``task`` on ``split``; ``mask`` = ``"audio"`` or ``"video"`` marks that modality absent."""
+        """Metrics of ``task`` on ``split``; ``mask`` = ``"audio"`` or ``"video"`` marks that modality absent.
+
+        Labels and scores may be tensors of any shape or dicts of them (multihead); the task averages the views of
+        one clip (equal ``id``) and computes its metrics over the whole split (``Task.summarize``).
+        """
         method.eval()
-        logits, labels = [], []
+        scores, labels, ids = [], [], []
         for batch in split.batches(self.spec.train.eval_batch_size):
             if mask is not None:
                 batch[f"{mask}_present"] = torch.zeros_like(batch[f"{mask}_present"])
             batch = self._to_device(batch)
-            logits.append(task.logits(method(batch), batch).float().cpu())
-            labels.append(batch["label"].cpu())
-        return task.metrics(torch.cat(logits), torch.cat(labels))
+            scores.append(tree_map(lambda s: s.float().cpu(), task.scores(method(batch), batch)))
+            labels.append(tree_map(lambda y: y.cpu(), batch["label"]))
+            ids.extend(batch["id"])
+        return task.summarize(scores, labels, ids)
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
