@@ -3,8 +3,8 @@
 Reads the FINISHED child runs of the latest sweep (or ``--sweep NAME``), groups them by method and the swept keys,
 aggregates the seeds as mean ± 95% t-interval with n, and writes the table in the format of ``--out`` (Markdown,
 CSV, a LaTeX tabular, or one self-contained HTML page), the raw aggregates as CSV, and the figure of top-1 against the
-fusion layer as PNG and SVG (``harness.report_render`` formats). The files are also logged as artifacts of the
-sweep's parent run.
+fusion layer as PNG and SVG (``harness.report_render`` formats). A spec (``reports/X.yaml``, ``harness.report_spec``)
+picks the sweeps, rows, columns and figures instead. The files are also logged as artifacts of the sweep's parent run.
 """
 
 from __future__ import annotations
@@ -105,9 +105,22 @@ def report_format(out: Path, fmt: str | None) -> str:
     return chosen
 
 
-def _runs(uri: str, client, sweeps: list[str | None]) -> tuple[pd.DataFrame, list]:
-    """FINISHED child runs of the latest invocation of each of ``sweeps``, and their parent runs."""
-    parents = [find_sweep(client, s) for s in sweeps]
+def _runs(uri: str, client, sweeps: list[str | None], first_found: bool = False) -> tuple[pd.DataFrame, list]:
+    """FINISHED child runs of the latest invocation of each of ``sweeps``, and their parent runs.
+
+    ``first_found``: only the first of ``sweeps`` the store holds (later ones are fallbacks); LookupError if none.
+    """
+    if first_found:
+        for i, s in enumerate(sweeps):
+            try:
+                parents = [find_sweep(client, s)]
+                break
+            except LookupError:
+                if i == len(sweeps) - 1:
+                    raise LookupError(f"none of the sweeps {', '.join(map(str, sweeps))} is in this MLflow store; "
+                                      "run one of them first (`harness sweep sweeps/NAME.yaml`)") from None  # fmt: skip
+    else:
+        parents = [find_sweep(client, s) for s in sweeps]
     frames = [child_runs(uri, p) for p in parents]
     for p, f in zip(parents, frames):
         if f.empty:
@@ -126,11 +139,19 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None,
     """
     from mlflow.tracking import MlflowClient
 
-    from harness.report_spec import apply_filters, paired_differences, paired_markdown, spec_table, split_provenance
+    from harness.report_spec import (
+        apply_filters,
+        paired_differences,
+        paired_markdown,
+        provenance_span,
+        spec_table,
+        split_provenance,
+    )
 
     fmt = report_format(out, fmt or (spec.format if spec else None))
     client = MlflowClient(uri)
-    runs, parents = _runs(uri, client, spec.sweeps(sweep) if spec else [sweep])
+    first_found = bool(spec and spec.use == "first_found")
+    runs, parents = _runs(uri, client, spec.sweeps(sweep) if spec else [sweep], first_found)
     runs = apply_filters(runs, spec.filters) if spec else runs
     if runs.empty:
         raise LookupError("no FINISHED trial of the sweep passes the spec's filters")
@@ -142,8 +163,11 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None,
         from harness.config import ConfigError
 
         raise ConfigError([("rows", f"no run has the param {k!r}") for k in missing])
-    runs, keys, split_notes = split_provenance(runs, keys)
-    extra = {c.removeprefix("metrics."): c for c in (spec.columns or []) if c.startswith("metrics.")} if spec else {}
+    runs, keys, split_notes = split_provenance(runs, keys, refuse=bool(spec and spec.mixed_provenance == "refuse"))
+    split_notes += [span] if (span := provenance_span(runs)) else []
+    if first_found and names[0] != spec.sweeps(sweep)[0]:
+        split_notes.append(f"No sweep `{spec.sweeps(sweep)[0]}` in this store yet: `{names[0]}` stands in for it.")
+    extra = {c.removeprefix("metrics."): c for c in spec.metric_columns()} if spec else {}
     table = aggregate(runs, keys, extra)
     out.parent.mkdir(parents=True, exist_ok=True)
     ids = [(p.info.run_id, p.data.tags.get("harness.sweep_hash", "?")[:12]) for p in parents]
@@ -155,25 +179,53 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None,
     paths = {"csv": out if fmt == "csv" else out.with_suffix(".csv"), "png": out.with_suffix(".png"),
              "svg": out.with_suffix(".svg")}  # fmt: skip
     table.to_csv(paths["csv"], index=False)
-    if "method.name" in keys:
+    if "method.name" in keys and not (spec and spec.figures):
         figure(table, [paths["png"], paths["svg"]], f"{name}: test top-1 vs fusion layer")
     else:
         del paths["png"], paths["svg"]
+    figs = _spec_figures(table, keys, spec, out, name) if spec else []
+    for _head, png, _caption in figs:
+        fig_name = png.stem.removeprefix(f"{out.stem}_")
+        paths[f"png:{fig_name}"], paths[f"svg:{fig_name}"] = png, png.with_suffix(".svg")
     show = spec_table(table, runs, keys, spec) if spec else display_table(table, keys)
     after = "".join(f"Note: {n}\n" for n in split_notes)
     pairs = paired_markdown(paired_differences(runs, keys))
     after += ("\n" if after and pairs else "") + pairs
     if fmt == "md":
-        out.write_text(to_markdown(show, title, note, figure=paths.get("png", Path()).name or None, after=after))
+        md_figs = [(head, png.name, caption) for head, png, caption in figs]
+        out.write_text(to_markdown(show, title, note, paths.get("png", Path()).name or None, after, md_figs))
     elif fmt == "tex":
         out.write_text(to_latex(show, title, " ".join([note, *split_notes])))
     elif fmt == "html":
-        out.write_text(to_html(show, title, " ".join([note, *split_notes]), png=paths.get("png")))
+        out.write_text(to_html(show, title, " ".join([note, *split_notes]), png=paths.get("png"), figures=figs))
     paths[fmt] = out
     for parent in parents:
         for p in dict.fromkeys(paths.values()):
             client.log_artifact(parent.info.run_id, str(p), "report")
     return paths
+
+
+def _spec_figures(table: pd.DataFrame, keys: list[str], spec, out: Path, name: str) -> list[tuple[str, Path, str]]:
+    """Draw each of ``spec.figures`` as ``<out stem>_<figure name>.png`` and ``.svg``; (title, PNG, caption) each.
+
+    The caption says what the error bars are and, for a Pareto figure, which rows are on the front.
+    """
+    from harness.report_render import spec_figure
+    from harness.report_spec import figure_data
+
+    drawn = []
+    for fig in spec.figures:
+        png = out.with_name(f"{out.stem}_{fig.name}.png")
+        head = fig.title or f"{fig.y.removeprefix('metrics.')} vs {fig.x.removeprefix('params.')}"
+        data = figure_data(table, keys, fig)
+        front = spec_figure(data, fig, [png, png.with_suffix(".svg")], f"{name}: {head}")
+        caption = "Error bars and bands: 95% t-interval over seeds."
+        if data["x"].isna().any():
+            caption += " Dashed lines: rows without an x value (reference)."
+        if fig.pareto:
+            caption += f" Pareto front (lower x, higher y): {', '.join(f'`{f}`' for f in front)}."
+        drawn.append((head, png, caption))
+    return drawn
 
 
 def cli_report(sweep: str | None, spec: str | None, out: str, fmt: str | None, tracking_uri: str | None) -> int:

@@ -43,11 +43,17 @@ def display_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return show.astype(str)
 
 
-def to_markdown(show: pd.DataFrame, title: str, note: str, figure: str | None = None, after: str = "") -> str:
-    """GitHub Markdown: a heading, the note, the table, ``after`` it (if any) and a link to the figure file."""
+def to_markdown(show: pd.DataFrame, title: str, note: str, figure: str | None = None, after: str = "",
+                figures: list[tuple[str, str, str]] = ()) -> str:  # fmt: skip
+    """GitHub Markdown: a heading, the note, the table, ``after`` it (if any) and links to the figure files.
+
+    ``figure`` is the one generic figure's file name; ``figures`` holds (title, file name, caption) per spec figure.
+    """
     signed = [i for i, c in enumerate(show.columns) if c.startswith(("Δ", "drop", "paper"))]  # keep "+1.0" as is
     table = show.to_markdown(index=False, **({"disable_numparse": signed} if signed else {}))
     text = f"# {title}\n\n{note}\n\n{table}\n" + (f"\n{after}" if after else "")
+    for head, name, caption in figures:
+        text += f"\n## {head}\n\n![{head}]({name})\n" + (f"\n{caption}\n" if caption else "")
     return text + (f"\n![top-1]({figure})\n" if figure else "")
 
 
@@ -78,21 +84,29 @@ def to_latex(show: pd.DataFrame, title: str, note: str) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;color:#222}
 table{border-collapse:collapse;font-size:.92em}th,td{padding:.35em .8em;border-bottom:1px solid #ddd}
 th{background:#f4f4f4;text-align:left}td{text-align:right}td:first-child,td:nth-child(2){text-align:left}
-img{max-width:100%;margin-top:1.5em}code{background:#f4f4f4;padding:0 .2em}"""
+img{max-width:100%;margin-top:1.5em}code{background:#f4f4f4;padding:0 .2em}figure{margin:1.5em 0}
+figcaption{color:#555;font-size:.9em}"""
 
 
-def to_html(show: pd.DataFrame, title: str, note: str, png: Path | None = None) -> str:
-    """One self-contained page: the table and the figure inlined as a base64 PNG; no external asset."""
-    body = html.escape(note)
-    body = re.sub(r"`([^`]*)`", r"<code>\1</code>", body)
+def to_html(show: pd.DataFrame, title: str, note: str, png: Path | None = None,
+            figures: list[tuple[str, Path, str]] = ()) -> str:  # fmt: skip
+    """One self-contained page: the table and each figure inlined as a base64 PNG; no external asset.
+
+    ``png`` is the one generic figure; ``figures`` holds (title, PNG path, caption) per spec figure.
+    """
+    body = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(note))
     table = show.to_html(index=False, border=0, table_id="results", escape=True)
-    img = ""
-    if png is not None:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        img = f'<img alt="test top-1 against the fusion layer" src="data:image/png;base64,{data}">'
+    imgs = [("test top-1 against the fusion layer", png, "")] if png is not None else []
+    parts = []
+    for head, path, caption in [*figures, *imgs]:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        cap = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(caption))
+        h2 = f"<h2>{html.escape(head)}</h2>" if figures else ""
+        parts.append(f'<figure>{h2}<img alt="{html.escape(head)}" src="data:image/png;base64,{data}">'
+                     + (f"<figcaption>{cap}</figcaption>" if cap else "") + "</figure>")  # fmt: skip
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n<p>{body}</p>\n{table}\n{img}\n"
-            "</body></html>\n")  # fmt: skip
+            f"<style>{_CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n<p>{body}</p>\n{table}\n"
+            + "\n".join(parts) + "\n</body></html>\n")  # fmt: skip
 
 
 def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
@@ -132,3 +146,76 @@ def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
     for path in paths:
         fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def pareto_front(x: pd.Series, y: pd.Series) -> pd.Series:
+    """True for the points no other point dominates: none has x <= and y >= with at least one strict (lower cost,
+    higher accuracy). Equal points are all on the front."""
+    xs, ys = x.to_numpy(float), y.to_numpy(float)
+    on = [not any((xs <= xi) & (ys >= yi) & ((xs < xi) | (ys > yi))) for xi, yi in zip(xs, ys)]
+    return pd.Series(on, index=x.index)
+
+
+def spec_figure(data: pd.DataFrame, fig, paths: list[Path], title: str) -> list[str]:
+    """Draw one spec figure (``report_spec.FigureSpec``) from ``report_spec.figure_data`` points; save to ``paths``.
+
+    Points with an x: error bars (95% CI of y); ``line`` joins a series in x order, ``scatter`` leaves points alone.
+    Points without an x: horizontal reference lines with their CI band. ``pareto`` rings the front and joins it by a
+    step line. Returns the labels of the Pareto front (empty without ``pareto``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from harness.report_spec import AXIS_LABELS
+
+    sns.set_theme(style="whitegrid")
+    fig_, ax = plt.subplots(figsize=(7, 4.5))
+    palette = dict(zip(data["hue"].unique(), sns.color_palette("tab10", max(data["hue"].nunique(), 1))))
+    placed, refs = data[data["x"].notna()], data[data["x"].isna()]
+    series = list(placed["series"].unique())
+    xs = sorted(placed["x"].unique())
+    step = min((b - a for a, b in zip(xs, xs[1:])), default=1.0)
+    dodge_lines = fig.kind == "line" and fig.is_row_key(fig.x) and not fig.logx
+    seen = set()
+    for i, (name, g) in enumerate(placed.groupby("series", sort=False)):
+        g = g.sort_values("x")
+        shift = 0.04 * step * (i - (len(series) - 1) / 2) if dodge_lines else 0.0  # same x side by side
+        color = palette[g["hue"].iloc[0]]
+        label = name if name not in seen else None
+        seen.add(name)
+        ax.errorbar(g["x"] + shift, g["y"], yerr=g["yerr"], marker="o", capsize=3, color=color, label=label,
+                    ls="-" if fig.kind == "line" else "none", ms=6)  # fmt: skip
+        if fig.labels:
+            for r in g.itertuples():
+                ax.annotate(r.label, (r.x, r.y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for r in refs.itertuples():
+        color = palette[r.hue]
+        ax.axhline(r.y, ls="--", color=color, label=r.label)
+        if r.yerr > 0:
+            ax.axhspan(r.y - r.yerr, r.y + r.yerr, color=color, alpha=0.12)
+    front = []
+    if fig.pareto and not placed.empty:
+        on = placed[pareto_front(placed["x"], placed["y"])].sort_values("x")
+        front = list(on["label"])
+        ax.scatter(on["x"], on["y"], s=220, facecolors="none", edgecolors="black", linewidths=1.5, zorder=5,
+                   label="Pareto front")  # fmt: skip
+        ax.step(on["x"], on["y"], where="post", color="black", lw=1, ls=":", zorder=4)
+    if fig.logx:
+        ax.set_xscale("log", base=2 if fig.is_row_key(fig.x) else 10)
+    if fig.is_row_key(fig.x) and xs:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{v:g}" for v in xs])
+        ax.minorticks_off()
+    key = fig.x.removeprefix("params.")
+    ax.set_xlabel(fig.xlabel or AXIS_LABELS.get(key, key.removeprefix("metrics.")))
+    ax.set_ylabel(fig.ylabel or AXIS_LABELS.get(fig.y, fig.y.removeprefix("metrics.")))
+    ax.set_title(title, fontsize=11)
+    ax.legend(fontsize=8, loc="best")
+    fig_.tight_layout()
+    for path in paths:
+        fig_.savefig(path, dpi=120)
+    plt.close(fig_)
+    return front

@@ -1,17 +1,20 @@
-"""Report specs (``reports/*.yaml``): which runs, rows and columns a ``harness report`` table shows.
+"""Report specs (``reports/*.yaml``): which runs, rows, columns and figures a ``harness report`` shows.
 
-A spec is validated by ``ReportSpec`` (unknown keys are errors naming the valid ones). This module also holds the
-two checks every report makes on the raw runs, whatever the spec: runs of one row built from different code or data
-(``tags.harness.git_sha``, ``tags.harness.dataset_fingerprint``) are split apart (``split_provenance``), and the best
-row is compared with every other on the seeds they share (``paired_differences``).
+A spec is validated by ``ReportSpec`` (unknown keys are errors naming the valid ones); each entry of its
+``figures:`` list by ``FigureSpec`` (a line or scatter plot of two columns, one series per row, optional reference
+lines and Pareto front). This module also holds the two checks every report makes on the raw runs, whatever the
+spec: runs of one row built from different code, data, dataset manifests or sweeps (``PROVENANCE``) are split apart
+or refused (``split_provenance``), and the best row is compared with every other on the seeds they share
+(``paired_differences``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.report_render import METRICS, pm
 
@@ -28,23 +31,95 @@ COLUMNS = {
     "drop_video_only": "drop video only",
 }
 HEADERS = {"method.name": "method", "method.fusion_layer": "fusion layer"}
-PROVENANCE = {"tags.harness.git_sha": "git", "tags.harness.dataset_fingerprint": "data"}
+# Tag -> the word a note uses for it. Runs that differ in any of these are never aggregated into one row.
+PROVENANCE = {"tags.harness.git_sha": "git", "tags.harness.dataset_fingerprint": "data",
+              "tags.harness.manifest_hash": "manifest", "tags.harness.sweep": "sweep"}  # fmt: skip
+_SPANS = {"git": "code versions", "data": "dataset fingerprints", "manifest": "dataset manifests", "sweep": "sweeps"}
+
+
+def _short(tag: str, value: str) -> str:
+    """A provenance value as a note shows it: hashes cut to 8 characters, sweep names whole."""
+    return value if tag == "tags.harness.sweep" else value[:8]
+
+
+# Spec columns a figure can plot: the cost and accuracy columns of the aggregated table (not Δ/drop strings).
+PLOTTABLE = [c for c in COLUMNS if not c.startswith(("delta", "drop"))]
+# Figure axis label of a plotted column (the cost columns are shown in the units of the table).
+AXIS_LABELS = {"trainable_params": "trainable params (M)", "total_params": "total params (M)", "gflops": "GFLOPs",
+               "top1": "test top-1 (%)", "top1_audio_only": "top-1, audio only (%)",
+               "top1_video_only": "top-1, video only (%)", "method.fusion_layer": "fusion layer Lf (0 = early)",
+               "method.bottleneck_tokens": "bottleneck tokens Nb"}  # fmt: skip
+
+
+class FigureSpec(BaseModel):
+    """One figure of a report: ``y`` against ``x``, one series (or point) per table row, coloured by ``hue``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="file name part: the figure is <out stem>_<name>.png/.svg")
+    title: str | None = Field(None, description="figure title; default '<y> vs <x>'")
+    kind: Literal["line", "scatter"] = Field(
+        "line", description="line: each series' points joined in x order; scatter: one labelled point per row"
+    )
+    x: str = Field(description="a row key (method.fusion_layer), a cost/accuracy column (gflops) or metrics.<name>")
+    y: str = Field(description="a cost/accuracy column (top1, gflops, ...) or metrics.<name>; error bars = 95% CI")
+    hue: str = Field("method.name", description="row key that picks a series' colour")
+    references: list[str] | None = Field(
+        None,
+        description="hue values whose rows have no x value (late fusion has no Lf) drawn as horizontal lines with "
+        "their CI band; default: every such row; [] draws none",
+    )
+    pareto: bool = Field(
+        False, description="mark the Pareto front: the rows no other row beats with both lower x and higher y"
+    )
+    labels: bool = Field(False, description="write each point's row label beside it")
+    logx: bool = Field(False, description="logarithmic x axis (base 2 for a row key, 10 for a cost)")
+    xlabel: str | None = Field(None, description="x axis label; default from the column")
+    ylabel: str | None = Field(None, description="y axis label; default from the column")
+
+    @field_validator("y")
+    @classmethod
+    def _known_y(cls, col: str) -> str:
+        if col not in PLOTTABLE and not col.startswith("metrics."):
+            raise ValueError(f"unknown y {col!r}; valid: {', '.join(PLOTTABLE)}, metrics.<name>")
+        return col
+
+    @field_validator("x")
+    @classmethod
+    def _known_x(cls, col: str) -> str:
+        if col in COLUMNS and col not in PLOTTABLE:
+            raise ValueError(f"x {col!r} is not plottable; valid columns: {', '.join(PLOTTABLE)}, or a row key")
+        return col
+
+    @model_validator(mode="after")
+    def _pareto_needs_numbers(self) -> FigureSpec:
+        if self.pareto and self.x not in PLOTTABLE and not self.x.startswith("metrics."):
+            raise ValueError(f"pareto: true needs a cost or metric x (e.g. gflops, trainable_params), not {self.x!r}")
+        return self
+
+    def is_row_key(self, col: str) -> bool:
+        """``col`` names a param (a row key of the table), not a cost or metric column."""
+        return col not in COLUMNS and not col.startswith("metrics.")
 
 
 class ReportSpec(BaseModel):
-    """One report: ``sweep`` (a name or several), ``filters``, ``rows``, ``columns``, ``sort_by``, ``reference``."""
+    """One report: ``sweep`` (a name or several), ``filters``, ``rows``, ``columns``, ``sort_by``, ``reference``,
+    ``figures``."""
 
     model_config = ConfigDict(extra="forbid")
 
     sweep: str | list[str] | None = None
+    use: Literal["all", "first_found"] = "all"  # several sweeps: all of them, or the first one the store holds
     title: str | None = None
     format: str | None = None
     filters: dict[str, str | int | float | bool | list[str | int | float | bool]] = {}
     rows: list[str] | None = None  # param keys; default: method.name + the swept keys
     columns: list[str] | None = None  # default: the generic table's columns
-    sort_by: str = "top1"
+    sort_by: str | list[str] = "top1"  # several: sorted by the first, ties by the next
     descending: bool = True
     reference: dict[str, float] = {}  # row label ("mbt", or "mbt, 4" for several row keys) -> published top-1
+    mixed_provenance: Literal["split", "refuse"] = "split"  # a row's runs from different code/data: split or error
+    figures: list[FigureSpec] = []  # none: the generic top-1 vs fusion layer figure (when rows include method.name)
 
     @field_validator("columns")
     @classmethod
@@ -56,15 +131,33 @@ class ReportSpec(BaseModel):
 
     @field_validator("sort_by")
     @classmethod
-    def _known_sort(cls, col: str) -> str:
-        if col not in COLUMNS and not col.startswith(("metrics.", "params.")):
-            raise ValueError(f"unknown column {col!r}; valid: {', '.join(COLUMNS)}, metrics.<name>, params.<key>")
-        return col
+    def _known_sort(cls, cols: str | list[str]) -> str | list[str]:
+        for col in [cols] if isinstance(cols, str) else cols:
+            if col not in COLUMNS and not col.startswith(("metrics.", "params.")):
+                raise ValueError(f"unknown column {col!r}; valid: {', '.join(COLUMNS)}, metrics.<name>, params.<key>")
+        return cols
+
+    @model_validator(mode="after")
+    def _figures_fit_the_rows(self) -> ReportSpec:
+        names = [f.name for f in self.figures]
+        if len(set(names)) < len(names):
+            raise ValueError(f"figures: names must differ (got {', '.join(names)})")
+        for i, f in enumerate(self.figures):
+            for axis in ("x", "hue"):
+                key = getattr(f, axis).removeprefix("params.")
+                if (axis == "hue" or f.is_row_key(f.x)) and self.rows is not None and key not in self.rows:
+                    raise ValueError(f"figures.{i}.{axis}: {key!r} is not a row key; add it to rows: {self.rows}")
+        return self
 
     def sweeps(self, override: str | None) -> list[str | None]:
         if override:
             return [override]
         return [self.sweep] if not isinstance(self.sweep, list) else list(self.sweep) or [None]
+
+    def metric_columns(self) -> list[str]:
+        """The ``metrics.<name>`` columns the table or a figure shows: aggregated beside the standard ones."""
+        cols = [*(self.columns or []), *(f.y for f in self.figures), *(f.x for f in self.figures)]
+        return list(dict.fromkeys(c for c in cols if c.startswith("metrics.")))
 
 
 def load_spec(path: Path) -> ReportSpec:
@@ -81,7 +174,8 @@ def load_spec(path: Path) -> ReportSpec:
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
-                msg = _unknown_key_msg(str(err["loc"][-1]), list(ReportSpec.model_fields))
+                model = FigureSpec if err["loc"][0] == "figures" else ReportSpec
+                msg = _unknown_key_msg(str(err["loc"][-1]), list(model.model_fields))
             else:
                 msg = err["msg"].replace("Input should be", "must be").removeprefix("Value error, ")
             errors.append((f"{path}: {loc}", msg))
@@ -107,11 +201,14 @@ def row_labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
     return parts[0].str.cat(parts[1:], sep=", ") if len(parts) > 1 else parts[0]
 
 
-def split_provenance(runs: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Rows whose runs differ in git SHA or dataset fingerprint, split apart by a ``provenance`` key.
+def split_provenance(
+    runs: pd.DataFrame, keys: list[str], refuse: bool = False
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Rows whose runs differ in git SHA, dataset fingerprint, manifest hash or sweep, split apart by ``provenance``.
 
     Returns (runs, keys, notes): unchanged when nothing differs; else the runs gain ``params.provenance`` (empty for
-    rows that agree), ``keys`` gains ``provenance`` and ``notes`` says which rows were split and why.
+    rows that agree), ``keys`` gains ``provenance`` and ``notes`` says which rows were split and why. With ``refuse``
+    such rows raise ``LookupError`` naming them and what differs instead.
     """
     tags = [t for t in PROVENANCE if t in runs.columns]
     if not tags or runs.empty:
@@ -119,19 +216,30 @@ def split_provenance(runs: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame,
     runs = runs.copy()
     label = row_labels(runs, keys)
     prov = pd.Series("", index=runs.index)
-    notes = []
+    split = []  # (row, what differs)
     for row, g in runs.groupby(label, sort=False):
         differ = [t for t in tags if g[t].fillna("").nunique() > 1]
         if not differ:
             continue
-        what = " and ".join(PROVENANCE[t] for t in differ)
+        split.append((row, " and ".join(PROVENANCE[t] for t in differ)))
         prov[g.index] = g[differ].fillna("?").astype(str).apply(
-            lambda r: ", ".join(f"{PROVENANCE[t]} {v[:8]}" for t, v in r.items()), axis=1)  # fmt: skip
-        notes.append(f"Row `{row}` is split: its runs differ in {what} (not mixed).")
-    if not notes:
+            lambda r: ", ".join(f"{PROVENANCE[t]} {_short(t, v)}" for t, v in r.items()), axis=1)  # fmt: skip
+    if split and refuse:
+        rows = "; ".join(f"row `{row}` mixes runs of different {what}" for row, what in split)
+        raise LookupError(f"{rows} (the spec says mixed_provenance: refuse; use split to list them apart)")
+    if not split:
         return runs, keys, []
     runs["params.provenance"] = prov
+    notes = [f"Row `{row}` is split: its runs differ in {what} (not mixed)." for row, what in split]
     return runs, [*keys, "provenance"], notes
+
+
+def provenance_span(runs: pd.DataFrame) -> str:
+    """A note when the report's runs come from several code versions, datasets, manifests or sweeps ('' if one)."""
+    tags = [t for t in PROVENANCE if t in runs.columns]
+    values = {t: sorted(_short(t, str(v)) or "?" for v in runs[t].fillna("").unique()) for t in tags}
+    spans = [f"{len(v)} {_SPANS[PROVENANCE[t]]} ({', '.join(v)})" for t, v in values.items() if len(v) > 1]
+    return f"The runs of this report span {', '.join(spans)}; a row never mixes them." if spans else ""
 
 
 def paired_differences(runs: pd.DataFrame, keys: list[str], metric: str = "metrics.test/top1") -> pd.DataFrame:
@@ -171,6 +279,14 @@ def paired_markdown(pairs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _numeric_first(col: pd.Series) -> pd.Series:
+    """Sort key: a column of numbers written as text ("16", "2", "—") sorts by value, the non-numbers last."""
+    if pd.api.types.is_numeric_dtype(col):
+        return col
+    num = pd.to_numeric(col, errors="coerce")
+    return num if num.notna().any() else col
+
+
 def spec_table(table: pd.DataFrame, runs: pd.DataFrame, keys: list[str], spec: ReportSpec) -> pd.DataFrame:
     """The aggregated ``table`` as the strings of the spec's columns (row keys first, ``n`` last), sorted."""
     t = table.copy()
@@ -179,9 +295,11 @@ def spec_table(table: pd.DataFrame, runs: pd.DataFrame, keys: list[str], spec: R
     t["drop audio only"], t["drop video only"] = top - t["top-1 audio only"], top - t["top-1 video only"]
     label = t[keys].astype(str).agg(", ".join, axis=1)
     paper = t[[k for k in keys if k != "provenance"]].astype(str).agg(", ".join, axis=1).map(spec.reference)
-    sort = COLUMNS.get(spec.sort_by, spec.sort_by.removeprefix("params."))
-    if sort in t.columns:
-        t = t.assign(_label=label, _paper=paper).sort_values(sort, ascending=not spec.descending, kind="stable")
+    by = [spec.sort_by] if isinstance(spec.sort_by, str) else spec.sort_by
+    sort = [c for c in (COLUMNS.get(b, b.removeprefix("params.")) for b in by) if c in t.columns]
+    if sort:
+        t = t.assign(_label=label, _paper=paper)
+        t = t.sort_values(sort, ascending=not spec.descending, kind="stable", key=_numeric_first)
         label, paper = t.pop("_label"), t.pop("_paper")
     show = pd.DataFrame({HEADERS.get(k, k): t[k].astype(str) for k in keys})
     for col in spec.columns or list(COLUMNS)[:7]:
@@ -205,3 +323,44 @@ def spec_table(table: pd.DataFrame, runs: pd.DataFrame, keys: list[str], spec: R
         show["Δ vs paper"] = (t["test top-1"] - paper).map(lambda v: "—" if pd.isna(v) else f"{v:+.1f}")
     show["n"] = t["n"].astype(str)
     return show.reset_index(drop=True)
+
+
+def figure_data(table: pd.DataFrame, keys: list[str], fig: FigureSpec) -> pd.DataFrame:
+    """The points of ``fig``: one per row of the aggregated ``table`` with a numeric y.
+
+    Columns: ``series`` (the row's label without x: what a line joins), ``hue`` (colour), ``label`` (the whole row),
+    ``x`` (NaN for a row without an x value: a reference line), ``y`` and ``yerr`` (95% CI half-width, 0 if none).
+    Row keys are ``table`` columns holding text (``"—"`` when a run lacks the param); costs and metrics are numbers,
+    the parameter counts in millions.
+    """
+
+    def column(name: str) -> tuple[pd.Series, pd.Series]:
+        head = COLUMNS.get(name, name.removeprefix("metrics."))
+        if fig.is_row_key(name):
+            key = name.removeprefix("params.")
+            if key not in table.columns:
+                raise LookupError(f"figure {fig.name!r}: no row key {key!r}; the rows are {', '.join(keys)}")
+            return pd.to_numeric(table[key], errors="coerce"), pd.Series(0.0, index=table.index)
+        if head not in table.columns:
+            raise LookupError(f"figure {fig.name!r}: the report has no column {name!r}")
+        scale = 1e6 if name in ("trainable_params", "total_params") else 1.0
+        ci = table.get(f"{head} ci95", pd.Series(0.0, index=table.index))
+        return table[head].astype(float) / scale, ci.astype(float).fillna(0.0) / scale
+
+    x, _ = column(fig.x)
+    y, yerr = column(fig.y)
+    rest = [k for k in keys if k != fig.x.removeprefix("params.")]
+    hue = fig.hue.removeprefix("params.")
+    if hue not in table.columns:
+        raise LookupError(f"figure {fig.name!r}: hue {hue!r} is not a row key; the rows are {', '.join(keys)}")
+    text = table[rest].astype(str) if rest else pd.DataFrame({"_": [""] * len(table)}, index=table.index)
+    series = text.apply(lambda r: ", ".join(v for v in r if v not in ("", "—")), axis=1)
+    label = table[keys].astype(str).apply(lambda r: ", ".join(v for v in r if v not in ("", "—")), axis=1)
+    hues = table[hue].astype(str)
+    if "provenance" in table.columns:  # split rows stay apart in the figure too
+        hues = hues.where(table["provenance"].fillna("") == "", hues + " [" + table["provenance"].astype(str) + "]")
+    data = pd.DataFrame({"series": series, "hue": hues, "label": label, "x": x, "y": y, "yerr": yerr})
+    data = data[data["y"].notna()]
+    if fig.references is not None:  # rows without x: only the listed hues become reference lines
+        data = data[data["x"].notna() | table.loc[data.index, hue].astype(str).isin(fig.references)]
+    return data.reset_index(drop=True)
