@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.registry import BACKBONES, DATASETS, ENGINES, FORMATS, METHODS, TASKS, UnknownNameError, close_names
 
@@ -54,6 +54,18 @@ class TrainConfig(_Strict):
     min_lr: float = Field(0.0, ge=0, description="learning rate at the end of the cosine decay")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables clipping")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per trial; null = torch default")
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup: each batch mixed with its reversal by w ~ Beta(α, α), "
+                               "labels as soft targets (MBT: 0.5); 0 = no mixup (harness/augment.py)")  # fmt: skip
+    modality_mixup: bool = Field(False, description="MBT's modality-mixup: an independent w per modality, each "
+                                 "modality's logits trained on its own mixed label; needs mixup_alpha > 0")  # fmt: skip
+    modality_dropout: float = Field(0.0, ge=0, le=1, description="probability that a training clip loses one "
+                                    "modality (audio or video, 50/50; never both); 0 = off")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _mixup_needs_alpha(self) -> TrainConfig:
+        if self.modality_mixup and self.mixup_alpha <= 0:
+            raise ValueError("modality_mixup=true needs mixup_alpha > 0 (it is mixup with one weight per modality)")
+        return self
 
 
 class EngineConfig(_Strict):

@@ -25,6 +25,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from harness.augment import augment
 from harness.config import EngineConfig, RunSpec, TrainConfig
 from harness.engines.torch_engine import NonFiniteLossError, TorchEngine
 
@@ -195,7 +196,8 @@ class DeepSpeedEngine(TorchEngine):
             engine.train()
             tick, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
             for i, batch in enumerate(self.train_batches(train, epoch, shard=(rank, world))):
-                for micro in _chunks(self._to_device(batch), e.grad_accum):
+                batch = augment(self._to_device(batch), task, t, key=(self.spec.seed, epoch, i))  # harness/augment.py
+                for micro in _chunks(batch, e.grad_accum):
                     loss = engine(micro)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from harness.augment import augment
 from harness.config import RunSpec
 from harness.tasks import tree_map
 
@@ -115,7 +116,7 @@ class TorchEngine:
             method.train()
             tick, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
             for i, batch in enumerate(self.train_batches(train, epoch)):
-                batch = self._to_device(batch)
+                batch = augment(self._to_device(batch), task, t, key=(self.spec.seed, epoch, i))
                 loss = task.loss(method(batch), batch)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
