@@ -1,0 +1,137 @@
+"""synth -> prepare -> load for every layout, on real MP4 files; missing and corrupt files; --strict; resume; runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness.cli import main
+from harness.config import RunSpec
+from harness.data.prepare import resolve_params
+from harness.data.synth_media import LAYOUTS
+from harness.trial import run_trial
+
+TINY = ["frames=2", "image_size=32", "resize=32", "n_mels=16", "target_frames=32", "val_fraction=0.4"]
+TINY_PARAMS = dict(s.split("=") for s in TINY)
+
+
+def _synth_prepare(tmp_path, layout: str, clips: int = 6, extra: tuple[str, ...] = ()):
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    assert main(["synth", "--out", str(root), "--layout", layout, "--clips", str(clips)]) == 0
+    sets = [a for s in (*TINY, *extra) for a in ("--set", s)]
+    assert main(["prepare", layout, "--root", str(root), "--cache", str(cache), *sets]) == 0
+    cls, params = resolve_params(layout, str(root), str(cache), list(TINY) + list(extra))
+    return root, cache, cls, params
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_synth_prepare_load(tmp_path, capsys, layout):
+    root, cache, cls, params = _synth_prepare(tmp_path, layout, extra=("test_clips=2", "window_seconds=1.0"))
+    out = capsys.readouterr().out
+    assert "listed 6, found 6, decoded 6, missing 0, corrupt 0" in out
+    ds = cls(params, tmp_path / "unused")
+    assert ds.decoder.startswith(("pyav ", "torchcodec ")) and len(ds.fingerprint) == 16
+    assert sum(len(s.records) for s in ds.splits.values()) == 6
+    records = {r.id: r for s in ds.splits.values() for r in s.records}
+    test = ds.splits["test"]
+    assert len(test) == 2 * len(test.records)  # two views per test clip
+    b = next(test.batches(4))
+    n = len(b["id"])
+    assert b["id"][0] == b["id"][1]  # the views of one clip share its id
+    assert b["video"].shape == (n, 2, 3, 32, 32) and b["video"].dtype == torch.float32
+    assert b["audio"].shape == (n, 1, 16, 32) and torch.isfinite(b["audio"]).all()
+    assert b["audio_present"].all() and b["video_present"].all()
+    assert b["audio"].std() > 0.05 and b["video"].std() > 0.05  # decoded content, not zeros
+    label = b["label"]
+    if layout == "audioset":
+        assert label.shape == (n, 527) and label.dtype == torch.float32
+        assert all(set(label[i].nonzero().flatten().tolist()) == set(records[c].label) for i, c in enumerate(b["id"]))
+    elif layout == "ave":
+        assert label.shape == (n, 10) and label.dtype == torch.int64 and ds.spec.num_classes == 29
+        assert ((label == 28) | (label < 6)).all()  # background = 28, events among the synthetic classes
+        assert all(label[i].tolist() == records[c].label for i, c in enumerate(b["id"]))
+    elif layout == "epic_kitchens_100":
+        assert set(label) == {"verb", "noun"} and label["verb"].shape == (n,)
+        assert [(v, w) for v, w in zip(label["verb"].tolist(), label["noun"].tolist())] == [
+            records[c].label for c in b["id"]
+        ]
+        assert ds.spec.heads == (("verb", 97), ("noun", 300))
+    else:
+        assert label.shape == (n,) and label.dtype == torch.int64
+        assert label.tolist() == [records[c].label for c in b["id"]]
+    n_train = len(ds.splits["train"])
+    train = [x["id"] for x in ds.splits["train"].batches(2, shuffle=True, seed=3, drop_last=True)]
+    assert n_train >= 1 and sum(map(len, train)) == (n_train - n_train % 2 if n_train >= 2 else n_train)
+
+
+def test_missing_and_corrupt_files_are_counted_and_tagged(tmp_path, capsys):
+    root, cache, cls, params = _synth_prepare(tmp_path, "ave", clips=8)
+    recs = [r for r in cls.list_clips(params) if r.split == "train"]
+    (root / recs[0].file).unlink()  # deleted
+    data = (root / recs[1].file).read_bytes()
+    (root / recs[1].file).write_bytes(data[: len(data) // 2])  # truncated
+    capsys.readouterr()
+    sets = [a for s in TINY for a in ("--set", s)]
+    assert main(["prepare", "ave", "--root", str(root), "--cache", str(cache), *sets]) == 0
+    out = capsys.readouterr().out
+    assert "reused 6 clips" in out
+    assert "listed 8, found 7, decoded 6, missing 1, corrupt 1" in out
+    manifest = json.loads((cls.cache_folder(params, tmp_path) / "manifest.json").read_text())
+    assert manifest["counts"] == {"listed": 8, "found": 7, "decoded": 6, "missing": 1, "corrupt": 1}
+    assert manifest["missing"] == [recs[0].id] and manifest["corrupt"] == [recs[1].id]
+    assert recs[1].file in manifest["errors"][recs[1].id]
+
+    # --strict fails naming the file; nothing prepared is lost
+    assert main(["prepare", "ave", "--root", str(root), "--cache", str(cache), "--strict", *sets]) == 1
+    assert str(root / recs[1].file) in capsys.readouterr().err
+
+    class Tags:
+        def start(self, info):
+            self.tags = info["tags"]
+
+        def report(self, metrics, step):
+            pass
+
+    rec = Tags()
+    run = {"name": "t", "dataset": {"name": "ave", "root": str(root), "cache": str(cache), **TINY_PARAMS},
+           "backbone": {"name": "tiny", "embed_dim": 16, "depth": 1, "num_heads": 2, "audio_patch": [16, 16]},
+           "method": {"name": "vanilla", "fusion_layer": 1},
+           "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 4, "threads": 1}}  # fmt: skip
+    final = run_trial(RunSpec.from_dict(run), rec)  # completes on the 6 decoded clips
+    assert rec.tags["harness.manifest_hash"] == manifest["hash"]
+    assert rec.tags["harness.decoder"] == manifest["decoder"]
+    assert 0 <= final["test/seg_acc"] <= 100
+
+
+def test_resume_keeps_prepared_shards_and_settings_key_the_folder(tmp_path, capsys):
+    root, cache, cls, params = _synth_prepare(tmp_path, "kinetics_sounds", clips=4)
+    folder = cls.cache_folder(params, tmp_path)
+    shards = sorted(p.name for p in folder.glob("shard-*"))
+    capsys.readouterr()
+    again = cls.prepare(params, tmp_path)
+    assert "reused 4 clips" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.glob("shard-*")) == shards and again["counts"]["decoded"] == 4
+    other = params.model_copy(update={"frames": 3})
+    assert cls.cache_folder(other, tmp_path) != folder  # different decoding settings: another cache
+
+
+def test_unknown_dataset_and_bad_parameters_exit_2(tmp_path, capsys):
+    assert main(["prepare", "avee", "--root", str(tmp_path)]) == 2
+    assert "did you mean 'ave'" in capsys.readouterr().err
+    assert main(["prepare", "ave", "--root", str(tmp_path), "--set", "frames=0"]) == 2
+    assert "dataset.frames" in capsys.readouterr().err
+    assert main(["prepare", "synthetic", "--root", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_trains_from_decoded_files(tmp_path, layout):
+    root, cache, _, _ = _synth_prepare(tmp_path, layout, clips=10)
+    run = {"name": "t", "dataset": {"name": layout, "root": str(root), "cache": str(cache), **TINY_PARAMS},
+           "backbone": {"name": "tiny", "embed_dim": 16, "depth": 1, "num_heads": 2, "audio_patch": [16, 16]},
+           "method": {"name": "vanilla", "fusion_layer": 1},
+           "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 4, "threads": 1}}  # fmt: skip
+    final = run_trial(RunSpec.from_dict(run))
+    assert any(k.startswith("test/") for k in final) and final["train/loss"] == final["train/loss"]
