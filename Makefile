@@ -41,3 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/step.py --size small
 	$(BIN)/python bench/overhead.py --method vanilla
 	$(BIN)/python bench/overhead.py --method mbt
+	$(BIN)/python bench/data.py
