@@ -210,8 +210,10 @@ def profile(spec: ProfileSpec) -> dict[str, Any]:
     """Params, forward FLOPs/MACs of one clip and tokens per modality of the method + task head, built on meta.
 
     Returns:
-        ``params_total``, ``params_trainable``, ``gflops`` (2 x ``gmacs``), ``gmacs``, ``tokens`` (patch tokens per
-        modality, CLS excluded), and ``name``, ``method``, ``backbone``, ``task``, ``input`` for the record.
+        ``params_total``, ``params_trainable``, ``params_parts`` (params of each top-level submodule of the method,
+        and of the task head; parameters the method holds directly are in no part), ``gflops`` (2 x ``gmacs``),
+        ``gmacs``, ``tokens`` (patch tokens per modality, CLS excluded), and ``name``, ``method``, ``backbone``,
+        ``task``, ``input`` for the record.
     """
     from harness.complexity import count_params, forward_flops
 
@@ -229,6 +231,11 @@ def profile(spec: ProfileSpec) -> dict[str, Any]:
         "tokens": {m: count[m](spec.backbone, spec.input) for m in method.modalities} | _tokeniser_counts(method),
         "params_total": total,
         "params_trainable": trainable,
+        # Per top-level part, for comparisons with papers that count one part (AVBERT: the transformers).
+        "params_parts": {
+            **{f"method.{n}": count_params(c)[0] for n, c in method.named_children()},
+            "task": count_params(task)[0],
+        },
         **forward_flops(method, task, spec.input),
         **({"paper": paper_accounting(spec.paper_extras, method, task)} if spec.paper_extras else {}),
     }
@@ -275,6 +282,7 @@ def format_profile(p: dict[str, Any]) -> str:
             "tokens     " + ", ".join(f"{m} {n}" for m, n in p["tokens"].items()) + " (CLS excluded)",
             f"params     total {p['params_total']:,} ({p['params_total'] / 1e6:.1f} M), trainable "
             f"{p['params_trainable']:,} ({p['params_trainable'] / 1e6:.1f} M)",
+            "parts      " + ", ".join(f"{k} {v:,}" for k, v in p["params_parts"].items() if v),
             f"forward    {_g(p['gflops'])} GFLOPs = 2 x {_g(p['gmacs'])} GMACs (one clip, batch 1)",
             *_paper_lines(p.get("paper")),
         ]

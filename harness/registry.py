@@ -259,6 +259,7 @@ METHODS.register("cross", "methods.cross:Cross", "modality-specific-parameter fu
 METHODS.register("late", "methods.late:Late", "late (score-level) fusion: two independent ViT streams, per-modality scores averaged")  # noqa: E501
 METHODS.register("lavish", "methods.lavish:LAVISH", "LAVISH (Lin et al. 2023): frozen shared ViT + latent-token audio-visual adapters in every block")  # noqa: E501
 METHODS.register("avish", "methods.avish:AVISH", "AVISH: LAVISH without latent tokens (direct audio-visual attention in each adapter)")  # noqa: E501
+METHODS.register("lowrank", "methods.lowrank:LowRank", "shared low-rank multimodal transformer (AVBERT, Lee et al. 2021): U shared, V_k and orthogonal Q_k per modality")  # noqa: E501
 METHODS.register("audio_only", "methods.unimodal:AudioOnly", "audio stream only (unimodal baseline)")
 METHODS.register("video_only", "methods.unimodal:VideoOnly", "video stream only (unimodal baseline)")
 TASKS.register("classification", "harness.tasks:ClassificationTask", "single-label classification: shared linear head, cross-entropy, top-1/top-5")  # noqa: E501

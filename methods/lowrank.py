@@ -1,0 +1,266 @@
+"""Shared low-rank multimodal transformer (AVBERT): unimodal and multimodal encoders whose every linear map is
+U·Q_k·normalize(V_kᵀx) + b, with U shared and V_k, orthogonal Q_k private to the modality group k.
+
+Paper: Lee, Yu, Kim, Breuel, Kautz, Song, "Parameter Efficient Multimodal Transformers for Video Representation
+Learning", ICLR 2021, https://arxiv.org/abs/2012.04124 (reported: Transformer parameters from 128 M to 4 M, -97 %).
+Reference implementation: sangho-vision/avbert ``code/models/{factor_linear,albert,bert,avbert}.py``, ``config.py``
+(``SHARING_ACROSS_LAYERS``, ``SHARING_ACROSS_MODELS``, ``USE_DECOMPOSITION``, ``ORTHOGONAL_SIZE = 128``).
+Paper vs official code vs here:
+- Inputs: AVBERT feeds per-clip CNN embeddings (3-D / 2-D ResNet-50, 10 clips); here the harness tokenisers' patch
+  tokens, each modality's ``[CLS ‖ patches + pos]``. The CLS is AVBERT's per-modality BOS "summary" token.
+- Q_k: the paper writes W = U Σ_k V_kᵀ; the code makes the private middle factor an orthogonal O×O matrix (expRNN,
+  static mode: Q = expm(A - Aᵀ), Cayley-initialised) and L2-normalises V_kᵀx over its O entries. Here Q_k is
+  ``torch.nn.utils.parametrizations.orthogonal`` with ``orthogonal_map`` (default ``matrix_exp``: Q = B·expm(A - Aᵀ)
+  with a fixed orthogonal base B, a random orthogonal Q at init); ``l2_normalize`` follows the code (default on).
+  The L2 normalisation is code behaviour; METHODS.md §4.2 marks the paper's notation beyond U Σ Vᵀ as unverified.
+- Private groups: the code gives every factor linear 3 groups in mid fusion even in encoders that use only one
+  (dead parameters without cross-modal sharing); here a layer holds the groups that run through it.
+- Layers: post-LN BERT layers (code; ``pre_norm`` for pre-LN), GELU, shared LayerNorms; attention by SDPA with the
+  harness's key-padding masks. BERT's embedding LayerNorm opens every encoder; the multimodal stream adds a
+  token-type embedding (video 0, audio 1) but, unlike the code, no second positional table.
+- Dropout 0.1 in the code; 0 by default here, as in the harness's other methods. Stochastic depth per position.
+- Read-out: the code's Kinetics-Sounds head concatenates BOS and per-clip outputs of the multimodal stream; here
+  ``cls`` = each modality's CLS from the last encoder it passes (multimodal in early/mid, its own in late) and
+  ``gap`` = mean of present patch tokens, scored by the task's shared head (methods/base.py).
+
+Update rule (Layer_e,l: the layer of encoder e at depth l; ``sharing`` decides which of them are one module):
+    z_m <- Layer_m,l(z_m; group m)      l = 0..Lu-1, m in {video, audio}      (unimodal; skipped in early fusion)
+    z = LN([z_video ‖ z_audio] + type)                                         (multimodal; skipped in late fusion)
+    z <- Layer_mm,l(z; group mm)         l = 0..Lm-1
+Every linear map inside Layer (Q, K, V, attention output, FFN in, FFN out), for group k:
+    y = U·Q_k·normalize(V_kᵀ x) + b      U ∈ R^{M×r}, b shared; V_kᵀ ∈ R^{r×N}, Q_k ∈ O(r) private; rank=None: W x + b
+
+Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``Dh`` head width, ``r`` rank,
+``Lu`` / ``Lm`` unimodal / multimodal layers.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from timm.layers import drop_path
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import orthogonal
+
+from harness.backbones import BackboneConfig, drop_path_rate, layer_norm
+from harness.data.base import InputSpec
+from methods._blocks import Tokenizers
+from methods.base import (
+    FusionMethod,
+    MethodConfig,
+    Readout,
+    attn_mask,
+    keep_keys,
+    present_masks,
+    readout_cls,
+    readout_field,
+    readout_gap,
+)
+
+Sharing = Literal["none", "layers", "modalities", "all"]
+ORDER = ("video", "audio")  # the multimodal sequence is [video ‖ audio], token types 0 / 1, as AVBERT's
+
+
+class LowRankConfig(MethodConfig):
+    """Fusion stage, sharing scheme and rank of the factorised linear maps."""
+
+    name: str = Field("lowrank", description="registry name of the method")
+    fusion: Literal["early", "mid", "late"] = Field(
+        "mid",
+        description="early: multimodal encoder only; mid: unimodal encoders, then the multimodal one (AVBERT); "
+        "late: unimodal encoders only",
+    )
+    unimodal_layers: int | None = Field(
+        None, ge=0, description="Lu, layers per unimodal encoder; null = backbone depth // 2 (mid), depth (late), 0"
+    )
+    multimodal_layers: int | None = Field(
+        None, ge=0, description="Lm, multimodal layers; null = depth - depth // 2 (mid), depth (early), 0 (late)"
+    )
+    sharing: Sharing = Field(
+        "all",
+        description="none: every layer its own; layers: one layer per encoder reused at every depth (ALBERT); "
+        "modalities: the encoders are one stack; all: one layer for every depth and encoder (AVBERT's default)",
+    )
+    rank: int | None = Field(
+        16, ge=1, description="r of U·Q_k·V_kᵀ (AVBERT: 128 of 768); null = plain full-rank linear maps, no factors"
+    )
+    orthogonal_map: Literal["matrix_exp", "cayley"] = Field(
+        "matrix_exp", description="torch orthogonal parametrisation of Q_k (expRNN's static expm ~ matrix_exp)"
+    )
+    l2_normalize: bool = Field(True, description="L2-normalise V_kᵀx over its r entries before Q_k (AVBERT code)")
+    pre_norm: bool = Field(False, description="pre-LN layers + a final LayerNorm; False = post-LN BERT (AVBERT)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention and layer outputs (code: 0.1)")
+    readout: Readout = readout_field()
+
+    def layers(self, depth: int) -> tuple[int, int]:
+        """(Lu, Lm) after the defaults: a split of the backbone depth that fits the fusion stage."""
+        split = {"early": (0, depth), "mid": (depth // 2, depth - depth // 2), "late": (depth, 0)}[self.fusion]
+        lu = split[0] if self.unimodal_layers is None else self.unimodal_layers
+        lm = split[1] if self.multimodal_layers is None else self.multimodal_layers
+        return lu, lm
+
+    def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
+        errors = []
+        lu, lm = self.layers(backbone.depth)
+        need = {"early": (lu == 0, lm > 0), "mid": (lu > 0, lm > 0), "late": (lu > 0, lm == 0)}[self.fusion]
+        rule = {"early": "Lu = 0, Lm >= 1", "mid": "Lu >= 1, Lm >= 1", "late": "Lu >= 1, Lm = 0"}[self.fusion]
+        for key, value, ok in (("unimodal_layers", lu, need[0]), ("multimodal_layers", lm, need[1])):
+            if not ok:
+                errors.append((f"method.{key}", f"{value} does not fit fusion={self.fusion} ({rule})"))
+        if self.rank is not None and self.rank > backbone.embed_dim:
+            errors.append(
+                (
+                    "method.rank",
+                    f"{self.rank} exceeds the width D={backbone.embed_dim}: not low-rank (use <= D or null)",
+                )
+            )
+        return errors
+
+
+def orthogonal_square(r: int, orthogonal_map: str) -> nn.Linear:
+    """A bias-free r×r linear map kept orthogonal by torch's parametrisation (``.weight`` is Q, ``original`` A).
+
+    ``orthogonal()`` checks the initial matrix with a data-dependent comparison that the meta device cannot run,
+    so under ``torch.device("meta")`` (``harness profile``) it is built on the CPU (r² floats) and moved.
+    """
+    meta = torch.empty(0).device.type == "meta"
+    with torch.device("cpu") if meta else nullcontext():
+        q = orthogonal(nn.Linear(r, r, bias=False), orthogonal_map=orthogonal_map)
+    trivialization = q.parametrizations.weight[0]
+    trivialization.base = trivialization.base.contiguous()  # a transposed QR factor; safetensors wants contiguous
+    return q.to("meta") if meta else q
+
+
+class FactorLinear(nn.Module):
+    """y = U·Q_k·normalize(V_kᵀ x) + b for group k (AVBERT's ``FactorLinear``); ``rank=None``: y = W x + b.
+
+    Args:
+        d_in: N, input width.
+        d_out: M, output width.
+        groups: the modality groups k that use this map (each gets its own V_k and Q_k).
+        rank: r, or None for one plain linear map shared by the groups.
+        orthogonal_map: torch's parametrisation of Q_k.
+        l2_normalize: normalise V_kᵀ x before Q_k.
+    """
+
+    def __init__(self, d_in, d_out, groups: tuple[str, ...], rank, orthogonal_map: str, l2_normalize: bool):
+        super().__init__()
+        self.l2_normalize = l2_normalize
+        self.shared = nn.Linear(d_in if rank is None else rank, d_out)  # U and b (or W and b)
+        self.down = self.mix = None
+        if rank is not None:
+            self.down = nn.ModuleDict({k: nn.Linear(d_in, rank, bias=False) for k in groups})  # V_kᵀ
+            self.mix = nn.ModuleDict({k: orthogonal_square(rank, orthogonal_map) for k in groups})  # Q_k
+        for lin in [self.shared, *(self.down.values() if self.down is not None else ())]:
+            nn.init.normal_(lin.weight, std=0.02)  # BERT's init (the code's _init_weights)
+        nn.init.zeros_(self.shared.bias)
+
+    def forward(self, x: Tensor, group: str) -> Tensor:
+        if self.down is None:
+            return self.shared(x)
+        h = self.down[group](x)  # (..., r)
+        if self.l2_normalize:
+            h = F.normalize(h, dim=-1)
+        return self.shared(self.mix[group](h))  # (..., r) -> (..., M)
+
+
+class FactorLayer(nn.Module):
+    """A BERT layer (post-LN by default) whose six linear maps are :class:`FactorLinear`; LayerNorms are shared."""
+
+    def __init__(self, backbone: BackboneConfig, cfg: LowRankConfig, groups: tuple[str, ...]):
+        super().__init__()
+        d, hidden = backbone.embed_dim, int(backbone.embed_dim * backbone.mlp_ratio)
+        self.heads, self.pre_norm, self.dropout = backbone.num_heads, cfg.pre_norm, cfg.dropout
+        make = lambda n, m: FactorLinear(n, m, groups, cfg.rank, cfg.orthogonal_map, cfg.l2_normalize)  # noqa: E731
+        self.q, self.k, self.v, self.out = make(d, d), make(d, d), make(d, d), make(d, d)
+        self.ffn_in, self.ffn_out = make(d, hidden), make(hidden, d)
+        self.norm1, self.norm2 = layer_norm(d), layer_norm(d)
+
+    def forward(self, x: Tensor, group: str, mask: Tensor, p_drop_path: float = 0.0) -> Tensor:
+        b, n, d = x.shape
+        drop = lambda y: drop_path(F.dropout(y, self.dropout, self.training), p_drop_path, self.training)  # noqa: E731
+        h = self.norm1(x) if self.pre_norm else x
+        q, k, v = (f(h, group).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        a = self.out(a.transpose(1, 2).reshape(b, n, d), group)  # (B, H, N, Dh) -> (B, N, D)
+        x = x + drop(a) if self.pre_norm else self.norm1(x + drop(a))
+        h = self.norm2(x) if self.pre_norm else x
+        f = self.ffn_out(F.gelu(self.ffn_in(h, group)), group)  # (B, N, D)
+        return x + drop(f) if self.pre_norm else self.norm2(x + drop(f))
+
+
+class Encoders(nn.Module):
+    """Every transformer layer of the method, stored once per sharing unit (the paper's "Transformer" count).
+
+    ``stacks[unit][i]``: unit is the encoder's name, or "shared" when modalities share; i is the depth, or 0 when
+    layers share. Encoders: "video", "audio" (Lu layers each) and "multimodal" (Lm layers).
+    """
+
+    def __init__(self, backbone: BackboneConfig, cfg: LowRankConfig, depths: dict[str, int]):
+        super().__init__()
+        self.depths = {e: n for e, n in depths.items() if n > 0}
+        self.share_layers = cfg.sharing in ("layers", "all")
+        self.share_modalities = cfg.sharing in ("modalities", "all")
+        units = {"shared": tuple(self.depths)} if self.share_modalities else {e: (e,) for e in self.depths}
+        self.stacks = nn.ModuleDict()
+        for unit, encoders in units.items():
+            n = 1 if self.share_layers else max(self.depths[e] for e in encoders)
+            # Layer i holds the private factors of the encoders that reach depth i (no dead parameters).
+            groups = [tuple(e for e in encoders if self.share_layers or self.depths[e] > i) for i in range(n)]
+            self.stacks[unit] = nn.ModuleList(FactorLayer(backbone, cfg, g) for g in groups)
+
+    def forward(self, encoder: str, x: Tensor, mask: Tensor, p_drop_path: list[float]) -> Tensor:
+        """Runs ``encoder``'s layers over x (B, N, D) with the key mask (B, 1, 1, N)."""
+        stack = self.stacks["shared" if self.share_modalities else encoder]
+        for i in range(self.depths.get(encoder, 0)):
+            x = stack[0 if self.share_layers else i](x, encoder, mask, p_drop_path[i])
+        return x
+
+
+class LowRank(FusionMethod):
+    """Unimodal encoders, then a multimodal encoder over [video ‖ audio], all of factorised shared layers."""
+
+    Config = LowRankConfig
+
+    def __init__(self, cfg: LowRankConfig, backbone: BackboneConfig, spec: InputSpec):
+        super().__init__(cfg, backbone, spec)
+        errors = cfg.check(backbone)
+        if errors:
+            raise ValueError("; ".join(f"{k}: {m}" for k, m in errors))
+        d = backbone.embed_dim
+        self.lu, self.lm = cfg.layers(backbone.depth)
+        self.tokens = Tokenizers(backbone, spec, ORDER)
+        self.encoders = Encoders(backbone, cfg, {"video": self.lu, "audio": self.lu, "multimodal": self.lm})
+        # BERT's embedding LayerNorm opens every encoder; token types only in the multimodal stream.
+        self.embed_norm = nn.ModuleDict({e: layer_norm(d) for e in self.encoders.depths})
+        self.token_type = nn.Parameter(torch.empty(len(ORDER), d)) if self.lm else None
+        if self.token_type is not None:
+            nn.init.trunc_normal_(self.token_type, std=0.02)
+        self.norm = layer_norm(d) if cfg.pre_norm else nn.Identity()
+
+    def forward(self, batch: dict) -> dict:
+        cfg: LowRankConfig = self.cfg
+        present = present_masks(batch, ORDER)
+        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        rates = [drop_path_rate(self.backbone, i) for i in range(self.lu + self.lm)]
+        with parametrize.cached():  # each Q_k computed once per forward, however many layers share it
+            if self.lu:
+                for m in ORDER:
+                    mask = attn_mask(keep_keys(present[m], z[m].shape[1] - 1))  # (B, 1, 1, 1 + N_m)
+                    z[m] = self.encoders(m, self.embed_norm[m](z[m]), mask, rates[: self.lu])
+            if self.lm:
+                # A CLS is a key only when its modality is present; with neither present both stay keys.
+                none = ~(present["video"] | present["audio"])  # (B,)
+                keep = [keep_keys(present[m], z[m].shape[1] - 1, keep_cls=present[m] | none) for m in ORDER]
+                sizes = [z[m].shape[1] for m in ORDER]
+                joint = torch.cat([z[m] + self.token_type[i] for i, m in enumerate(ORDER)], dim=1)  # (B, 2+Nv+Na, D)
+                joint = self.embed_norm["multimodal"](joint)
+                joint = self.encoders("multimodal", joint, attn_mask(torch.cat(keep, dim=1)), rates[self.lu :])
+                z = dict(zip(ORDER, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
+        z = {m: self.norm(x) for m, x in z.items()}
+        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)

@@ -1,0 +1,145 @@
+"""The shared low-rank multimodal transformer (AVBERT, METHODS.md §4): orthogonality, sharing counts, fusion stages."""
+
+from __future__ import annotations
+
+import pytest
+import test_contract as contract  # the contract checks of every method, run here on lowrank's option variants
+import torch
+
+from harness.complexity import count_params
+from methods.lowrank import FactorLayer, FactorLinear, LowRank, LowRankConfig
+
+VARIANTS = [
+    {"fusion": "early"},
+    {"fusion": "late", "readout": "gap"},
+    {"sharing": "none"},
+    {"sharing": "layers", "unimodal_layers": 2, "multimodal_layers": 1},
+    {"sharing": "modalities"},
+    {"rank": None, "sharing": "none"},
+    {"rank": 4, "pre_norm": True, "orthogonal_map": "cayley", "l2_normalize": False, "dropout": 0.1},
+]
+CONTRACT = [
+    contract.test_shapes_and_finite,
+    contract.test_gradients_reach_trainable_and_not_frozen,
+    contract.test_deterministic_under_seed,
+    contract.test_missing_modalities_are_masked,
+]
+
+
+def build(backbone, spec, seed: int = 0, **fields) -> LowRank:
+    torch.manual_seed(seed)
+    return LowRank(LowRankConfig(**fields), backbone, spec)
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_contract_on_variants(check, overrides, backbone, spec, make_batch):
+    extra = {"placeholder": "nan"} if check is contract.test_missing_modalities_are_masked else {}
+    check(name="lowrank", overrides=overrides, backbone=backbone, spec=spec, make_batch=make_batch, **extra)
+
+
+def orthogonals(model: LowRank) -> dict[str, torch.Tensor]:
+    return {n: m.weight for n, m in model.named_modules() if n.split(".")[-2:-1] == ["mix"]}
+
+
+@pytest.mark.parametrize("orthogonal_map", ["matrix_exp", "cayley"])
+def test_private_middle_matrices_stay_orthogonal_under_adamw(orthogonal_map, backbone, spec, make_batch):
+    model = build(backbone, spec, rank=8, orthogonal_map=orthogonal_map)
+    head = torch.nn.Linear(model.embed_dim, spec.num_classes)
+    before = {n: q.detach().clone() for n, q in orthogonals(model).items()}
+    assert len(before) == 6 * 3  # sharing=all: one layer, six maps, groups video / audio / multimodal
+    opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-2, weight_decay=0.1)
+    batch = make_batch(spec, [True] * 4, [True] * 4)
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(head(model(batch)["embedding"]), batch["label"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    eye = torch.eye(8)
+    for name, q in orthogonals(model).items():
+        q = q.detach()
+        assert (q - before[name]).abs().max() > 1e-3, f"{name} did not move"  # it trained ...
+        torch.testing.assert_close(q @ q.T, eye, rtol=0, atol=1e-5, msg=name)  # ... and stayed orthogonal
+
+
+def factor(n: int, m: int, groups: int, rank: int | None) -> int:
+    """Parameters of one factor linear N -> M: shared U (M x r) + b (M), per group V_k (r x N) and Q_k (r x r)."""
+    return n * m + m if rank is None else rank * m + m + groups * (rank * n + rank * rank)
+
+
+def layer(d: int, hidden: int, groups: int, rank: int | None) -> int:
+    """One layer: Q, K, V, attention output (D -> D), FFN in (D -> H), FFN out (H -> D), two LayerNorms."""
+    maps = 4 * factor(d, d, groups, rank) + factor(d, hidden, groups, rank) + factor(hidden, d, groups, rank)
+    return maps + 2 * 2 * d
+
+
+@pytest.mark.parametrize("rank", [4, None])
+def test_sharing_schemes_have_the_analytic_parameter_counts(rank, backbone, spec):
+    d, h, lu, lm = backbone.embed_dim, 4 * backbone.embed_dim, 2, 3
+    expected = {
+        "none": 2 * lu * layer(d, h, 1, rank) + lm * layer(d, h, 1, rank),
+        "layers": 3 * layer(d, h, 1, rank),  # one layer per encoder
+        # one stack: depths 0-1 serve video, audio and multimodal; depth 2 only the multimodal encoder
+        "modalities": lu * layer(d, h, 3, rank) + (lm - lu) * layer(d, h, 1, rank),
+        "all": layer(d, h, 3, rank),  # U shared across layers and modalities; V_k, Q_k per group
+    }
+    rest = None
+    for sharing, count in expected.items():
+        model = build(backbone, spec, sharing=sharing, rank=rank, unimodal_layers=lu, multimodal_layers=lm)
+        assert count_params(model.encoders)[0] == count, sharing
+        outside = count_params(model)[0] - count  # tokenisers, embedding norms, token types: scheme-independent
+        assert rest in (None, outside)
+        rest = outside
+    if rank is None:
+        assert expected["modalities"] == expected["none"] - 2 * lu * layer(d, h, 1, None)  # full rank: no private part
+
+
+def test_rank_none_is_a_plain_linear_layer(backbone):
+    plain = FactorLinear(16, 64, ("video", "audio"), None, "matrix_exp", True)
+    assert [type(m) for m in plain.modules()] == [FactorLinear, torch.nn.Linear]
+    assert count_params(plain)[0] == count_params(torch.nn.Linear(16, 64))[0]
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(plain(x, "video"), plain.shared(x), rtol=0, atol=0)
+    bert = (4 * (16 * 16 + 16)) + (16 * 64 + 64) + (64 * 16 + 16) + 4 * 16  # a BERT layer at D = 16, H = 64
+    cfg = LowRankConfig(rank=None)
+    assert count_params(FactorLayer(backbone, cfg, ("video", "audio", "multimodal")))[0] == bert
+
+
+def test_factor_linear_equation(backbone):
+    torch.manual_seed(0)
+    f = FactorLinear(16, 24, ("video", "audio"), 4, "matrix_exp", True)
+    x = torch.randn(5, 16)
+    u, b = f.shared.weight, f.shared.bias  # (24, 4), (24,)
+    for k in ("video", "audio"):
+        v, q = f.down[k].weight, f.mix[k].weight  # (4, 16), (4, 4)
+        h = x @ v.T
+        expected = (h / h.norm(dim=-1, keepdim=True)) @ q.T @ u.T + b
+        torch.testing.assert_close(f(x, k), expected)
+    assert not torch.allclose(f(x, "video"), f(x, "audio"))  # private factors differ per group
+
+
+@pytest.mark.parametrize("fusion", ["late", "mid", "early"])
+def test_video_embedding_depends_on_audio_only_with_a_multimodal_encoder(fusion, backbone, spec, make_batch):
+    model = build(backbone, spec, fusion=fusion).eval()
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    other = dict(batch, audio=batch["audio"] + torch.randn_like(batch["audio"]))
+    video, video_other = model(batch)["per_modality"]["video"], model(other)["per_modality"]["video"]
+    if fusion == "late":
+        torch.testing.assert_close(video_other, video, rtol=0, atol=0)
+    else:
+        assert not torch.allclose(video_other, video)
+    has_unimodal = {"late": True, "mid": True, "early": False}[fusion]
+    assert ("video" in model.encoders.depths) == has_unimodal
+    assert ("multimodal" in model.encoders.depths) == (fusion != "late")
+
+
+def test_config_check_names_the_key(backbone):
+    assert LowRankConfig().layers(backbone.depth) == (1, 2)
+    assert LowRankConfig(fusion="early").layers(4) == (0, 4) and LowRankConfig(fusion="late").layers(4) == (4, 0)
+    errors = LowRankConfig(fusion="late", multimodal_layers=2, rank=32).check(backbone)
+    assert errors == [
+        ("method.multimodal_layers", "2 does not fit fusion=late (Lu >= 1, Lm = 0)"),
+        ("method.rank", "32 exceeds the width D=16: not low-rank (use <= D or null)"),
+    ]
+    with pytest.raises(ValueError, match="method.unimodal_layers"):
+        LowRank(LowRankConfig(fusion="mid", unimodal_layers=0), backbone, None)
