@@ -8,6 +8,8 @@ search:
     - {method.name: [vanilla, mbt], method.fusion_layer: [0, 1, 2, 3, 4]}
     - {method.name: [late, audio_only, video_only]}
 tune: {num_samples: 1, metric: val/top1, mode: max}
+# exploration only: stop weak trials early (rows of such sweeps are marked not budget-matched in reports)
+# tune: {scheduler: asha, asha: {grace_period: 1, reduction_factor: 3}}
 ```
 Trials = variants x grid values of every grid axis x ``tune.num_samples``. Before anything starts, every variant
 and every value of every grid/choice axis (the bounds of random domains) is validated against the base.
@@ -52,6 +54,15 @@ class Resources(BaseModel):
     gpu: float = Field(0, ge=0, description="GPUs per trial (fractions share a GPU)")
 
 
+class AshaConfig(BaseModel):
+    """ASHA early stopping (``tune.scheduler: asha``): at ``grace_period`` × ``reduction_factor``^k epochs, a trial
+    goes on only if its ``tune.metric`` is in the best 1/``reduction_factor`` of the trials that reached that point."""
+
+    model_config = ConfigDict(extra="forbid")
+    grace_period: int = Field(1, ge=1, description="epochs every trial trains before it can be stopped")
+    reduction_factor: float = Field(3, gt=1, description="1/reduction_factor of the trials go on at each milestone")
+
+
 class TuneConfig(BaseModel):
     """How Ray Tune runs the sweep's trials."""
 
@@ -63,7 +74,12 @@ class TuneConfig(BaseModel):
     resources: Resources = Field(default_factory=Resources, description="resources of each trial")
     metric: str = Field("val/top1", description="metric that ranks trials (and picks the best checkpoint)")
     mode: Literal["max", "min"] = Field("max", description="whether a larger or a smaller metric is better")
-    max_failures: int = Field(0, ge=-1, description="retries of a failed trial; -1 = without limit")
+    max_failures: int = Field(0, ge=-1, description="retries of a failed trial (from its last checkpoint); "
+                              "-1 = without limit")  # fmt: skip
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="fifo: every trial trains its full budget (paper "
+                                               "tables); asha: stop weak trials early (exploration; not budget-"
+                                               "matched)")  # fmt: skip
+    asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA's settings (tune.scheduler: asha)")
 
 
 @dataclass(frozen=True)
@@ -198,6 +214,21 @@ def _probe_assignments(axes: dict[str, Domain], variants: list[dict]) -> list[tu
     return out
 
 
+def _scheduler_errors(tune: TuneConfig, tune_raw: dict, raw: dict) -> Errors:
+    """``tune.asha`` only with ``tune.scheduler: asha``, whose metric must be reported every epoch (``val/*``)."""
+    if tune.scheduler != "asha":
+        return [("tune.asha", "only used with tune.scheduler: asha")] if "asha" in tune_raw else []
+    errors: Errors = []
+    if not tune.metric.startswith(("val/", "train/")):
+        errors.append(("tune.metric", f"{tune.metric!r}: ASHA compares trials every epoch, so it needs a per-epoch "
+                                      "metric (val/top1, val/map, train/loss, ...)"))  # fmt: skip
+    epochs = (raw.get("train") or {}).get("epochs") if isinstance(raw.get("train"), dict) else None
+    if isinstance(epochs, int) and tune.asha.grace_period >= epochs:
+        errors.append(("tune.asha.grace_period", f"must be < train.epochs ({epochs}), or ASHA never stops a trial "
+                                                 f"(got {tune.asha.grace_period})"))  # fmt: skip
+    return errors
+
+
 def build_sweep(raw: dict, parsed: list[tuple[str, Any, str]], errors: Errors, path: Path) -> SweepSpec:
     """Validate a merged sweep dict with its parsed ``--set`` overrides (see :func:`harness.config.load_config`)."""
     raw = copy.deepcopy(raw)
@@ -229,6 +260,8 @@ def build_sweep(raw: dict, parsed: list[tuple[str, Any, str]], errors: Errors, p
     tune_raw = sweep_dict.pop("tune")
     raw = sweep_dict
     tune = _validate(TuneConfig, tune_raw, "tune", errors)
+    if tune is not None:
+        errors += _scheduler_errors(tune, tune_raw, raw)
     if not isinstance(raw.get("name"), str) or not raw.get("name"):
         errors.append(("name", "required for sweeps: it names the MLflow experiment, e.g. name: fusion_layer"))
 

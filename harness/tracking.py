@@ -5,7 +5,9 @@ touch MLflow: they report to Ray Tune, and the sweep driver's ``MlflowSweepCallb
 child runs. So concurrent trials can never lock or corrupt a SQLite store, and workers on other nodes need no
 route to it.
 
-Params are the flattened resolved config (``method.fusion_layer``, ``train.lr``, ...), logged once per run.
+Params are the flattened resolved config (``method.fusion_layer``, ``train.lr``, ...), logged once per run. A resumed
+trial reopens its run (``harness run --resume``: the run id from the checkpoint; a sweep: the child run tagged with the
+Tune trial id) and logs each metric once per step: what the run already holds (:func:`logged_steps`) is skipped.
 Tags: ``harness.sweep``, ``harness.sweep_hash``, ``harness.trial_id``, git SHA and dirty flag, versions, device.
 """
 
@@ -102,25 +104,32 @@ def log_failure(client, run_id: str, error: BaseException | str) -> None:
 class MlflowReporter:
     """A trial's reporter that logs straight to MLflow (``harness run``): one top-level run per trial."""
 
-    def __init__(self, client, run_id: str, uri: str, experiment: str):
+    def __init__(self, client, run_id: str, uri: str, experiment: str, logged: set | None = None):
         self.client, self.run_id, self.uri, self.experiment = client, run_id, uri, experiment
+        self.logged: set[tuple[str, int]] = logged if logged is not None else set()  # (metric, step) in the run
 
     @classmethod
     @contextmanager
-    def open(cls, spec: RunSpec, uri: str | None = None, parent_run_id: str | None = None, tags: dict | None = None):
-        """Start a run for ``spec``; it ends FINISHED, or FAILED with the error if the block raises."""
+    def open(cls, spec: RunSpec, uri: str | None = None, parent_run_id: str | None = None, tags: dict | None = None,
+             run_id: str | None = None):  # fmt: skip
+        """Start a run for ``spec``, or reopen ``run_id`` (a resumed trial: params not logged again); it ends
+        FINISHED, or FAILED with the error if the block raises."""
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri(uri or spec.tracking.uri)
         client = MlflowClient(uri)
         experiment = spec.tracking.experiment or spec.name
-        exp_id = _experiment_id(client, experiment)
-        all_tags = {**code_tags(), **(tags or {}), "mlflow.runName": f"{spec.name}-{spec.method.name}-s{spec.seed}"}
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(exp_id, tags=all_tags)
-        self = cls(client, run.info.run_id, uri, experiment)
-        log_params(client, self.run_id, run_params(spec.to_dict()))
+        if run_id is not None:
+            reopen_run(client, run_id)
+            self = cls(client, run_id, uri, experiment, logged_steps(client, run_id))
+        else:
+            exp_id = _experiment_id(client, experiment)
+            all_tags = {**code_tags(), **(tags or {}), "mlflow.runName": f"{spec.name}-{spec.method.name}-s{spec.seed}"}
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            run = client.create_run(exp_id, tags=all_tags)
+            self = cls(client, run.info.run_id, uri, experiment)
+            log_params(client, self.run_id, run_params(spec.to_dict()))
         try:
             yield self
         except BaseException as e:
@@ -131,10 +140,32 @@ class MlflowReporter:
     def start(self, info: dict) -> None:
         for key, value in info["tags"].items():
             self.client.set_tag(self.run_id, key, value)
-        log_metrics(self.client, self.run_id, info["metrics"], step=0)
+        log_metrics(self.client, self.run_id, info["metrics"], step=0, logged=self.logged)
 
     def report(self, metrics: dict[str, float], step: int) -> None:
-        log_metrics(self.client, self.run_id, metrics, step)
+        log_metrics(self.client, self.run_id, metrics, step, logged=self.logged)
+
+
+def reopen_run(client, run_id: str) -> None:
+    """Mark ``run_id`` RUNNING again for a resumed trial, dropping the error of an earlier failed attempt."""
+    run = client.get_run(run_id)
+    if "harness.error" in run.data.tags:
+        client.delete_tag(run_id, "harness.error")
+    client.update_run(run_id, status="RUNNING")
+
+
+def run_history(client, run_id: str) -> dict[int, dict[str, float]]:
+    """What ``run_id`` holds: step -> {metric: value} (the last value where a step was logged twice)."""
+    history: dict[int, dict[str, float]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+            history.setdefault(m.step, {})[key] = m.value
+    return history
+
+
+def logged_steps(client, run_id: str) -> set[tuple[str, int]]:
+    """Every (metric, step) that ``run_id`` holds: what a resumed trial must not log again."""
+    return {(key, step) for step, metrics in run_history(client, run_id).items() for key in metrics}
 
 
 def log_params(client, run_id: str, params: dict[str, str]) -> None:
@@ -145,16 +176,22 @@ def log_params(client, run_id: str, params: dict[str, str]) -> None:
         client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
 
 
-def log_metrics(client, run_id: str, metrics: dict, step: int) -> None:
-    """Log the numeric, finite-or-not metrics with a ``/`` in their name (``epoch`` and ``lr`` too)."""
+def log_metrics(client, run_id: str, metrics: dict, step: int, logged: set | None = None) -> None:
+    """Log the numeric, finite-or-not metrics with a ``/`` in their name (``epoch`` and ``lr`` too).
+
+    ``logged``: the (metric, step) pairs the run holds already; those are skipped, the new ones added to the set.
+    """
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, int | float) and (logged is None or (k, step) not in logged)]  # fmt: skip
     if batch:
         client.log_batch(run_id, metrics=batch)
+    if logged is not None:
+        logged.update((m.key, step) for m in batch)
 
 
 def learning_curves(history: dict[int, dict[str, float]]) -> list[dict[str, float]]:

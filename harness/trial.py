@@ -25,7 +25,11 @@ class Reporter(Protocol):
         """Once, before training: ``{"tags": {...}, "metrics": {"model/params_total": ..., ...}}``."""
 
     def report(self, metrics: dict[str, float], step: int) -> None:
-        """Each epoch's figures, then the final ones (``test/*``, ``perf/*``) at step ``train.epochs``."""
+        """Each epoch's figures, then the final ones (``test/*``, ``perf/*``) at step ``train.epochs``.
+
+        A reporter that also keeps checkpoints has ``restore()`` and takes ``report(metrics, step, state)``
+        (``harness.engines.torch_engine.Checkpoints``): ``run_trial`` then hands it to the engine as such.
+        """
 
 
 class PrintReporter:
@@ -118,19 +122,79 @@ def run_trial(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, floa
     method, task = build_model(spec, data.spec)
     tags = {**run_tags(engine.device), "harness.dataset_fingerprint": getattr(data, "fingerprint", "")}
     reporter.start({"tags": tags, "metrics": model_cost(method, task, data.spec)})
-    return engine.fit(method, task, data, reporter.report)
+    return engine.fit(method, task, data, reporter.report, reporter if hasattr(reporter, "restore") else None)
 
 
-def cli_run(path: str, overrides: list[str], tracking_uri: str | None) -> int:
-    """``harness run FILE``: one trial without Ray, logged to MLflow as a run of its own."""
+def checkpoint_dir(spec: RunSpec) -> Path:
+    """Where ``harness run`` keeps the checkpoint of ``spec``: ``.harness/checkpoints/<name>-<config digest>``."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path.cwd() / ".harness" / "checkpoints" / f"{spec.name}-{digest}"
+
+
+class LocalCheckpoints:
+    """A reporter that keeps the trial's latest checkpoint in a local folder, then passes each report on.
+
+    ``DIR/state.pt`` (``torch.save``; read back with ``weights_only=True``) is replaced atomically after every epoch
+    and holds ``extra`` too (``harness run``: the MLflow run id, so that ``--resume`` continues the same run).
+
+    Args:
+        reporter: where the figures go (an ``MlflowReporter``).
+        folder: the checkpoint folder (:func:`checkpoint_dir`).
+        extra: values stored in every checkpoint.
+        resume: restore from ``folder``; otherwise the trial starts afresh (and overwrites what is there).
+    """
+
+    def __init__(self, reporter: Reporter, folder: Path, extra: dict | None = None, resume: bool = False):
+        self.reporter, self.folder, self.extra, self.resume = reporter, Path(folder), extra or {}, resume
+
+    @staticmethod
+    def read(folder: Path) -> dict | None:
+        """The checkpoint in ``folder``, or None when there is none."""
+        path = Path(folder) / "state.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+    def start(self, info: dict) -> None:
+        self.reporter.start(info)
+
+    def restore(self) -> dict | None:
+        return self.read(self.folder) if self.resume else None
+
+    def report(self, metrics: dict[str, float], step: int, state: dict | None = None) -> None:
+        if state is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / "state.pt.tmp"
+            torch.save({**state, **self.extra}, tmp)
+            os.replace(tmp, self.folder / "state.pt")  # a crash mid-write leaves the previous checkpoint intact
+        self.reporter.report(metrics, step)
+
+
+def cli_run(path: str, overrides: list[str], tracking_uri: str | None, resume: bool = False) -> int:
+    """``harness run FILE``: one trial without Ray, logged to MLflow as a run of its own.
+
+    Checkpoints each epoch to :func:`checkpoint_dir`; with ``resume``, continues the interrupted run of the same
+    file and overrides from its last checkpoint, in the same MLflow run.
+    """
     from harness.config import load_config
     from harness.tracking import MlflowReporter
 
     spec = load_config(path, overrides)
     if not isinstance(spec, RunSpec):
         raise ConfigError([("search", f"{path} is a sweep; run it with `harness sweep {path}`")])
-    with MlflowReporter.open(spec, tracking_uri) as reporter:
+    folder, run_id = checkpoint_dir(spec), None
+    if resume:
+        state = LocalCheckpoints.read(folder)
+        if state is None or "mlflow_run_id" not in state:
+            where = f"no checkpoint of this run in {folder} (same file, same --set, same working directory)"
+            raise ConfigError([("--resume", f"{where}; run it without --resume")])
+        run_id = state["mlflow_run_id"]
+        print(f"resuming MLflow run {run_id} after epoch {state['epoch']} from {folder}", flush=True)
+    with MlflowReporter.open(spec, tracking_uri, run_id=run_id) as mlflow_reporter:
+        reporter = LocalCheckpoints(mlflow_reporter, folder, {"mlflow_run_id": mlflow_reporter.run_id}, resume)
         final = run_trial(spec, reporter)
     print(" ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("test/")))
-    print(f"logged to MLflow run {reporter.run_id} in experiment '{reporter.experiment}' at {reporter.uri}")
+    r = mlflow_reporter
+    print(f"logged to MLflow run {r.run_id} in experiment '{r.experiment}' at {r.uri}; checkpoint in {folder}")
     return 0

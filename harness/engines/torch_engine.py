@@ -3,13 +3,21 @@
 Every epoch: train over the shuffled train split, evaluate on val, report ``train/loss``, ``val/<metric>`` and
 ``lr``. At the end: test with both modalities, then with one masked (``test/<metric>:audio_only`` has the video
 masked, ``:video_only`` the audio), and the ``perf/*`` figures.
+
+Checkpoints: given a :class:`Checkpoints` (a sweep's ``TuneReporter``, ``harness run``'s ``LocalCheckpoints``), each
+epoch's report carries the whole training state (:meth:`TorchEngine.state`: model, optimiser, schedule, RNG, epoch,
+metrics history), and a trial whose checkpoint exists continues after its last epoch with the same batches, RNG
+and learning rate as if it had never stopped. The last checkpoint also holds the final metrics.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -21,6 +29,16 @@ from harness.tasks import tree_map
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names where and what to try."""
+
+
+class Checkpoints(Protocol):
+    """Where a trial keeps its training state: restored once before training, saved with every epoch's report."""
+
+    def restore(self) -> dict | None:
+        """The state of the last checkpoint (:meth:`TorchEngine.state`), or None to start afresh."""
+
+    def report(self, metrics: dict[str, float], step: int, state: dict | None = None) -> None:
+        """Report ``metrics`` of ``step``, with ``state`` saved alongside as the trial's latest checkpoint."""
 
 
 class TorchEngine:
@@ -90,8 +108,12 @@ class TorchEngine:
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
-    def fit(self, method: nn.Module, task: nn.Module, data, report: Callable[[dict, int], None]) -> dict[str, float]:
+    def fit(self, method: nn.Module, task: nn.Module, data, report: Callable[[dict, int], None],
+            checkpoints: Checkpoints | None = None) -> dict[str, float]:  # fmt: skip
         """Train, validate each epoch, test at the end. ``report(metrics, step)`` receives every figure.
+
+        With ``checkpoints``, the epochs' and the final reports go to ``checkpoints.report`` with the training state,
+        and training continues after the epoch of ``checkpoints.restore()`` when there is one.
 
         Returns:
             The last epoch's ``train/loss`` and ``val/*`` with the final ``test/*`` and ``perf/*`` (only the latter
@@ -111,11 +133,34 @@ class TorchEngine:
         params = [p for p in model.parameters() if p.requires_grad]
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        start, seen, train_time, last = time.perf_counter(), 0, 0.0, {}
-        for epoch in range(t.epochs):
+        start, seen, train_time, last, history = time.perf_counter(), 0, 0.0, {}, {}
+        restored = checkpoints.restore() if checkpoints else None
+        if restored is not None:
+            model.load_state_dict(restored["model"])
+            opt.load_state_dict(restored["optimizer"])
+            sched.load_state_dict(restored["scheduler"])
+            set_rng_state(restored["rng"])
+            seen, train_time, history = restored["seen"], restored["train_time"], restored["history"]
+            start -= restored["wall_s"]  # perf/wall_s counts the time before the restart too
+            last = {k: v for k, v in history[max(history)].items() if "/" in k} if history else {}
+            if restored["final"] is not None:  # it had finished: report the end again (the tracker keeps one copy)
+                checkpoints.report(restored["final"], t.epochs, restored)
+                return {**last, **restored["final"]}
+        first = restored["epoch"] + 1 if restored is not None else 0
+        fault = injected_fault(self.spec) if restored is None else None
+
+        def emit(metrics: dict, step: int, epoch: int, final: dict | None = None) -> None:
+            if checkpoints is None:
+                return report(metrics, step)
+            state = self.state(model, opt, sched, epoch, history, seen, train_time, time.perf_counter() - start, final)
+            checkpoints.report(metrics, step, state)
+
+        for epoch in range(first, t.epochs):
             method.train()
             tick, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
             for i, batch in enumerate(self.train_batches(train, epoch)):
+                if fault == epoch and i == min(1, steps - 1):  # test hook (HARNESS_FAULT_INJECT): a lost node
+                    os._exit(17)
                 batch = augment(self._to_device(batch), task, t, key=(self.spec.seed, epoch, i))
                 loss = task.loss(method(batch), batch)
                 if not torch.isfinite(loss):
@@ -136,11 +181,21 @@ class TorchEngine:
             train_time += time.perf_counter() - tick
             val = self.evaluate(method, task, data.splits["val"])
             last = {"train/loss": (total / max(1, n)).item(), **{f"val/{k}": v for k, v in val.items()}}
-            report({**last, "lr": sched.get_last_lr()[0], "epoch": epoch}, epoch)
+            history[epoch] = {**last, "lr": sched.get_last_lr()[0], "epoch": epoch}
+            emit(history[epoch], epoch, epoch)
 
         final = self.final_metrics(method, task, data, seen / max(train_time, 1e-9), start)
-        report(final, t.epochs)
+        emit(final, t.epochs, t.epochs - 1, final)
         return {**last, **final}
+
+    def state(self, model: nn.Module, opt, sched, epoch: int, history: dict, seen: int, train_time: float,
+              wall_s: float, final: dict | None = None) -> dict:  # fmt: skip
+        """The training state after ``epoch``: what :meth:`fit` needs to continue exactly (``torch.load``-able with
+        ``weights_only=True``: tensors, numbers, strings, containers). ``final`` holds the test/perf metrics once the
+        trial has finished."""
+        return {"format": 1, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": rng_state(), "history": dict(history), "seen": seen,
+                "train_time": train_time, "wall_s": wall_s, "final": final}  # fmt: skip
 
     def final_metrics(self, method, task, data, samples_per_s: float, start: float) -> dict[str, float]:
         """``test/*`` with both modalities and with each masked, and the ``perf/*`` figures of the run."""
@@ -153,6 +208,52 @@ class TorchEngine:
         final["perf/peak_mem_mb"] = peak_memory_mb(self.device)
         final["perf/wall_s"] = time.perf_counter() - start
         return final
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) random states, as tensors and plain values."""
+    import numpy as np
+
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(), "cuda": cuda}  # fmt: skip
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only where this process has as many devices)."""
+    import numpy as np
+
+    random.setstate(state["python"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def injected_fault(spec: RunSpec) -> int | None:
+    """The epoch in which a test makes this trial die: ``HARNESS_FAULT_INJECT=EPOCH`` or ``EPOCH:KEY=VALUE``.
+
+    A test-only hook, off unless the variable is set. A trial that starts afresh (not from a checkpoint) and matches
+    ``KEY=VALUE`` (a flattened config key and its MLflow param value, e.g. ``seed=1``) exits with status 17 in the
+    middle of epoch ``EPOCH`` (>= 1, so that a checkpoint exists), as if its node were lost; its retry resumes from
+    the checkpoint and does not die again.
+    """
+    raw = os.environ.get("HARNESS_FAULT_INJECT")
+    if not raw:
+        return None
+    epoch, _, match = raw.partition(":")
+    if match:
+        from harness.config import flatten
+
+        key, _, value = match.partition("=")
+        flat = flatten(spec.to_dict())
+        if key not in flat or ("null" if flat[key] is None else str(flat[key])) != value:
+            return None
+    if not epoch.isdigit() or int(epoch) < 1:
+        raise ValueError(f"HARNESS_FAULT_INJECT={raw!r}: must be EPOCH or EPOCH:KEY=VALUE with EPOCH >= 1")
+    return int(epoch)
 
 
 def peak_memory_mb(device: torch.device) -> float:
