@@ -30,7 +30,7 @@ COLUMNS = {
     "drop_audio_only": "drop audio only",
     "drop_video_only": "drop video only",
 }
-HEADERS = {"method.name": "method", "method.fusion_layer": "fusion layer"}
+HEADERS = {"method.name": "method", "method.fusion_layer": "fusion layer", "method.bottleneck_tokens": "Nb"}
 # Tag -> the word a note uses for it. Runs that differ in any of these are never aggregated into one row.
 PROVENANCE = {"tags.harness.git_sha": "git", "tags.harness.dataset_fingerprint": "data",
               "tags.harness.manifest_hash": "manifest", "tags.harness.sweep": "sweep"}  # fmt: skip
@@ -196,9 +196,10 @@ def apply_filters(runs: pd.DataFrame, filters: dict) -> pd.DataFrame:
 
 
 def row_labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """Each run's row as text: its values of ``keys`` joined by ", " (missing: "—")."""
+    """Each run's row as text: its values of ``keys`` joined by ", " (missing: "—"; an empty provenance: left out)."""
     parts = [runs[f"params.{k}"].fillna("—").astype(str) for k in keys]
-    return parts[0].str.cat(parts[1:], sep=", ") if len(parts) > 1 else parts[0]
+    label = parts[0].str.cat(parts[1:], sep=", ") if len(parts) > 1 else parts[0]
+    return label.str.removesuffix(", ") if keys[-1] == "provenance" else label
 
 
 def split_provenance(
@@ -293,7 +294,7 @@ def spec_table(table: pd.DataFrame, runs: pd.DataFrame, keys: list[str], spec: R
     top = t["test top-1"]
     t["Δ vs best"] = top - top.max()
     t["drop audio only"], t["drop video only"] = top - t["top-1 audio only"], top - t["top-1 video only"]
-    label = t[keys].astype(str).agg(", ".join, axis=1)
+    label = row_labels(t.rename(columns={k: f"params.{k}" for k in keys}), keys)  # as the runs' labels
     paper = t[[k for k in keys if k != "provenance"]].astype(str).agg(", ".join, axis=1).map(spec.reference)
     by = [spec.sort_by] if isinstance(spec.sort_by, str) else spec.sort_by
     sort = [c for c in (COLUMNS.get(b, b.removeprefix("params.")) for b in by) if c in t.columns]

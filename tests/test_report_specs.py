@@ -39,8 +39,11 @@ def _gflops(method: str, lf: int | None, nb: int | None) -> float:
     return (base - 0.5 * (lf or 0) + 0.1 * (nb or 0)) / 1000
 
 
-def _log_sweep(uri: str, name: str, trials: list[dict], cache: Path) -> None:
-    """A parent run tagged as sweep ``name`` and one FINISHED child run per (trial, seed)."""
+def _log_sweep(uri: str, name: str, trials: list[dict], cache: Path, manifest=lambda method, seed: "") -> None:
+    """A parent run tagged as sweep ``name`` and one FINISHED child run per (trial, seed).
+
+    ``manifest(method, seed)``: the run's ``harness.manifest_hash`` tag (none when empty).
+    """
     client = MlflowClient(uri)
     exp = _experiment_id(client, name)
     tags = {**code_tags(), "harness.sweep": name, "harness.sweep_hash": f"{name:0<64}"[:64], "mlflow.runName": name}
@@ -53,7 +56,9 @@ def _log_sweep(uri: str, name: str, trials: list[dict], cache: Path) -> None:
             lf, nb = method.get("fusion_layer"), method.get("bottleneck_tokens")
             top1 = _accuracy(method["name"], lf, nb, seed)
             with MlflowReporter.open(spec, uri, parent.info.run_id, {"harness.sweep": name}) as rep:
-                rep.start({"tags": {"harness.dataset_fingerprint": "f" * 16},
+                tags = {"harness.dataset_fingerprint": "f" * 16}
+                tags.update({"harness.manifest_hash": m} if (m := manifest(method, seed)) else {})
+                rep.start({"tags": tags,
                            "metrics": {"model/params_total": 4e5 + 1e4 * (nb or 0), "model/params_trainable": 4e5,
                                        "model/gflops": _gflops(method["name"], lf, nb)}})  # fmt: skip
                 rep.report({"train/loss": 1.0, "val/top1": top1 - 1}, step=0)
@@ -188,6 +193,32 @@ def test_runs_of_different_manifests_are_split_or_refused():
     with pytest.raises(LookupError, match=r"row `mbt` mixes runs of different manifest .*mixed_provenance: refuse"):
         split_provenance(runs, ["method.name"], refuse=True)
     assert provenance_span(runs.iloc[:2]) == ""
+
+
+def test_rows_from_two_manifests_are_split_in_table_and_figure_or_refused(tmp_path, cache, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trials = [{"name": "mbt", "fusion_layer": 2, "bottleneck_tokens": nb} for nb in (1, 4)]
+    _log_sweep(uri, "bottlenecks", trials, cache, lambda m, seed: f"{m['bottleneck_tokens'] * 11 + seed:0<16}")
+    out = tmp_path / "bottlenecks.md"
+    shutil.copy(REPORTS / "bottlenecks.yaml", tmp_path / "bottlenecks.yaml")
+    assert main(["report", "--out", str(out), "--tracking-uri", uri]) == 0
+    text = out.read_text()
+    assert "Row `mbt, 1` is split: its runs differ in manifest (not mixed)." in text
+    assert "span 4 dataset manifests (11000000, 12000000, 44000000, 45000000)" in text
+    rows = [r.split("|")[1:5] for r in text.splitlines() if r.startswith("| mbt")]
+    assert [[c.strip() for c in r] for r in rows] == [
+        ["mbt", "1", "manifest 12000000", "2"], ["mbt", "1", "manifest 11000000", "2"],
+        ["mbt", "4", "manifest 45000000", "2"], ["mbt", "4", "manifest 44000000", "2"]]  # by Nb, then top-1 # fmt: skip
+    assert (tmp_path / "bottlenecks_top1.png").stat().st_size > 5000
+    table = pd.read_csv(tmp_path / "bottlenecks.csv", dtype=str)
+    keys = ["method.name", "method.bottleneck_tokens", "provenance"]
+    fig = load_spec(REPORTS / "bottlenecks.yaml").figures[0]
+    data = figure_data(table.assign(**{"test top-1": table["test top-1"].astype(float)}), keys, fig)
+    assert data["series"].nunique() == 4 and data["hue"].str.contains(r"mbt \[manifest 1[12]000000\]").sum() == 2
+    refuse = tmp_path / "refuse.yaml"
+    refuse.write_text((REPORTS / "bottlenecks.yaml").read_text() + "mixed_provenance: refuse\n")
+    assert main(["report", "--spec", str(refuse), "--out", str(tmp_path / "r.md"), "--tracking-uri", uri]) == 1
+    assert "row `mbt, 1` mixes runs of different manifest" in capsys.readouterr().out
 
 
 def _errors(tmp_path, text: str) -> str:
