@@ -204,7 +204,11 @@ def spec_figure(data: pd.DataFrame, fig, paths: list[Path], title: str) -> list[
                    label="Pareto front")  # fmt: skip
         ax.step(on["x"], on["y"], where="post", color="black", lw=1, ls=":", zorder=4)
     if fig.logx:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_xscale("log", base=2 if fig.is_row_key(fig.x) else 10)
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda v, _: f"{v:.3g}"))  # 0.3, not 3×10⁻¹
     if fig.is_row_key(fig.x) and xs:
         ax.set_xticks(xs)
         ax.set_xticklabels([f"{v:g}" for v in xs])
@@ -213,6 +217,7 @@ def spec_figure(data: pd.DataFrame, fig, paths: list[Path], title: str) -> list[
     ax.set_xlabel(fig.xlabel or AXIS_LABELS.get(key, key.removeprefix("metrics.")))
     ax.set_ylabel(fig.ylabel or AXIS_LABELS.get(fig.y, fig.y.removeprefix("metrics.")))
     ax.set_title(title, fontsize=11)
+    ax.margins(x=0.12 if fig.labels else 0.05)  # room for the labels of the outermost points
     ax.legend(fontsize=8, loc="best")
     fig_.tight_layout()
     for path in paths:
