@@ -94,6 +94,25 @@ def aggregate(runs: pd.DataFrame, keys: list[str], extra: dict[str, str] | None 
     return out.sort_values("test top-1", ascending=False, kind="stable").reset_index(drop=True)
 
 
+NOT_MATCHED = "ASHA: not matched"
+
+
+def mark_budget(runs: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Rows of early-stopping sweeps (tag ``harness.budget_matched=false``, ``tune.scheduler: asha``) get a ``budget``
+    key of their own and a note: their trials did not all train the same number of epochs, and only the survivors
+    are reported. Returns the runs, the keys and the notes, unchanged when every run is budget-matched."""
+    col = "tags.harness.budget_matched"
+    if col not in runs.columns or not (runs[col] == "false").any():
+        return runs, keys, []
+    runs = runs.assign(**{"params.budget": runs[col].map(lambda v: NOT_MATCHED if v == "false" else "full")})
+    note = (
+        f"Rows with budget `{NOT_MATCHED}` come from sweeps with early stopping (`tune.scheduler: asha`): "
+        "weak trials were stopped before their last epoch and only the trials that ran to the end are reported, "
+        "so these rows are not budget-matched with full-budget rows. Use them to explore, not as a paper table."
+    )
+    return runs, [*keys, "budget"], [note]
+
+
 def report_format(out: Path, fmt: str | None) -> str:
     """``fmt``, else the suffix of ``out`` (no suffix: ``md``); raises ``ConfigError`` for anything else."""
     from harness.config import ConfigError
@@ -165,6 +184,8 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None,
         raise ConfigError([("rows", f"no run has the param {k!r}") for k in missing])
     runs, keys, split_notes = split_provenance(runs, keys, refuse=bool(spec and spec.mixed_provenance == "refuse"))
     split_notes += [span] if (span := provenance_span(runs)) else []
+    runs, keys, budget_notes = mark_budget(runs, keys)
+    split_notes += budget_notes
     if first_found and names[0] != spec.sweeps(sweep)[0]:
         split_notes.append(f"No sweep `{spec.sweeps(sweep)[0]}` in this store yet: `{names[0]}` stands in for it.")
     extra = {c.removeprefix("metrics."): c for c in spec.metric_columns()} if spec else {}

@@ -204,6 +204,8 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
     callback = MlflowSweepCallback(client, exp_id, parent_id, spec, base)
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # With one checkpoint kept per trial, Tune snapshots the experiment after each (what --resume needs) and warns.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # HARNESS_FAULT_INJECT (a test hook, harness/engines/torch_engine.py) reaches trials on any node this way
     env = {k: os.environ[k] for k in ("HARNESS_FAULT_INJECT",) if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
@@ -330,8 +332,9 @@ def scheduler_options(spec: SweepSpec) -> dict:
     if "train.epochs" in spec.axes:
         epochs += [int(e) for e in spec.axes["train.epochs"].probe_values()]
     a = spec.tune.asha
+    # stop_last_trials=False: a trial that reaches max_t goes on to its final test instead of being stopped there
     asha = ASHAScheduler(time_attr="harness_epochs", max_t=max(epochs), grace_period=a.grace_period,
-                         reduction_factor=a.reduction_factor)  # fmt: skip
+                         reduction_factor=a.reduction_factor, stop_last_trials=False)  # fmt: skip
     return {"metric": spec.tune.metric, "mode": spec.tune.mode, "scheduler": asha}
 
 

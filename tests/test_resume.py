@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -195,3 +196,51 @@ def test_sweep_survives_a_trial_killed_mid_epoch_and_a_killed_driver(tiny_run, t
 
     analysis = ExperimentAnalysis(parents[0].data.tags["harness.ray_experiment"])
     assert len(analysis.trials) == 2 and {t.status for t in analysis.trials} == {"TERMINATED"}
+
+
+def test_report_marks_rows_of_asha_sweeps_not_budget_matched(tmp_path):
+    """The report reads the budget tag from MLflow alone: an ASHA sweep's rows get budget 'ASHA: not matched'."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t_budget")
+    tags = {"harness.sweep": "t_budget", "harness.sweep_hash": "0" * 64, "harness.scheduler": "asha",
+            "harness.budget_matched": "false"}  # fmt: skip
+    parent = client.create_run(exp, tags=tags).info.run_id
+    for seed, method, top1 in ((0, "late", 50.0), (1, "late", 54.0), (0, "mbt", 61.0)):
+        run = client.create_run(exp, tags={**tags, "mlflow.parentRunId": parent}).info.run_id
+        client.log_param(run, "method.name", method)
+        client.log_param(run, "seed", str(seed))
+        for key, value in (("test/top1", top1), ("model/params_total", 1e6), ("model/gflops", 0.1)):
+            client.log_metric(run, key, value)
+        client.set_terminated(run)
+    out = tmp_path / "r.md"
+    assert main(["report", "--sweep", "t_budget", "--out", str(out), "--tracking-uri", uri]) == 0
+    text = out.read_text()
+    assert "| budget" in text and text.count("ASHA: not matched |") == 2 and "not budget-matched" in text
+    csv = pd.read_csv(out.with_suffix(".csv"))
+    assert set(csv["budget"]) == {"ASHA: not matched"} and sorted(csv["n"]) == [1, 2]
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # ~40 s on 2 idle cores: three 3-epoch trials on local Ray
+def test_asha_sweep_stops_weak_trials_and_is_tagged(tiny_run, tmp_path):
+    sweep = {**tiny_run, "name": "t_asha", "method": {"name": "late"}, "train": {**tiny_run["train"], "epochs": 3},
+             "search": {"variants": [{"train.lr": [3.0e-3, 1.0e-6, 1.0e-7]}]},
+             "tune": {"max_concurrent_trials": 1, "scheduler": "asha", "metric": "train/loss", "mode": "min",
+                      "asha": {"grace_period": 1, "reduction_factor": 2}}}  # fmt: skip
+    path = tmp_path / "asha.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 0
+    client = MlflowClient(uri)
+    (parent,), children = _children(client, "t_asha")
+    assert parent.data.tags["harness.scheduler"] == "asha" and parent.data.tags["harness.budget_matched"] == "false"
+    assert {c.data.tags["harness.budget_matched"] for c in children} == {"false"} and len(children) == 3
+    stopped = [c for c in children if c.info.status == "KILLED"]
+    assert stopped and all(c.data.tags["harness.stopped_early"] == "true" for c in stopped)
+    assert {c.data.params["train.lr"] for c in stopped} <= {"1e-06", "1e-07"}
+    for c in stopped:  # stopped after an epoch before the last, with no final test
+        assert len(_history(client, c.info.run_id, "val/top1")) < 3 and "test/top1" not in c.data.metrics
+    out = tmp_path / "report" / "asha.md"
+    assert main(["report", "--sweep", "t_asha", "--out", str(out), "--tracking-uri", uri]) == 0
+    assert "ASHA: not matched" in out.read_text()
