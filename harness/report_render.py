@@ -140,7 +140,9 @@ def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title)
     if not layered.empty:
-        ax.set_xticks(sorted(layered["method.fusion_layer"].astype(int).unique()))
+        lfs = sorted(layered["method.fusion_layer"].astype(int).unique())
+        ax.set_xticks(lfs)
+        ax.set_xlim(lfs[0] - 0.5, lfs[-1] + 0.5)  # one Lf alone would otherwise spread its dodged points wide
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     for path in paths:
