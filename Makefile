@@ -42,3 +42,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py --method vanilla
 	$(BIN)/python bench/overhead.py --method mbt
 	$(BIN)/python bench/data.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/frozen_cache.py
+	$(BIN)/python bench/sweep_overhead.py

@@ -7,10 +7,12 @@ thread each, as a sweep gives a trial that holds one CPU):
 - ``sweep x1``: ``harness.sweep.run_sweep`` at ``max_concurrent_trials=1`` into a temporary MLflow store: Ray
   start-up and shutdown, one worker process per trial, Tune's reporting and the driver's MLflow logging included.
 - ``sweep x2``: the same at ``max_concurrent_trials=2`` on the machine's cores (the target assumes 2).
+- ``x1 reuse`` (what-if, ``--no-reuse-actors`` drops it): ``sweep x1`` with Tune's ``reuse_actors=True`` patched
+  into ``run_sweep``'s ``TuneConfig``, so one worker process (torch imported once) runs every trial.
 
 Ray start-up (``ray.init``, timed inside ``run_sweep``) is part of what a user waits for, so it is included in
 both sweep figures and also printed on its own. The MLflow store is created (schema migrations) once before
-the timings: a user's store exists after the first sweep. The three alternate (ABCABC...) and the median of
+the timings: a user's store exists after the first sweep. The variants alternate (ABCABC...) and the median of
 ``--repeat`` is kept, so the ratios are measured side by side in one process.
 
     .venv/bin/python bench/sweep_overhead.py [--trials 4] [--epochs 2] [--repeat 2]
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import tempfile
@@ -55,8 +58,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=4, help="N, trials per sweep")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--clips", type=int, default=480, help="clips in the train split (val and test: a quarter)")
+    ap.add_argument("--clips", type=int, default=960, help="clips in the train split (val and test: a quarter)")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time a what-if sweep x1 whose Tune reuses one worker process across trials")  # fmt: skip
     args = ap.parse_args()
 
     import ray
@@ -96,10 +101,18 @@ def main() -> None:
         finally:
             torch.set_num_threads(threads)
 
-    def sweep(concurrent: int):
+    def sweep(concurrent: int, reuse: bool = False):
         def go() -> None:
-            with open(log, "a") as out, contextlib.redirect_stdout(out):  # the driver's per-trial lines
-                failed = run_sweep(specs[concurrent], tracking=uri, storage=str(tmp / "ray"))
+            from ray import tune
+
+            tune_config = tune.TuneConfig
+            if reuse:  # what-if: run_sweep with TuneConfig(reuse_actors=True), one worker process for many trials
+                tune.TuneConfig = functools.partial(tune_config, reuse_actors=True)
+            try:
+                with open(log, "a") as out, contextlib.redirect_stdout(out):  # the driver's per-trial lines
+                    failed = run_sweep(specs[concurrent], tracking=uri, storage=str(tmp / "ray"))
+            finally:
+                tune.TuneConfig = tune_config
             if failed:
                 raise RuntimeError(f"{failed} trial(s) of the benchmark sweep failed; see {log}")
 
@@ -111,10 +124,13 @@ def main() -> None:
 
     mlflow.MlflowClient(uri).search_experiments()  # create the store (schema migrations) outside the timings
     run_trial(runs[0], Silent())  # first-call costs of this process (kernels, allocator) outside the timings
-    times: dict[str, list[float]] = {"sequential": [], "sweep x1": [], "sweep x2": []}
-    inits: dict[str, list[float]] = {"sweep x1": [], "sweep x2": []}
+    variants = {"sequential": sequential, "sweep x1": sweep(1), "sweep x2": sweep(2)}
+    if args.reuse_actors:
+        variants["x1 reuse"] = sweep(1, reuse=True)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    inits: dict[str, list[float]] = {k: [] for k in variants if k != "sequential"}
     for _ in range(args.repeat):
-        for name, fn in (("sequential", sequential), ("sweep x1", sweep(1)), ("sweep x2", sweep(2))):
+        for name, fn in variants.items():
             before = len(init_s)
             t = time.perf_counter()
             fn()
@@ -122,7 +138,7 @@ def main() -> None:
             if name in inits:
                 inits[name].append(sum(init_s[before:]))
     med = {k: statistics.median(v) for k, v in times.items()}
-    ray_start = statistics.median(inits["sweep x1"] + inits["sweep x2"])
+    ray_start = statistics.median([t for k, ts in inits.items() for t in ts])
     for name, ts in times.items():
         print(f"  {name:10s} {med[name]:6.1f} s median of {', '.join(f'{t:.1f}' for t in ts)}")
     print(f"  ({args.trials} trials of {args.epochs} epochs on {args.clips} clips; {os.cpu_count()} cores; "
@@ -133,6 +149,9 @@ def main() -> None:
     print(f"ray_startup_s: {ray_start:.1f} s (ray.init inside run_sweep; no target)")
     overhead = (med["sweep x1"] - med["sequential"] - ray_start) / args.trials
     print(f"sweep_overhead_per_trial_s: {overhead:.1f} s (beyond Ray start-up; no target)")
+    if "x1 reuse" in med:
+        print(f"sweep_overhead_reuse_actors (1 concurrent): {med['x1 reuse'] / med['sequential']:.2f}x (what-if: "
+              "run_sweep with TuneConfig(reuse_actors=True); no target)")  # fmt: skip
 
 
 if __name__ == "__main__":
