@@ -123,7 +123,7 @@ class ActivationCache:
             out = self.compute(batch, *args, **kwargs)
         leaves, self.spec = pytree.tree_flatten(out)
         for i, k in enumerate(keys):
-            self.entries[k] = [leaf[i].detach().clone() for leaf in leaves]
+            self.entries[k] = [leaf[i].detach().to("cpu", copy=True) for leaf in leaves]  # own copy, off the GPU
         return out
 
     def path(self) -> Path | None:
