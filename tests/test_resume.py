@@ -244,3 +244,32 @@ def test_asha_sweep_stops_weak_trials_and_is_tagged(tiny_run, tmp_path):
     out = tmp_path / "report" / "asha.md"
     assert main(["report", "--sweep", "t_asha", "--out", str(out), "--tracking-uri", uri]) == 0
     assert "ASHA: not matched" in out.read_text()
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # ~2 min on 2 idle cores: a 2-rank DeepSpeed trial run twice over
+def test_deepspeed_trial_that_loses_a_rank_resumes_from_its_checkpoint(tiny_run, tmp_path, monkeypatch):
+    """Rank 1 dies in epoch 1; Tune restarts the trial, Ray Train hands every rank the epoch-0 checkpoint (ZeRO-2
+    shards of both ranks), and the run continues in the same MLflow run."""
+    sweep = {**tiny_run, "name": "t_ds_resume", "train": {**tiny_run["train"], "epochs": 2, "threads": None},
+             "engine": {"name": "deepspeed", "workers": 2, "zero_stage": 2}, "search": {"seed": {"grid": [0]}},
+             "tune": {"max_failures": 1}}  # fmt: skip
+    path = tmp_path / "ds.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("HARNESS_FAULT_INJECT", "1")
+    assert main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 0
+    client = MlflowClient(uri)
+    _, (run,) = _children(client, "t_ds_resume")
+    assert run.info.status == "FINISHED" and run.data.tags["harness.workers"] == "2"
+    for key, steps in (("val/top1", [0, 1]), ("train/loss", [0, 1]), ("model/params_total", [0]), ("test/top1", [2])):
+        assert [s for s, _ in _history(client, run.info.run_id, key)] == steps, key
+    train_runs = list((tmp_path / "ray").glob("*/train-*"))
+    assert len(train_runs) == 1  # one Train run per trial, resumed rather than started again
+    shards = {p.name for p in train_runs[0].glob("checkpoint_*/last/zero_pp_rank_*_optim_states.pt")}
+    assert shards == {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+
+    from ray.tune import ExperimentAnalysis
+
+    (trial,) = ExperimentAnalysis(str(train_runs[0].parent)).trials
+    assert trial.num_failures == 1  # the fault did happen, and the one retry finished the trial

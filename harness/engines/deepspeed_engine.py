@@ -11,11 +11,18 @@ forward) and calls ``ray.train.report`` the same number of times; rank 0's repor
 
 In a Tune trial the reports go to Tune through ``TuneReportCallback``; under ``harness run`` the trial process starts
 local Ray, and a callback queues the reports back to the trial's reporter.
+
+Checkpoints: after every epoch each rank calls ``save_checkpoint`` (DeepSpeed's format: ZeRO shards per rank, with
+the epoch, metrics history and RNG states as client state) into its own folder and reports it with its metrics; Ray
+Train merges the ranks' folders into one checkpoint. In a sweep the Train run is named after the Tune trial and kept
+in the sweep's storage, so when Tune restarts the trial (``tune.max_failures``, ``harness sweep --resume``) Ray Train
+finds that run's latest checkpoint and every rank continues after its epoch.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +34,7 @@ from torch import nn
 
 from harness.augment import augment
 from harness.config import EngineConfig, RunSpec, TrainConfig
-from harness.engines.torch_engine import NonFiniteLossError, TorchEngine
+from harness.engines.torch_engine import NonFiniteLossError, TorchEngine, injected_fault, rng_state, set_rng_state
 
 
 class DeepSpeedConfig(EngineConfig):
@@ -112,7 +119,7 @@ class DeepSpeedEngine(TorchEngine):
         """
         import ray
         import ray.tune
-        from ray.train import RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
         from ray.util.queue import Queue
 
@@ -139,7 +146,13 @@ class DeepSpeedEngine(TorchEngine):
 
             callbacks.append(TuneReportCallback())
         gpu = self.device.type == "cuda"
-        storage = ray.tune.get_context().get_trial_dir() if in_tune else str(Path.cwd() / ".harness" / "ray")
+        # In a sweep: a stable name in the sweep's (shared) storage, so that a restarted trial's Train run resumes.
+        if in_tune and reporter.storage:
+            storage, name = reporter.storage, f"train-{ray.tune.get_context().get_trial_id()}"
+        elif in_tune:
+            storage, name = ray.tune.get_context().get_trial_dir(), "train"
+        else:
+            storage, name = str(Path.cwd() / ".harness" / "ray"), f"{self.spec.name}-{time.time_ns()}"
         env = {} if gpu else {"DS_ACCELERATOR": "cpu"}
         trainer = TorchTrainer(
             _worker,
@@ -149,8 +162,9 @@ class DeepSpeedEngine(TorchEngine):
             ),
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             run_config=RunConfig(
-                name=f"{self.spec.name}-{time.time_ns()}",
+                name=name,
                 storage_path=storage,
+                checkpoint_config=CheckpointConfig(num_to_keep=1),  # the last epoch's: what a restart needs
                 callbacks=callbacks,
                 worker_runtime_env={"env_vars": env},
             ),
@@ -171,7 +185,8 @@ class DeepSpeedEngine(TorchEngine):
     # -- worker ------------------------------------------------------------------------------------------------
 
     def train_rank(self, data, method: nn.Module, task: nn.Module, report) -> dict[str, float]:
-        """This rank's share of training, then evaluation; ``report(metrics, step)`` is called on every rank.
+        """This rank's share of training, then evaluation; ``report(metrics, step, checkpoint_dir)`` is called on
+        every rank, as often on each, with this rank's checkpoint folder after each epoch (None for the final one).
 
         Raises:
             NonFiniteLossError: the loss became NaN or infinite.
@@ -191,11 +206,21 @@ class DeepSpeedEngine(TorchEngine):
                                           lr_scheduler=lambda o: self.schedule(o, steps))  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        start, seen, train_time, last = time.perf_counter(), 0, 0.0, {}
-        for epoch in range(t.epochs):
+        start, seen, train_time, last, history, first = time.perf_counter(), 0, 0.0, {}, {}, 0
+        if (checkpoint := ray_checkpoint()) is not None:  # Ray Train kept one: continue after its epoch
+            with checkpoint.as_directory() as folder:
+                _, state = engine.load_checkpoint(folder, tag="last")
+            set_rng_state(state["rng"])
+            seen, train_time, history, first = state["seen"], state["train_time"], state["history"], state["epoch"] + 1
+            start -= state["wall_s"]
+            last = {k: v for k, v in history[max(history)].items() if "/" in k} if history else {}
+        fault = injected_fault(self.spec) if checkpoint is None and rank == world - 1 else None
+        for epoch in range(first, t.epochs):
             engine.train()
             tick, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
             for i, batch in enumerate(self.train_batches(train, epoch, shard=(rank, world))):
+                if fault == epoch and i == min(1, steps - 1):  # test hook (HARNESS_FAULT_INJECT): one rank is lost
+                    os._exit(17)
                 batch = augment(self._to_device(batch), task, t, key=(self.spec.seed, epoch, i))  # harness/augment.py
                 for micro in _chunks(batch, e.grad_accum):
                     loss = engine(micro)
@@ -214,11 +239,23 @@ class DeepSpeedEngine(TorchEngine):
             train_time += time.perf_counter() - tick
             val = self.evaluate(method, task, data.splits["val"])
             last = {"train/loss": (total / (max(1, n) * world)).item(), **{f"val/{k}": v for k, v in val.items()}}
-            report({**last, "lr": engine.get_lr()[0], "epoch": epoch}, epoch)
+            history[epoch] = {**last, "lr": engine.get_lr()[0], "epoch": epoch}
+            state = {"epoch": epoch, "history": history, "seen": seen, "train_time": train_time,
+                     "wall_s": time.perf_counter() - start, "rng": rng_state()}  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix=f"harness-ds-rank{rank}-") as folder:
+                engine.save_checkpoint(folder, tag="last", client_state=state)  # every rank: ZeRO shards are per rank
+                report(history[epoch], epoch, folder)
 
         final = self.final_metrics(method, task, data, seen / max(train_time, 1e-9), start)
-        report(final, t.epochs)
+        report(final, t.epochs, None)
         return {**last, **final}
+
+
+def ray_checkpoint():
+    """The latest checkpoint of this Ray Train run (a restarted trial's), or None."""
+    import ray.train
+
+    return ray.train.get_checkpoint()
 
 
 def worker_resources(spec: RunSpec) -> dict[str, float]:
@@ -266,4 +303,9 @@ def _worker(config: dict) -> None:
                 "harness.workers": str(spec.engine.workers)}  # fmt: skip
         info = start_report({"tags": tags, "metrics": model_cost(method, task, data.spec)})
     ray.train.report(info)
-    engine.train_rank(data, method, task, lambda m, step: ray.train.report(step_report(m, step) if lead else {}))
+
+    def report(metrics: dict, step: int, folder: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        ray.train.report(step_report(metrics, step) if lead else {}, checkpoint=checkpoint)
+
+    engine.train_rank(data, method, task, report)
