@@ -176,8 +176,15 @@ def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, n_frames: int) ->
     return out
 
 
-def generate(cfg: SyntheticConfig) -> dict[str, dict[str, torch.Tensor]]:
-    """Generate all splits: {split: {"video": uint8 (N,T,3,H,W), "audio": float (N,1,M,F), "label": (N,)}}."""
+def generate(cfg: SyntheticConfig, latents: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """Generate all splits: {split: {"video": uint8 (N,T,3,H,W), "audio": float (N,1,M,F), "label": (N,)}}.
+
+    Args:
+        cfg: the parameters.
+        latents: also return each split's generative attributes (:func:`latent_attributes`), for unimodal
+            pretraining (``harness/pretrain.py``). They are derived from draws made anyway, so the clips, labels
+            and the cache key do not depend on this flag.
+    """
     g = torch.Generator().manual_seed(cfg.seed)
     radius = cfg.object_size or max(2, cfg.image_size // 6)
     out = {}
@@ -205,11 +212,37 @@ def generate(cfg: SyntheticConfig) -> dict[str, dict[str, torch.Tensor]]:
         wave = _synth_audio(shape[:, 0], timbre, events[:, 0], cfg, g)
         audio = log_mel(wave, cfg.sample_rate, cfg.n_mels, cfg.n_frames)
         out[split] = {"video": video, "audio": audio, "label": colour[:, 0] * cfg.timbres + timbre}
+        if latents:
+            out[split].update(latent_attributes(cfg, colour, shape, timbre, events, frame_events))
     # AST-style normalisation, (x - mean) / (2 std), with the train split's statistics
     mean, std = out["train"]["audio"].mean(), out["train"]["audio"].std()
     for split in SPLITS:
         out[split]["audio"] = ((out[split]["audio"] - mean) / (2 * std)).to(torch.float16)
     return out
+
+
+def latent_attributes(cfg: SyntheticConfig, colour, shape, timbre, events, frame_events) -> dict[str, torch.Tensor]:
+    """What a unimodal observer could name in each clip, as multi-hot / index targets.
+
+    Returns:
+        ``frame_colours`` (n, T, colours) and ``frame_shapes`` (n, T, shapes) bool: drawn in frame t (an object is
+        drawn while it flashes, or always when ``idle_brightness`` > 0); ``sounding`` (n, slots) bool: the slots
+        with a tone burst; ``pitch`` (n,) the sounding object's shape (one pitch per shape); ``timbre`` (n,).
+    """
+    drawn = frame_events | (cfg.idle_brightness > 0)  # (n, K, T)
+    n, k, t = drawn.shape
+    frame_colours = torch.zeros(n, t, cfg.colours, dtype=torch.bool)
+    frame_shapes = torch.zeros(n, t, cfg.shapes, dtype=torch.bool)
+    for j in range(k):
+        frame_colours |= torch.nn.functional.one_hot(colour[:, j], cfg.colours).bool()[:, None] & drawn[:, j, :, None]
+        frame_shapes |= torch.nn.functional.one_hot(shape[:, j], cfg.shapes).bool()[:, None] & drawn[:, j, :, None]
+    return {
+        "frame_colours": frame_colours,
+        "frame_shapes": frame_shapes,
+        "sounding": events[:, 0].clone(),
+        "pitch": shape[:, 0].clone(),
+        "timbre": timbre.clone(),
+    }
 
 
 def config_hash(cfg: SyntheticConfig) -> str:
