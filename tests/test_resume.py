@@ -273,3 +273,21 @@ def test_deepspeed_trial_that_loses_a_rank_resumes_from_its_checkpoint(tiny_run,
 
     (trial,) = ExperimentAnalysis(str(train_runs[0].parent)).trials
     assert trial.num_failures == 1  # the fault did happen, and the one retry finished the trial
+
+
+def test_resume_without_a_resumable_sweep_says_why(tiny_run, tmp_path, capsys):
+    path = _sweep_file(tiny_run, tmp_path, "t_noresume")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["sweep", str(path), "--tracking-uri", uri, "--resume"]
+    assert main(args) == 2
+    assert "--resume: no earlier run of sweep 't_noresume'" in capsys.readouterr().err
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t_noresume").experiment_id
+    client.create_run(exp, tags={"harness.sweep": "t_noresume", "harness.sweep_hash": "f" * 64})
+    assert main(args) == 2
+    assert "changed since it last ran (hash ffffffffffff" in capsys.readouterr().err
+    spec = load_config(path)
+    tags = {"harness.sweep": "t_noresume", "harness.sweep_hash": spec.source_hash, "harness.ray_experiment": "/nope"}
+    client.create_run(exp, tags=tags)
+    assert main(args) == 2
+    assert "is not at /nope" in capsys.readouterr().err
