@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -54,12 +55,13 @@ class Prompt(FrozenBackbone):
         self.prompts = nn.ParameterDict(
             {m: nn.Parameter(torch.empty(backbone.depth, p, d).uniform_(-bound, bound)) for m in self.modalities}
         )  # m -> (L, p, D)
-        self.prompt_dropout = nn.Dropout(cfg.dropout)
 
     def block(self, layer: int, z: dict[str, Tensor], own: dict[str, Tensor], present: dict[str, Tensor]) -> dict:
         blk, p, out = self.blocks[layer], self.cfg.prompt_tokens, {}
         for m, x in z.items():
-            prompts = self.prompt_dropout(self.prompts[m][layer]).expand(x.shape[0], -1, -1)  # (B, p, D)
+            # functional dropout: a module fed a view of a parameter breaks FlopCounterMode's hooks under no_grad
+            prompts = F.dropout(self.prompts[m][layer], self.cfg.dropout, self.training)
+            prompts = prompts.expand(x.shape[0], -1, -1)  # (B, p, D)
             keys = own[m]  # (B, 1, 1, N_m): [CLS, patches]
             keys = torch.cat([keys[..., :1], keys[..., :1].new_ones(keys.shape[:-1] + (p,)), keys[..., 1:]], dim=-1)
             y = blk(torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1), attn_mask=keys)  # (B, N_m + p, D)

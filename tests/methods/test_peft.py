@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.complexity import count_params
+from harness.complexity import count_params, forward_flops
 from methods._frozen import backbone_state, load_backbone_state
 from methods.adapter import Adapter
 from methods.frozen import Frozen
@@ -135,3 +135,10 @@ def test_one_backbone_state_fits_every_frozen_method(cls, backbone, spec):
         assert torch.equal(value, state[key]), key
     with pytest.raises(ValueError, match="does not fit"):
         load_backbone_state(target, {k: v for k, v in state.items() if not k.startswith("norm.")})
+
+
+@pytest.mark.parametrize("cls", FROZEN_BACKBONE, ids=lambda c: c.__name__)
+def test_flops_are_counted(cls, backbone, spec):
+    # FlopCounterMode hooks every module's inputs under no_grad (harness profile, model/gflops of every trial)
+    base = forward_flops(build(Frozen, backbone, spec), None, spec)["gmacs"]
+    assert forward_flops(build(cls, backbone, spec), None, spec)["gmacs"] >= base > 0
