@@ -56,6 +56,11 @@ class BackboneConfig(BaseModel):
         "central = in the middle frame, zeros elsewhere (MBT); average = kernel / tubelet in every frame "
         "(inflation); average_arp = approximate-rank-pooling weights; no effect with tubelet=1",
     )
+    pretrained: Literal["none", "synthetic"] = Field(
+        "none",
+        description="synthetic: start a frozen-backbone method (lavish, adapter, ...) from a backbone pretrained once "
+        "on unimodal synthetic objectives and cached (harness/pretrain.py); none: random init or backbone.checkpoint",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> BackboneConfig:

@@ -260,6 +260,10 @@ METHODS.register("late", "methods.late:Late", "late (score-level) fusion: two in
 METHODS.register("lavish", "methods.lavish:LAVISH", "LAVISH (Lin et al. 2023): frozen shared ViT + latent-token audio-visual adapters in every block")  # noqa: E501
 METHODS.register("avish", "methods.avish:AVISH", "AVISH: LAVISH without latent tokens (direct audio-visual attention in each adapter)")  # noqa: E501
 METHODS.register("lowrank", "methods.lowrank:LowRank", "shared low-rank multimodal transformer (AVBERT, Lee et al. 2021): U shared, V_k and orthogonal Q_k per modality")  # noqa: E501
+METHODS.register("adapter", "methods.adapter:Adapter", "bottleneck adapters at LAVISH's positions on its frozen shared ViT, no cross-modal attention")  # noqa: E501
+METHODS.register("lora", "methods.lora:LoRA", "LoRA (peft) on the attention qkv/proj of LAVISH's frozen shared ViT")
+METHODS.register("prompt", "methods.prompt:Prompt", "VPT-deep: learnable prompt tokens per layer and modality on LAVISH's frozen shared ViT")  # noqa: E501
+METHODS.register("frozen", "methods.frozen:Frozen", "linear probe of LAVISH's frozen shared ViT (head + optional LayerNorms)")  # noqa: E501
 METHODS.register("audio_only", "methods.unimodal:AudioOnly", "audio stream only (unimodal baseline)")
 METHODS.register("video_only", "methods.unimodal:VideoOnly", "video stream only (unimodal baseline)")
 TASKS.register("classification", "harness.tasks:ClassificationTask", "single-label classification: shared linear head, cross-entropy, top-1/top-5")  # noqa: E501
@@ -275,4 +279,9 @@ ENGINES.register("torch", "harness.engines.torch_engine:TorchEngine", "plain PyT
 ENGINES.register("deepspeed", "harness.engines.deepspeed_engine:DeepSpeedEngine", "DeepSpeed (ZeRO 0-3, bf16/fp16) on engine.workers Ray Train ranks; gloo on CPU, nccl on GPU")  # noqa: E501
 ENGINES.register("auto", "harness.engines:AutoEngine", "deepspeed where CUDA is available, torch otherwise")
 FORMATS.register("synthetic", "harness.data.synthetic:SyntheticDataset", "procedural audio-visual clips generated on the fly and cached")  # noqa: E501
+FORMATS.register("vggsound_csv", "harness.data.formats:VGGSoundDataset", "VGGSound: vggsound.csv (ytid,start,label,split) + stat.csv classes; single label")  # noqa: E501
+FORMATS.register("audioset_csv", "harness.data.formats:AudioSetDataset", "AudioSet segment CSVs (quoted MID lists) + class_labels_indices.csv; multi-hot")  # noqa: E501
+FORMATS.register("ave", "harness.data.formats:AVEDataset", "AVE Annotations.txt + {train,val,test}_order.h5; per-second labels with background")  # noqa: E501
+FORMATS.register("class_folders", "harness.data.formats:ClassFoldersDataset", "<split>/<class>/<clip>.mp4 folders (Kinetics-Sounds); single label")  # noqa: E501
+FORMATS.register("epic_csv", "harness.data.formats:EpicDataset", "EPIC-KITCHENS-100 action-segment CSVs; verb + noun labels")  # noqa: E501
 # fmt: on

@@ -80,6 +80,10 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
 
         loaded = method.load_backbone(read_checkpoint(spec.backbone.checkpoint))
         print(loaded.summary(f"backbone.checkpoint {spec.backbone.checkpoint}"), file=sys.stderr)
+    if spec.backbone.pretrained != "none":  # the cached synthetic-pretrained frozen backbone (harness/pretrain.py)
+        from harness.pretrain import apply_pretrained
+
+        method.pretrained_key = apply_pretrained(method, spec, cache_dir(spec))
     task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
     return method, task
 
@@ -121,6 +125,10 @@ def run_trial(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, floa
     data = build_dataset(spec)
     method, task = build_model(spec, data.spec)
     tags = {**run_tags(engine.device), "harness.dataset_fingerprint": getattr(data, "fingerprint", "")}
+    if hasattr(data, "manifest"):  # prepared real data: on which subset (manifest hash), decoded by what
+        tags.update({"harness.manifest_hash": data.manifest["hash"], "harness.decoder": data.decoder})
+    if getattr(method, "pretrained_key", None):  # backbone.pretrained: the cached weights' key (harness/pretrain.py)
+        tags["harness.backbone_pretrained"] = method.pretrained_key
     reporter.start({"tags": tags, "metrics": model_cost(method, task, data.spec)})
     return engine.fit(method, task, data, reporter.report, reporter if hasattr(reporter, "restore") else None)
 

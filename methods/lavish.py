@@ -30,7 +30,8 @@ Update rule of block l (both directions from the same states, ViT pre-norm branc
     a2 = A_p2(z_a, z_v);  v2 = V_p2(z_v, z_a)           # from the updated states
     z_m <- z_m + DropPath(MLP(LN2 z_m)) + m2
 Read-out: CLS_m after the backbone's final LayerNorm, per modality. Frozen: patch embedding, positional tables, CLS,
-time table, blocks; the backbone's LayerNorms train only with ``train_norms``. Adapters: ``methods/_adapters.py``.
+time table, blocks; the backbone's LayerNorms train only with ``train_norms``. Adapters: ``methods/_adapters.py``;
+the frozen backbone, shared with the parameter-efficient baselines: ``methods/_frozen.py``.
 
 Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` layers, ``m`` latent tokens.
 """
@@ -39,16 +40,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.backbones import BackboneConfig, layer_norm, make_blocks, num_audio_tokens
+from harness.backbones import BackboneConfig
 from harness.data.base import InputSpec
 from methods._adapters import AdapterConfig, LAVISHAdapter
-from methods._blocks import Tokenizers
-from methods.base import FusionMethod, attn_mask, keep_keys, present_masks, readout_cls
+from methods._frozen import FrozenBackbone, SharedTokenizer  # noqa: F401 (SharedTokenizer: its former home)
+from methods.base import attn_mask, keep_keys, present_masks, readout_cls
 
 OTHER = {"audio": "video", "video": "audio"}
 
@@ -66,58 +65,14 @@ class LAVISHConfig(AdapterConfig):
         return self.latent_tokens, self.latent_init
 
 
-class SharedTokenizer(Tokenizers):
-    """The paper's ViT tokenisation: one patch kernel, one positional table and one CLS for both modalities.
-
-    Built as video-only ``Tokenizers`` on a copy of the backbone whose audio patch is the video patch, so the shared
-    time table (``backbone.time_embed``) gets the image grid's audio time slots.
-    """
-
-    def __init__(self, backbone: BackboneConfig, spec: InputSpec):
-        p = backbone.patch_size
-        image = backbone.model_copy(update={"audio_patch": (p, p)})
-        super().__init__(image, spec, ("video",))
-        self.audio_tokens = num_audio_tokens(image, spec)
-        if self.audio_tokens == 0:
-            raise ValueError(
-                f"method.audio_embed=image: a {spec.n_mels}x{spec.n_frames} spectrogram yields no {p}x{p} patch "
-                "(backbone.patch_size); use method.audio_embed=spectrogram"
-            )
-
-    def forward(self, batch: dict, present: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = super().forward(batch, present)  # {"video": (B, 1 + Nv, D)}
-        x = torch.where(present["audio"][:, None, None, None], batch["audio"], 0.0)  # placeholder -> 0, even NaN
-        proj = self.patch["video"].proj
-        kernel = proj.weight[:, :, proj.weight.shape[2] // 2]  # (D, 3, p, p): the tubelet's central frame
-        tokens = F.conv2d(x.expand(-1, 3, -1, -1), kernel, proj.bias, stride=kernel.shape[-1])  # (B, D, f, t)
-        tokens = tokens.flatten(2).transpose(1, 2)  # (B, Na, D)
-        pos = F.interpolate(self.pos["video"].transpose(1, 2), size=self.audio_tokens, mode="linear")  # (1, D, Na)
-        tokens = tokens + pos.transpose(1, 2)
-        if self.time is not None:
-            tokens = tokens + self.time[self.audio_slot]
-        cls = self.cls["video"].expand(tokens.shape[0], -1, -1)  # (B, 1, D)
-        return {"audio": torch.cat([cls, tokens], dim=1), **out}  # audio: (B, 1 + Na, D)
-
-
-class LAVISH(FusionMethod):
+class LAVISH(FrozenBackbone):
     """A frozen shared ViT over each modality; 4 adapters per block carry audio <-> video information."""
 
     Config = LAVISHConfig
     positions: ClassVar[tuple[str, ...]] = ("p1", "p2")  # beside the MHSA, beside the FFN
 
     def __init__(self, cfg: AdapterConfig, backbone: BackboneConfig, spec: InputSpec):
-        super().__init__(cfg, backbone, spec)
-        if errors := cfg.check(backbone):
-            raise ValueError("; ".join(f"{key}: {msg}" for key, msg in errors))
-        shared = cfg.audio_embed == "image"
-        self.tokens = SharedTokenizer(backbone, spec) if shared else Tokenizers(backbone, spec, self.modalities)
-        self.blocks = make_blocks(backbone, backbone.depth)
-        self.norm = layer_norm(backbone.embed_dim)
-        self.requires_grad_(False)  # the backbone, before any adapter exists
-        if cfg.train_norms:
-            for module in self.modules():
-                if isinstance(module, nn.LayerNorm):
-                    module.requires_grad_(True)
+        super().__init__(cfg, backbone, spec)  # the frozen shared tokeniser, blocks and final norm (methods/_frozen.py)
         m, init = cfg.latent()
         self.adapters = nn.ModuleDict(
             {
