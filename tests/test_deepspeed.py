@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -75,3 +76,19 @@ def test_two_rank_trials_with_zero_0_and_2_log_like_the_torch_engine(tiny_run, t
                     "perf/train_samples_per_s", "perf/peak_mem_mb", "perf/wall_s", "lr"):  # fmt: skip
             assert key in m, key
         assert 0 < m["train/loss"] < 10 and 0 <= m["test/top1"] <= 100
+
+
+def test_micro_batches_split_every_entry_kind():
+    # Gradient accumulation splits tensors, id lists and multi-head label dicts along the same rows.
+    from harness.engines.deepspeed_engine import _chunks
+
+    batch = {
+        "video": torch.arange(5),
+        "id": list("abcde"),
+        "label": {"verb": torch.arange(5), "noun": torch.arange(5) + 10},
+    }
+    parts = _chunks(batch, 2)
+    assert [p["id"] for p in parts] == [["a", "b", "c"], ["d", "e"]]
+    assert parts[1]["label"]["noun"].tolist() == [13, 14] and parts[1]["video"].tolist() == [3, 4]
+    with pytest.raises(ValueError, match="engine.grad_accum=8"):  # never an empty micro-batch
+        _chunks(batch, 8)

@@ -66,13 +66,25 @@ class _Joint(nn.Module):
         return self.task.loss(self.method(batch), batch)
 
 
+def _slice(value, lo: int, hi: int):
+    """Rows ``lo:hi`` of a batch entry: a tensor, a list (ids) or a dict of them (multi-head labels)."""
+    if isinstance(value, dict):
+        return {k: _slice(v, lo, hi) for k, v in value.items()}
+    return value[lo:hi] if torch.is_tensor(value) or isinstance(value, list) else value
+
+
 def _chunks(batch: dict, n: int) -> list[dict]:
     """``batch`` split into ``n`` contiguous micro-batches along the batch dimension."""
     if n == 1:
         return [batch]
-    bounds = [b.tolist() for b in torch.arange(len(batch["label"])).tensor_split(n)]
-    return [{k: v[b[0] : b[-1] + 1] if torch.is_tensor(v) else [v[i] for i in b] for k, v in batch.items()}
-            for b in bounds]  # fmt: skip
+    rows = len(batch["id"])
+    if rows < n:  # DeepSpeed steps after exactly n micro-batches: an empty one would shift its boundary
+        raise ValueError(
+            f"a rank's batch of {rows} clips cannot make engine.grad_accum={n} micro-batches; raise train.batch_size "
+            "or lower engine.grad_accum / engine.workers"
+        )
+    bounds = [b.tolist() for b in torch.arange(rows).tensor_split(n)]
+    return [{k: _slice(v, b[0], b[-1] + 1) for k, v in batch.items()} for b in bounds]
 
 
 class DeepSpeedEngine(TorchEngine):
