@@ -3,6 +3,7 @@ U·Q_k·normalize(V_kᵀx) + b, with U shared and V_k, orthogonal Q_k private to
 
 Paper: Lee, Yu, Kim, Breuel, Kautz, Song, "Parameter Efficient Multimodal Transformers for Video Representation
 Learning", ICLR 2021, https://arxiv.org/abs/2012.04124 (reported: Transformer parameters from 128 M to 4 M, -97 %).
+Init: ``init: xavier`` (default, as the other methods' blocks) or ``bert`` (the code's N(0, 0.02)); docs/methods.md.
 Reference implementation: sangho-vision/avbert ``code/models/{factor_linear,albert,bert,avbert}.py``, ``config.py``
 (``SHARING_ACROSS_LAYERS``, ``SHARING_ACROSS_MODELS``, ``USE_DECOMPOSITION``, ``ORTHOGONAL_SIZE = 128``).
 Paper vs official code vs here:
@@ -95,6 +96,11 @@ class LowRankConfig(MethodConfig):
     l2_normalize: bool = Field(True, description="L2-normalise V_kᵀx over its r entries before Q_k (AVBERT code)")
     pre_norm: bool = Field(False, description="pre-LN layers + a final LayerNorm; False = post-LN BERT (AVBERT)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention and layer outputs (code: 0.1)")
+    init: Literal["xavier", "bert"] = Field(
+        "xavier",
+        description="xavier: xavier-uniform U and V_k, as every other method's ViT blocks (MBT/JAX init); "
+        "bert: normal(0, 0.02) (the AVBERT code's _init_weights)",
+    )
     readout: Readout = readout_field()
 
     def layers(self, depth: int) -> tuple[int, int]:
@@ -148,7 +154,8 @@ class FactorLinear(nn.Module):
         l2_normalize: normalise V_kᵀ x before Q_k.
     """
 
-    def __init__(self, d_in, d_out, groups: tuple[str, ...], rank, orthogonal_map: str, l2_normalize: bool):
+    def __init__(self, d_in, d_out, groups: tuple[str, ...], rank, orthogonal_map: str, l2_normalize: bool,
+                 init: str = "xavier"):  # fmt: skip
         super().__init__()
         self.l2_normalize = l2_normalize
         self.shared = nn.Linear(d_in if rank is None else rank, d_out)  # U and b (or W and b)
@@ -157,7 +164,10 @@ class FactorLinear(nn.Module):
             self.down = nn.ModuleDict({k: nn.Linear(d_in, rank, bias=False) for k in groups})  # V_kᵀ
             self.mix = nn.ModuleDict({k: orthogonal_square(rank, orthogonal_map) for k in groups})  # Q_k
         for lin in [self.shared, *(self.down.values() if self.down is not None else ())]:
-            nn.init.normal_(lin.weight, std=0.02)  # BERT's init (the code's _init_weights)
+            if init == "bert":
+                nn.init.normal_(lin.weight, std=0.02)  # the AVBERT code's _init_weights
+            else:
+                nn.init.xavier_uniform_(lin.weight)  # timm's init_weights_vit_jax, as the other methods' blocks
         nn.init.zeros_(self.shared.bias)
 
     def forward(self, x: Tensor, group: str) -> Tensor:
@@ -176,7 +186,7 @@ class FactorLayer(nn.Module):
         super().__init__()
         d, hidden = backbone.embed_dim, int(backbone.embed_dim * backbone.mlp_ratio)
         self.heads, self.pre_norm, self.dropout = backbone.num_heads, cfg.pre_norm, cfg.dropout
-        make = lambda n, m: FactorLinear(n, m, groups, cfg.rank, cfg.orthogonal_map, cfg.l2_normalize)  # noqa: E731
+        make = lambda n, m: FactorLinear(n, m, groups, cfg.rank, cfg.orthogonal_map, cfg.l2_normalize, cfg.init)  # noqa: E731
         self.q, self.k, self.v, self.out = make(d, d), make(d, d), make(d, d), make(d, d)
         self.ffn_in, self.ffn_out = make(d, hidden), make(hidden, d)
         self.norm1, self.norm2 = layer_norm(d), layer_norm(d)
