@@ -54,6 +54,11 @@ class TrainConfig(_Strict):
     min_lr: float = Field(0.0, ge=0, description="learning rate at the end of the cosine decay")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables clipping")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per trial; null = torch default")
+    frozen_cache: bool = Field(
+        False,
+        description="compute a frozen backbone's activations before its first trainable layer once per clip and reuse "
+        "them across epochs and trials (cache_dir/activations; off with augmentation, dropout or drop path)",
+    )
     mixup_alpha: float = Field(0.0, ge=0, description="mixup: each batch mixed with its reversal by w ~ Beta(α, α), "
                                "labels as soft targets (MBT: 0.5); 0 = no mixup (harness/augment.py)")  # fmt: skip
     modality_mixup: bool = Field(False, description="MBT's modality-mixup: an independent w per modality, each "

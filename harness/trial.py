@@ -130,7 +130,16 @@ def run_trial(spec: RunSpec, reporter: Reporter | None = None) -> dict[str, floa
     if getattr(method, "pretrained_key", None):  # backbone.pretrained: the cached weights' key (harness/pretrain.py)
         tags["harness.backbone_pretrained"] = method.pretrained_key
     reporter.start({"tags": tags, "metrics": model_cost(method, task, data.spec)})
-    return engine.fit(method, task, data, reporter.report, reporter if hasattr(reporter, "restore") else None)
+    cache = None
+    if spec.train.frozen_cache:  # the frozen prefix's activations, once per clip (harness/frozen_cache.py)
+        from harness.frozen_cache import attach
+
+        cache = attach(method, spec, data, cache_dir(spec) / "activations")
+    final = engine.fit(method, task, data, reporter.report, reporter if hasattr(reporter, "restore") else None)
+    if cache is not None:
+        cache.save()  # later trials over the same frozen part and data start from it
+        print(f"frozen cache: {cache.hits} hits, {cache.misses} misses", file=sys.stderr)
+    return final
 
 
 def checkpoint_dir(spec: RunSpec) -> Path:

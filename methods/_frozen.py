@@ -21,7 +21,7 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` la
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +97,7 @@ class FrozenBackbone(FusionMethod):
     """
 
     Config = FrozenConfig
+    frozen_prefix: ClassVar[str] = "tokens"  # always frozen: harness/frozen_cache.py may cache its output
 
     def __init__(self, cfg: FrozenConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)

@@ -106,3 +106,19 @@ def test_saved_cache_is_reused_by_a_later_trial_and_keyed_by_weights(tiny_run, t
     _, _, other, _ = built({**tiny_run, "seed": 1}, {"name": "frozen", "train_norms": False})  # other weights
     fresh = frozen_cache.attach(other, spec, data, directory=tmp_path, verbose=False)
     assert fresh.key != cache.key and not fresh.loaded
+
+
+def test_run_trial_with_the_cache_trains_the_same_and_saves_it(tiny_run, capsys):
+    # train.frozen_cache in a real trial: the same metrics as without it, and a file the next trial reuses.
+    from harness.trial import cache_dir, run_trial
+
+    run = {**tiny_run, "method": {"name": "frozen", "train_norms": False}, "train": {**tiny_run["train"], "epochs": 2}}
+    plain = run_trial(RunSpec.from_dict(run))
+    spec = RunSpec.from_dict({**run, "train": {**run["train"], "frozen_cache": True}})
+    cached = run_trial(spec)
+    for k in ("train/loss", "val/top1", "test/top1", "test/top1:audio_only"):
+        assert cached[k] == pytest.approx(plain[k], rel=1e-5, abs=1e-6), k
+    files = list((cache_dir(spec) / "activations").glob("*.safetensors"))
+    assert len(files) == 1
+    err = capsys.readouterr().err
+    assert "hits" in err and " 0 hits" not in err
