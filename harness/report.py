@@ -263,7 +263,9 @@ def cli_report(sweep: str | None, spec: str | None, out: str, fmt: str | None, t
     uri = resolve_uri(tracking_uri)
     try:
         paths = build_report(uri, sweep, Path(out), fmt, loaded)
-    except LookupError as e:
+    except LookupError as e:  # nothing to report (no such sweep, no finished run); a KeyError is a bug: raise it
+        if isinstance(e, KeyError):
+            raise
         print(f"error: {e}")
         return 1
     for kind, p in paths.items():

@@ -109,6 +109,14 @@ def to_html(show: pd.DataFrame, title: str, note: str, png: Path | None = None,
             + "\n".join(parts) + "\n</body></html>\n")  # fmt: skip
 
 
+def colours(n: int) -> list:
+    """``n`` distinct colours: tab10 up to 10 (the default look), tab20 up to 20, then evenly spaced hues."""
+    import seaborn as sns
+
+    n = max(n, 1)
+    return sns.color_palette("tab10" if n <= 10 else "tab20" if n <= 20 else "husl", n)
+
+
 def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
     """Top-1 (mean ± 95% CI) against the fusion layer per method, saved to each of ``paths`` (PNG, SVG, ...).
 
@@ -122,7 +130,7 @@ def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
 
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    palette = dict(zip(table["method.name"].unique(), sns.color_palette("tab10")))
+    palette = dict(zip(table["method.name"].unique(), colours(table["method.name"].nunique())))
     layered = table[table["method.fusion_layer"] != "—"]
     methods = list(layered["method.name"].unique())
     for i, (method, g) in enumerate(layered.groupby("method.name", sort=False)):
@@ -175,7 +183,7 @@ def spec_figure(data: pd.DataFrame, fig, paths: list[Path], title: str) -> list[
 
     sns.set_theme(style="whitegrid")
     fig_, ax = plt.subplots(figsize=(7, 4.5))
-    palette = dict(zip(data["hue"].unique(), sns.color_palette("tab10", max(data["hue"].nunique(), 1))))
+    palette = dict(zip(data["hue"].unique(), colours(data["hue"].nunique())))
     placed, refs = data[data["x"].notna()], data[data["x"].isna()]
     series = list(placed["series"].unique())
     xs = sorted(placed["x"].unique())

@@ -243,3 +243,17 @@ def test_figure_spec_errors_name_the_key_and_what_is_valid(tmp_path):
     twice = "figures: [{name: a, x: gflops, y: top1}, {name: a, x: gflops, y: gflops}]\n"
     assert "names must differ" in _errors(tmp_path, twice)
     assert FigureSpec(name="a", x="method.fusion_layer", y="top1").is_row_key("method.fusion_layer")
+
+
+def test_default_figure_draws_more_methods_than_one_palette_has(tmp_path):
+    # 13 methods (the methods sweep) once failed with KeyError: tab10 has 10 colours.
+    import pandas as pd
+
+    from harness.report_render import colours, figure
+
+    names = [f"m{i}" for i in range(13)]
+    cols = {"method.name": names, "method.fusion_layer": ["—"] * 13, "test top-1": range(13)}
+    table = pd.DataFrame({**cols, "test top-1 ci95": [1.0] * 13})
+    figure(table, [tmp_path / "f.png"], "13 methods")
+    assert (tmp_path / "f.png").stat().st_size > 0
+    assert len(set(colours(13))) == 13
