@@ -131,17 +131,14 @@ class ActivationCache:
 
     def save(self) -> Path | None:
         """Write every entry to ``directory`` (safetensors; the tree spec as JSON metadata); None = memory only."""
-        from safetensors.torch import save_file
+        from harness.weights import save_atomic
 
         path = self.path()
         if path is None or self.spec is None or not self.entries:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{k}#{j}": t.contiguous() for k, leaves in self.entries.items() for j, t in enumerate(leaves)}
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"treespec": pytree.treespec_dumps(self.spec), "key": self.key})
-        tmp.replace(path)  # atomic: concurrent trials never read half a file
-        return path
+        # Atomic, per-process temporary: concurrent trials never read half a file nor write into each other's.
+        return save_atomic(tensors, path, metadata={"treespec": pytree.treespec_dumps(self.spec), "key": self.key})
 
     def load(self) -> bool:
         """Read an earlier trial's entries when a file of this key exists."""

@@ -178,8 +178,9 @@ def pretrained_backbone(
         cfg: the pretraining settings; default :class:`PretrainConfig`.
     """
     from filelock import FileLock
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
+    from harness.weights import save_atomic
     from methods._frozen import FrozenBackbone, FrozenConfig
 
     cfg = cfg or PretrainConfig()
@@ -195,9 +196,7 @@ def pretrained_backbone(
                 bb = backbone.model_copy(update={"pretrained": "none", "checkpoint": None})
                 model = FrozenBackbone(FrozenConfig(name="pretrain", audio_embed=audio_embed), bb, input_spec(draw))
                 state = pretrain(model, draw, cfg)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file(state, str(tmp), metadata={"harness.pretrain": json.dumps(cfg.model_dump())})
-            os.replace(tmp, path)
+            save_atomic(state, path, metadata={"harness.pretrain": json.dumps(cfg.model_dump())})
             print(f"pretrained the synthetic backbone {key} in {time.perf_counter() - tick:.1f} s: {path}",
                   file=sys.stderr)  # fmt: skip
     return load_file(str(path)), key

@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 
 from harness.config import ConfigError, RunSpec
+from harness.data.base import harness_cache
 from harness.registry import ENGINES, FORMATS, METHODS, TASKS
 
 
@@ -53,7 +54,7 @@ class PrintReporter:
 
 def cache_dir(spec: RunSpec) -> Path:
     """Where generated and prepared data is cached: ``cache_dir``, ``$HARNESS_CACHE`` or ~/.cache/fusion-harness."""
-    return Path(spec.cache_dir or os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "fusion-harness")
+    return Path(spec.cache_dir) if spec.cache_dir else harness_cache()
 
 
 def seed_everything(seed: int) -> None:

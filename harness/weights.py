@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,22 @@ WRAPPERS = ("model", "state_dict")  # timm train checkpoints, DeiT / MAE release
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the configured backbone."""
+
+
+def save_atomic(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file whole or not at all: to a per-process temporary name, then an atomic rename.
+
+    Concurrent writers of the same path (two trials filling one cache) never interleave, and a reader never sees half
+    a file; the last rename wins, which is harmless where writers produce the same content.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:

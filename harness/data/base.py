@@ -7,7 +7,14 @@ them and adds ``audio_present`` / ``video_present`` bool (B,) masks.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def harness_cache() -> Path:
+    """The default cache of generated and prepared data: ``$HARNESS_CACHE`` or ~/.cache/fusion-harness."""
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "fusion-harness")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from harness.data.annotations import ClipRecord
+from harness.data.base import harness_cache
 from harness.data.decode import CorruptMediaError, decode, decoder_name
 from harness.data.frontend import kaldi_fbank
 
@@ -139,7 +140,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _write_shard(folder: Path, ids: list[str], checksums: list[str], outs: list, decoder: str) -> str:
-    from safetensors.torch import save_file
+    from harness.weights import save_atomic
 
     taken = [int(p.name[6:11]) for p in folder.glob("shard-*.safetensors")]
     name = f"shard-{max(taken, default=-1) + 1:05d}.safetensors"
@@ -149,9 +150,7 @@ def _write_shard(folder: Path, ids: list[str], checksums: list[str], outs: list,
         "audio_present": torch.tensor([o[2] for o in outs], dtype=torch.bool),
     }
     meta = {"ids": json.dumps(ids), "checksums": json.dumps(checksums), "decoder": decoder}
-    tmp = folder / f"{name}.tmp{os.getpid()}"
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, folder / name)  # atomic: a shard exists whole or not at all
+    save_atomic(tensors, folder / name, metadata=meta)  # a shard exists whole or not at all
     return name
 
 
@@ -294,11 +293,6 @@ def resolve_params(dataset: str, root: str, cache: str | None, overrides: list[s
         return cls, cls.Config.model_validate(fields)
     except ValidationError as e:
         raise ConfigError(pydantic_errors(e, "dataset", cls.Config)) from e
-
-
-def harness_cache() -> Path:
-    """``$HARNESS_CACHE`` or ~/.cache/fusion-harness (as a run's ``cache_dir: null``)."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "fusion-harness")
 
 
 def cli_prepare(dataset: str, root: str, cache: str | None, workers: int, strict: bool, overrides: list[str]) -> int:

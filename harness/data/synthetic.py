@@ -253,15 +253,15 @@ def config_hash(cfg: SyntheticConfig) -> str:
 
 def load_or_generate(cfg: SyntheticConfig, cache_dir: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
     """Load the cached splits for ``cfg``, generating and caching them (atomically) on first use."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from harness.weights import save_atomic
 
     path = Path(cache_dir) / "synthetic" / f"{config_hash(cfg)}.safetensors"
     if not path.exists():
         data = generate(cfg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({f"{s}/{k}": v.contiguous() for s, d in data.items() for k, v in d.items()}, str(tmp))
-        os.replace(tmp, path)  # concurrent generators race harmlessly: same content, atomic rename
+        # Concurrent generators race harmlessly: same content, atomic rename.
+        save_atomic({f"{s}/{k}": v.contiguous() for s, d in data.items() for k, v in d.items()}, path)
     flat = load_file(str(path))
     return {s: {k: flat[f"{s}/{k}"] for k in ("video", "audio", "label")} for s in SPLITS}
 
