@@ -29,6 +29,17 @@ class BackboneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="preset name the defaults came from (e.g. 'tiny', 'vit_b16')")
+    family: Literal["vit", "swinv2"] = Field(
+        "vit",
+        description="vit: the harness's plain ViT (every method); swinv2: timm's Swin Transformer V2 (window "
+        "attention, patch merging between stages), for the frozen-backbone methods that support it (lavish, avish)",
+    )
+    stage_depths: tuple[int, ...] | None = Field(
+        None,
+        description="swinv2 only: blocks per stage (e.g. [2, 2, 18, 2]); depth must be their sum, embed_dim and "
+        "num_heads are the first stage's and double at each later stage",
+    )
+    window_size: int = Field(12, gt=0, description="swinv2 only: attention window (tokens per side)")
     embed_dim: int = Field(gt=0, description="D, token width")
     depth: int = Field(gt=0, description="L, number of transformer blocks per stream")
     num_heads: int = Field(gt=0, description="attention heads per block; must divide embed_dim")
@@ -66,7 +77,28 @@ class BackboneConfig(BaseModel):
     def _heads_divide_width(self) -> BackboneConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        if self.family == "swinv2":
+            if not self.stage_depths:
+                raise ValueError("family=swinv2 needs stage_depths (blocks per stage, e.g. [2, 2, 18, 2])")
+            if sum(self.stage_depths) != self.depth:
+                raise ValueError(f"depth={self.depth} must equal sum(stage_depths)={sum(self.stage_depths)}")
+            if self.tubelet != 1:
+                raise ValueError(f"family=swinv2 embeds each frame as an image: tubelet must be 1, not {self.tubelet}")
+            if self.pretrained != "none":
+                raise ValueError("pretrained=synthetic pretrains a ViT (harness/pretrain.py), not a Swin-V2; use "
+                                 "backbone.checkpoint with a timm Swin-V2 state dict")  # fmt: skip
+        elif self.stage_depths is not None:
+            raise ValueError("stage_depths is a swinv2 field; a vit backbone has one stack of `depth` blocks")
         return self
+
+    def stage_widths(self) -> list[int]:
+        """Token width of every stage: [D] for a ViT, [C, 2C, 4C, ...] for a Swin-V2."""
+        return [self.embed_dim * 2**i for i in range(len(self.stage_depths or (self.depth,)))]
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the final tokens (the last stage's for a Swin-V2)."""
+        return self.stage_widths()[-1]
 
     def check(self, spec: InputSpec | None = None) -> list[tuple[str, str]]:
         """Cross-checks that need the file system or the dataset's input spec.
@@ -100,7 +132,23 @@ class BackboneConfig(BaseModel):
                         f"audio_patch={list(self.audio_patch)}",
                     )
                 )
+            if self.family == "swinv2":
+                errors += _swin_input_errors(self, spec)
         return errors
+
+
+def _swin_input_errors(cfg: BackboneConfig, spec: InputSpec) -> list[tuple[str, str]]:
+    """A Swin-V2 pairs frame t with audio window t (LAVISH's per-segment pairs): the shapes must split evenly."""
+    p, errors = cfg.patch_size, []
+    if spec.image_size % p or spec.n_mels % p:
+        msg = (
+            f"{p} must divide the image size {spec.image_size} and n_mels {spec.n_mels} (no VALID cropping in Swin-V2)"
+        )
+        errors.append(("backbone.patch_size", msg))
+    if spec.n_frames % spec.frames or (spec.n_frames // spec.frames) % p:
+        msg = f"{spec.n_frames} spectrogram frames must split into {spec.frames} windows (one per video frame)"
+        errors.append(("input.n_frames", f"{msg} of a multiple of {p} frames each"))
+    return errors
 
 
 # Presets: zero-arg functions returning the defaults (BACKBONES entries resolve to these). One place to tune.
@@ -144,6 +192,27 @@ def vit_b16() -> dict:
 def vit_l16() -> dict:
     """ViT-L/16 with 2-frame tubelets (the AV-MAE VGGSound MBT)."""
     return _vit16("vit_l16", 1024, 24, 16)
+
+
+def _swinv2(name: str, embed_dim: int, num_heads: int, stage_depths: tuple[int, ...], window_size: int) -> dict:
+    return dict(name=name, family="swinv2", embed_dim=embed_dim, depth=sum(stage_depths), num_heads=num_heads,
+                stage_depths=stage_depths, window_size=window_size, patch_size=4, tubelet=1, audio_patch=(4, 4),
+                drop_path=0.1)  # fmt: skip
+
+
+def swinv2_b() -> dict:
+    """Swin-V2-B, window 12 (timm ``swinv2_base_window12_192``; LAVISH's ``swinv2_base_window12_192_22k``)."""
+    return _swinv2("swinv2_b", 128, 4, (2, 2, 18, 2), 12)
+
+
+def swinv2_l() -> dict:
+    """Swin-V2-L, window 12 (timm ``swinv2_large_window12_192``; LAVISH's default ``swinv2_large_window12_192_22k``)."""
+    return _swinv2("swinv2_l", 192, 6, (2, 2, 18, 2), 12)
+
+
+def swinv2_micro() -> dict:
+    """A 2-stage width-32 Swin-V2 with 4-token windows, for CPU tests of the Swin path on the synthetic dataset."""
+    return dict(_swinv2("swinv2_micro", 32, 2, (2, 2), 4), drop_path=0.0)
 
 
 def video_grid(cfg: BackboneConfig, spec: InputSpec) -> tuple[int, int, int]:

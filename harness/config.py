@@ -404,7 +404,7 @@ def _resolve(d: dict) -> tuple[RunSpec | None, Errors]:
         input_spec = getattr(loader, "input_spec", None) if dataset is not None else None
         errors += backbone.check(input_spec(params) if callable(input_spec) else None)
     if method is not None and backbone is not None and hasattr(method, "check"):
-        for key, msg in method.check(backbone):
+        for key, msg in method.check_family(backbone) or method.check(backbone):
             errors.append((key if key.split(".")[0] in TOP_KEYS else f"method.{key}", msg))
 
     train = getattr(top, "train", None)

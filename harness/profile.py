@@ -61,7 +61,8 @@ class PaperPart(BaseModel):
 
     name: str = Field(description="what it is, e.g. imagenet21k_head, ave_fc1")
     in_features: int | None = Field(None, gt=0, description="a Linear layer's input width (with out_features)")
-    out_features: int | None = Field(None, gt=0, description="a Linear layer's output width; the Linear has a bias")
+    out_features: int | None = Field(None, gt=0, description="a Linear layer's output width")
+    bias: bool = Field(True, description="whether that Linear has a bias")
     params: int | None = Field(None, gt=0, description="a count of bare parameters instead of a Linear")
     trainable: bool = Field(description="whether the paper trains it (adds to trainable and to total)")
     why: str = Field("", description="where the paper's code has it (shown in the printout)")
@@ -78,7 +79,7 @@ class PaperPart(BaseModel):
         if self.params is not None:
             part = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(self.params))])
         else:
-            part = torch.nn.Linear(self.in_features, self.out_features)
+            part = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias)
         return part.requires_grad_(self.trainable)
 
 
@@ -172,7 +173,7 @@ def load_profile(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
         if backbone is not None:
             errors += backbone.check(shapes)
     if method is not None and backbone is not None:
-        errors += method.check(backbone)
+        errors += method.check_family(backbone) or method.check(backbone)
     if errors:
         raise ConfigError(label_errors(errors, origins))
     return ProfileSpec(raw.get("name", Path(path).stem), backbone, method, task_name, task, shapes, extras)

@@ -275,6 +275,9 @@ BACKBONES.register("vit_ti16", "harness.backbones:vit_ti16", "ViT-Ti/16 (D=192, 
 BACKBONES.register("vit_s16", "harness.backbones:vit_s16", "ViT-S/16 (D=384, L=12, 6 heads)")
 BACKBONES.register("vit_b16", "harness.backbones:vit_b16", "ViT-B/16 (D=768, L=12, 12 heads)")
 BACKBONES.register("vit_l16", "harness.backbones:vit_l16", "ViT-L/16 (D=1024, L=24, 16 heads)")
+BACKBONES.register("swinv2_b", "harness.backbones:swinv2_b", "Swin-V2-B, window 12 (C=128, stages 2/2/18/2); lavish, avish")  # noqa: E501
+BACKBONES.register("swinv2_l", "harness.backbones:swinv2_l", "Swin-V2-L, window 12 (C=192, stages 2/2/18/2); lavish, avish")  # noqa: E501
+BACKBONES.register("swinv2_micro", "harness.backbones:swinv2_micro", "2-stage C=32 Swin-V2 for CPU tests; lavish, avish")  # noqa: E501
 ENGINES.register("torch", "harness.engines.torch_engine:TorchEngine", "plain PyTorch train/eval loop (CPU or one GPU)")
 ENGINES.register("deepspeed", "harness.engines.deepspeed_engine:DeepSpeedEngine", "DeepSpeed (ZeRO 0-3, bf16/fp16) on engine.workers Ray Train ranks; gloo on CPU, nccl on GPU")  # noqa: E501
 ENGINES.register("auto", "harness.engines:AutoEngine", "deepspeed where CUDA is available, torch otherwise")

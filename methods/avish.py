@@ -17,6 +17,8 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` la
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from methods._adapters import AdapterConfig
@@ -25,6 +27,8 @@ from methods.lavish import LAVISH
 
 class AVISHConfig(AdapterConfig):
     """LAVISH's adapter flags without the latent tokens (no ``latent_tokens``, no ``latent_init``)."""
+
+    families: ClassVar[tuple[str, ...]] = ("vit", "swinv2")
 
     name: str = Field("avish", description="registry name of the method")
 

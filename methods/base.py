@@ -36,11 +36,21 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    families: ClassVar[tuple[str, ...]] = ("vit",)  # backbone families the method is built for
+
     name: str = Field(description="registry name of the method")
 
     def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
         """Cross-checks against the backbone; ``(key path, message)`` pairs, empty when consistent."""
         return []
+
+    def check_family(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
+        """An error when the method has no implementation on ``backbone.family``."""
+        if backbone.family in self.families:
+            return []
+        built = " or ".join(self.families)
+        msg = f"method {self.name!r} is built on {built} backbones, not {backbone.family} ({backbone.name})"
+        return [("backbone.family", msg + "; pick a ViT backbone (e.g. vit_b16)")]
 
 
 Readout = Literal["cls", "gap"]

@@ -21,8 +21,10 @@ Known differences:
   frozen backbone (``harness/weights.py``): its 2-D patch kernel goes into the tubelet's central frame (which the
   audio path reads, so it meets exactly the image kernel), the positional grid is resized/tiled to the video grid,
   and the CLS position is folded into the CLS token. The AVE code instead uses timm's model as it is.
-- The Swin-V2 path (the README's default backbone) is not ported: the adapters sit in the harness's ViT blocks.
-  ``start_tune_layers`` (skip adapters below layer k) is not ported (its default, 0, is what runs here).
+- Swin-V2 (the README's default backbone): with ``backbone.family: swinv2`` (presets ``swinv2_b``, ``swinv2_l``)
+  this class builds ``methods._swin.SwinLAVISH`` instead, the same adapters in timm's frozen Swin-V2 blocks (its
+  header lists what differs there).
+- ``start_tune_layers`` (skip adapters below layer k) is not ported (its default, 0, is what runs here).
 
 Update rule of block l (both directions from the same states, ViT pre-norm branches, METHODS.md §2.4):
     a1 = A_p1(z_a, z_v);  v1 = V_p1(z_v, z_a)
@@ -55,6 +57,8 @@ OTHER = {"audio": "video", "video": "audio"}
 class LAVISHConfig(AdapterConfig):
     """LAVISH's adapter flags; defaults = the README's AVE Swin command (r 8, 2 groups, 2 tokens, BN, LNs, gates)."""
 
+    families: ClassVar[tuple[str, ...]] = ("vit", "swinv2")
+
     name: str = Field("lavish", description="registry name of the method")
     latent_tokens: int = Field(2, ge=1, description="m, latent tokens per adapter (num_tokens); cost grows with m")
     latent_init: Literal["rand", "zeros"] = Field(
@@ -70,6 +74,14 @@ class LAVISH(FrozenBackbone):
 
     Config = LAVISHConfig
     positions: ClassVar[tuple[str, ...]] = ("p1", "p2")  # beside the MHSA, beside the FFN
+
+    def __new__(cls, cfg: AdapterConfig, backbone: BackboneConfig, spec: InputSpec):
+        """A Swin-V2 backbone builds the same adapters in timm's Swin-V2 blocks (``methods/_swin.py``)."""
+        if backbone.family == "swinv2":
+            from methods._swin import SwinLAVISH
+
+            return SwinLAVISH(cfg, backbone, spec)
+        return super().__new__(cls)
 
     def __init__(self, cfg: AdapterConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)  # the frozen shared tokeniser, blocks and final norm (methods/_frozen.py)

@@ -70,3 +70,30 @@ def test_a_paper_part_is_a_linear_or_a_count_not_both(tmp_path):
     path.write_text(bad)
     with pytest.raises(ConfigError, match="paper_extras.*adapter_gate_tk"):
         load_profile(path)
+
+
+SWIN_PRESETS = [
+    ("lavish_swinv2b_ave", "swinv2_base_window12_192", 128),
+    ("lavish_swinv2l_ave", "swinv2_large_window12_192", 192),
+]
+
+
+@pytest.mark.parametrize(("name", "timm_name", "c"), SWIN_PRESETS)
+def test_swin_presets_are_timms_swin_plus_adapters_at_every_stage_width(name, timm_name, c):
+    """Swin-V2 presets: timm's own model (built here from timm's registry, on meta) + 4 adapters per block."""
+    import timm
+    import torch
+
+    p = profile(load_profile(preset_path(name)))
+    with torch.device("meta"):
+        swin = sum(t.numel() for t in timm.create_model(timm_name, num_classes=0).parameters())
+        head22k = sum(t.numel() for t in torch.nn.Linear(8 * c, 21841).parameters())
+    widths = [c] * 2 + [2 * c] * 2 + [4 * c] * 18 + [8 * c] * 2  # blocks of the 2/2/18/2 stages
+    adapters = sum(4 * adapter(d) for d in widths)
+    assert p["params_trainable"] == adapters + linear(8 * c, CLASSES)
+    assert p["params_total"] == swin + adapters + linear(8 * c, CLASSES)
+    assert p["tokens"] == {"audio": 48 * 48, "video": 48 * 48}  # 192² through 4² patches, both modalities
+    downsamplers = sum(w // (2 * R) * (w // R) for w in (2 * c, 4 * c, 8 * c))  # Linear(w/2r -> w/r), no bias
+    trainable = adapters + 96 + downsamplers + linear(16 * c, 512) + linear(512, CLASSES)
+    assert p["paper"]["params_trainable"] == trainable
+    assert p["paper"]["params_total"] == swin + head22k + trainable

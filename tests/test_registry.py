@@ -105,7 +105,9 @@ def test_builtin_tables():
         ["adapter", "audio_only", "avish", "cross", "frozen", "late", "lavish", "lora", "lowrank", "mbt", "prompt",
          "vanilla", "video_only"]
     )  # fmt: skip
-    assert registry.BACKBONES.names() == ["tiny", "vit_b16", "vit_l16", "vit_s16", "vit_ti16"]
+    assert registry.BACKBONES.names() == sorted(
+        ["tiny", "vit_ti16", "vit_s16", "vit_b16", "vit_l16", "swinv2_b", "swinv2_l", "swinv2_micro"]
+    )
     assert registry.TASKS.names() == ["classification", "localization", "multihead", "multilabel"]
     assert registry.ENGINES.names() == ["auto", "deepspeed", "torch"]
     assert registry.FORMATS.names() == ["audioset_csv", "ave", "class_folders", "epic_csv", "synthetic", "vggsound_csv"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from harness.backbones import BackboneConfig
 from harness.complexity import count_params
 from harness.registry import METHODS
 
@@ -18,8 +19,13 @@ VARIANTS = {
         {"audio_embed": "spectrogram", "latent_init": "zeros"},
         {"bn": False, "ln_before": False, "ln_post": False, "gate_audio": False, "train_norms": True, "groups": 1},
     ],
-    "avish": [{"audio_embed": "spectrogram", "train_norms": True}],
+    "avish": [{"audio_embed": "spectrogram", "train_norms": True}, {"backbone": "swinv2"}],
 }
+VARIANTS["lavish"] += [{"backbone": "swinv2"}, {"backbone": "swinv2", "train_norms": True, "bn": False}]
+# A 2-stage Swin-V2 on the tests' input (16² frames, 16 x 12 audio windows): a plain and a shifted-window block,
+# patch merging, and both window masks; {"backbone": "swinv2"} in a variant builds the method on it.
+SWIN = dict(name="test_swin", family="swinv2", embed_dim=16, depth=3, num_heads=2, stage_depths=(2, 1),
+            window_size=2, patch_size=4, tubelet=1, audio_patch=(4, 4))  # fmt: skip
 CASES = [(name, {}) for name in METHODS.names()] + [
     (name, v) for name, vs in VARIANTS.items() if name in METHODS for v in vs
 ]
@@ -30,6 +36,9 @@ VIDEO_PRESENT = [True, False, True, False]
 
 
 def build(name: str, overrides: dict, backbone, spec, seed: int = 0):
+    overrides = dict(overrides)
+    if overrides.pop("backbone", None) == "swinv2":
+        backbone = BackboneConfig(**SWIN, drop_path=backbone.drop_path)
     torch.manual_seed(seed)
     cls = METHODS.get(name)
     return cls(cls.Config(name=name, **overrides), backbone, spec)
