@@ -87,3 +87,10 @@ def test_parser_wires_handler_arguments():
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["report", "--sweep", "x"])  # --out is required
     assert e.value.code == 2
+
+
+def test_the_readmes_run_file_and_shipped_sweeps_validate(capsys):
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "run.yaml", *sorted((root / "sweeps").glob("*.yaml"))]
+    assert main(["validate", *map(str, files)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{root / 'run.yaml'}: ok (run)"
