@@ -4,11 +4,12 @@ Three ways of running the same N trials (the synthetic default at a reduced size
 thread each, as a sweep gives a trial that holds one CPU):
 
 - ``sequential``: ``run_trial`` N times in this process (silent reporter): the baseline.
-- ``sweep x1``: ``harness.sweep.run_sweep`` at ``max_concurrent_trials=1`` into a temporary MLflow store: Ray
-  start-up and shutdown, one worker process per trial, Tune's reporting and the driver's MLflow logging included.
+- ``sweep x1``: ``harness.sweep.run_sweep`` at ``max_concurrent_trials=1`` into a temporary MLflow store, as a user
+  runs it: Ray start-up and shutdown, a worker process reused across trials (``tune.reuse_actors``, the default),
+  Tune's reporting and the driver's MLflow logging included.
 - ``sweep x2``: the same at ``max_concurrent_trials=2`` on the machine's cores (the target assumes 2).
-- ``x1 reuse`` (what-if, ``--no-reuse-actors`` drops it): ``sweep x1`` with Tune's ``reuse_actors=True`` patched
-  into ``run_sweep``'s ``TuneConfig``, so one worker process (torch imported once) runs every trial.
+- ``x1 fresh`` (``--no-fresh`` drops it): ``sweep x1`` with ``tune.reuse_actors: false``, a new worker process (torch,
+  timm and the harness imported again) per trial: what reusing workers saves.
 
 Ray start-up (``ray.init``, timed inside ``run_sweep``) is part of what a user waits for, so it is included in
 both sweep figures and also printed on its own. The MLflow store is created (schema migrations) once before
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import statistics
 import tempfile
@@ -40,7 +40,7 @@ class Silent:
         pass
 
 
-def sweep_dict(trials: int, epochs: int, clips: int, cache: Path, concurrent: int) -> dict:
+def sweep_dict(trials: int, epochs: int, clips: int, cache: Path, concurrent: int, reuse: bool = True) -> dict:
     """A sweep over ``trials`` seeds of one tiny method on a reduced synthetic default."""
     return {
         "name": f"bench_sweep_x{concurrent}",
@@ -50,7 +50,7 @@ def sweep_dict(trials: int, epochs: int, clips: int, cache: Path, concurrent: in
         "train": {"epochs": epochs, "threads": 1},
         "cache_dir": str(cache),
         "search": {"seed": {"grid": list(range(trials))}},
-        "tune": {"max_concurrent_trials": concurrent, "resources": {"cpu": 1}},
+        "tune": {"max_concurrent_trials": concurrent, "resources": {"cpu": 1}, "reuse_actors": reuse},
     }
 
 
@@ -60,8 +60,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--clips", type=int, default=960, help="clips in the train split (val and test: a quarter)")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time a what-if sweep x1 whose Tune reuses one worker process across trials")  # fmt: skip
+    ap.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time sweep x1 with a new worker process per trial (reuse_actors: false)")  # fmt: skip
     args = ap.parse_args()
 
     import ray
@@ -74,10 +74,11 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     specs = {}
-    for concurrent in (1, 2):
-        path = tmp / f"sweep_x{concurrent}.yaml"
-        path.write_text(yaml.safe_dump(sweep_dict(args.trials, args.epochs, args.clips, tmp / "cache", concurrent)))
-        specs[concurrent] = load_config(path)
+    for key, concurrent, reuse in ((1, 1, True), (2, 2, True), ("fresh", 1, False)):
+        path = tmp / f"sweep_{key}.yaml"
+        path.write_text(yaml.safe_dump(sweep_dict(args.trials, args.epochs, args.clips, tmp / "cache", concurrent,
+                                                  reuse)))  # fmt: skip
+        specs[key] = load_config(path)
     runs = [specs[1].resolve({"seed": s}) for s in range(args.trials)]
     uri, log = f"sqlite:///{tmp / 'mlflow.db'}", tmp / "sweeps.log"
 
@@ -101,18 +102,10 @@ def main() -> None:
         finally:
             torch.set_num_threads(threads)
 
-    def sweep(concurrent: int, reuse: bool = False):
+    def sweep(key):
         def go() -> None:
-            from ray import tune
-
-            tune_config = tune.TuneConfig
-            if reuse:  # what-if: run_sweep with TuneConfig(reuse_actors=True), one worker process for many trials
-                tune.TuneConfig = functools.partial(tune_config, reuse_actors=True)
-            try:
-                with open(log, "a") as out, contextlib.redirect_stdout(out):  # the driver's per-trial lines
-                    failed = run_sweep(specs[concurrent], tracking=uri, storage=str(tmp / "ray"))
-            finally:
-                tune.TuneConfig = tune_config
+            with open(log, "a") as out, contextlib.redirect_stdout(out):  # the driver's per-trial lines
+                failed = run_sweep(specs[key], tracking=uri, storage=str(tmp / "ray"))
             if failed:
                 raise RuntimeError(f"{failed} trial(s) of the benchmark sweep failed; see {log}")
 
@@ -125,8 +118,8 @@ def main() -> None:
     mlflow.MlflowClient(uri).search_experiments()  # create the store (schema migrations) outside the timings
     run_trial(runs[0], Silent())  # first-call costs of this process (kernels, allocator) outside the timings
     variants = {"sequential": sequential, "sweep x1": sweep(1), "sweep x2": sweep(2)}
-    if args.reuse_actors:
-        variants["x1 reuse"] = sweep(1, reuse=True)
+    if args.fresh:
+        variants["x1 fresh"] = sweep("fresh")
     times: dict[str, list[float]] = {k: [] for k in variants}
     inits: dict[str, list[float]] = {k: [] for k in variants if k != "sequential"}
     for _ in range(args.repeat):
@@ -149,9 +142,9 @@ def main() -> None:
     print(f"ray_startup_s: {ray_start:.1f} s (ray.init inside run_sweep; no target)")
     overhead = (med["sweep x1"] - med["sequential"] - ray_start) / args.trials
     print(f"sweep_overhead_per_trial_s: {overhead:.1f} s (beyond Ray start-up; no target)")
-    if "x1 reuse" in med:
-        print(f"sweep_overhead_reuse_actors (1 concurrent): {med['x1 reuse'] / med['sequential']:.2f}x (what-if: "
-              "run_sweep with TuneConfig(reuse_actors=True); no target)")  # fmt: skip
+    if "x1 fresh" in med:
+        print(f"sweep_overhead_fresh_workers (1 concurrent): {med['x1 fresh'] / med['sequential']:.2f}x (tune."
+              "reuse_actors: false, a new worker process per trial; no target)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -80,6 +80,12 @@ class TuneConfig(BaseModel):
                                                "tables); asha: stop weak trials early (exploration; not budget-"
                                                "matched)")  # fmt: skip
     asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA's settings (tune.scheduler: asha)")
+    reuse_actors: bool = Field(
+        True,
+        description="run later trials in the worker process of an earlier one (torch and the harness imported once "
+        "per worker, not per trial; per-trial seeds, threads and peak memory are reset); false = a fresh process "
+        "per trial. Distributed-engine trials always get fresh workers",
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 # Ray Tune's newer console output prints a configuration box and TensorBoard hints; the harness prints one line
@@ -238,7 +239,10 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
             tune.with_resources(trainable, held),
             param_space=param_space(spec, base, path),
             tune_config=tune.TuneConfig(
-                num_samples=spec.tune.num_samples, max_concurrent_trials=concurrent, **scheduler_options(spec)
+                num_samples=spec.tune.num_samples,
+                max_concurrent_trials=concurrent,
+                reuse_actors=spec.tune.reuse_actors and not workers,
+                **scheduler_options(spec),
             ),
             run_config=tune.RunConfig(
                 name=Path(path).name,
@@ -256,10 +260,13 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
         status = "KILLED"  # interrupted: `--resume` continues it
         raise
     finally:
-        counts = trial_statuses(client, exp_id, parent_id)
-        client.set_tag(parent_id, "harness.failed_trials", str(len(counts["FAILED"])))
-        client.set_terminated(parent_id, status=status)
-        ray.shutdown()
+        try:
+            callback.drain()  # every queued write lands before the statuses are read (raises the first that failed)
+        finally:
+            counts = trial_statuses(client, exp_id, parent_id)
+            client.set_tag(parent_id, "harness.failed_trials", str(len(counts["FAILED"])))
+            client.set_terminated(parent_id, status=status)
+            ray.shutdown()
     failed = [f"{_run_label(r, spec)}: {r.data.tags.get('harness.error', '?')}" for r in counts["FAILED"]]
     stopped = f", {len(counts['KILLED'])} stopped early" if counts["KILLED"] else ""
     print(f"sweep '{spec.name}' done: {len(counts['FINISHED'])} finished ({callback.finished} in this run){stopped}, "
@@ -353,6 +360,31 @@ def _run_label(run, spec: SweepSpec) -> str:
     return " ".join(f"{k}={p[k]}" for k in [*spec.variants[0], *spec.axes] if k in p) or run.info.run_id
 
 
+class BackgroundWriter:
+    """One thread that runs MLflow writes in the order they were queued, off Tune's event loop.
+
+    Tune calls its callbacks from the loop that also starts the next trial, so a write that waits on the store
+    (a metric batch, the learning-curve figure, a run's end) would delay every later trial. :meth:`drain` waits for
+    all queued writes and raises the first one that failed, after the others have run: nothing queued is dropped.
+    """
+
+    def __init__(self):
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+
+    def drain(self) -> None:
+        pending, self._pending = self._pending, []
+        errors = [e for e in (f.exception() for f in pending) if e is not None]  # waits for each
+        if errors:
+            raise errors[0]
+
+
 class MlflowSweepCallback(Callback):
     """Ray Tune callback in the sweep driver: the only MLflow writer of a sweep.
 
@@ -364,6 +396,10 @@ class MlflowSweepCallback(Callback):
     A trial restarted after a failure, or after ``--resume``, continues its run: the run is found by the trial's
     ``harness.trial_id`` tag under the parent run, its params are not logged again, and a (metric, step) it already
     holds is not logged twice (a trial replays the epoch after its last checkpoint).
+
+    Writes that nothing waits on (metrics, params, figures, a run's end) go through a :class:`BackgroundWriter`;
+    it is drained before each Tune experiment snapshot (:meth:`get_state`) and before ``run_sweep`` reads the runs'
+    statuses. A trial's ``done`` line is printed once its run is closed.
     """
 
     def __init__(self, client, experiment_id: str, parent_run_id: str, spec, base: dict):
@@ -375,14 +411,26 @@ class MlflowSweepCallback(Callback):
         self.finished, self.failed, self.last = 0, [], {}
         self.history: dict[str, dict[int, dict[str, float]]] = {}  # trial id -> step -> metrics (a retry overwrites)
         self.t0: dict[str, float] = {}
+        self.writer = BackgroundWriter()
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment; a client is rebuilt, not pickled
-        return {**self.__dict__, "client": self.client.tracking_uri}
+        return {**self.__dict__, "client": self.client.tracking_uri, "writer": None}
 
     def __setstate__(self, state: dict) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.__dict__.update({**state, "client": MlflowClient(state["client"])})
+        self.__dict__.update({**state, "client": MlflowClient(state["client"]), "writer": BackgroundWriter()})
+
+    def drain(self) -> None:
+        """Wait for every queued MLflow write; raises the first that failed."""
+        self.writer.drain()
+
+    def get_state(self) -> None:
+        """Called by Tune right before it snapshots the experiment (what ``--resume`` restores): the queued writes
+        land first, so a trial the snapshot holds as finished, or checkpointed at epoch k, has its MLflow run closed,
+        or its metrics up to epoch k, even if the driver dies right after. The callback keeps no Tune state."""
+        self.drain()
+        return None
 
     def _label(self, trial) -> str:
         return _describe(trial.config, self.spec)
@@ -418,6 +466,7 @@ class MlflowSweepCallback(Callback):
                 "harness.trial_id": tid, "mlflow.runName": f"{self.spec.name}-{tid}"}  # fmt: skip
         run = self.client.create_run(self.experiment_id, tags=tags)
         self.runs[tid], self.logged[tid] = run.info.run_id, set()
+        # At once: a resumed sweep finds this run by its tag and does not log its params again.
         log_params(self.client, run.info.run_id, run_params(RunSpec.from_dict(d).to_dict()))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -427,11 +476,11 @@ class MlflowSweepCallback(Callback):
         run_id = self.runs[trial.trial_id]
         if _START in result:
             for key, value in json.loads(result[_START]).items():
-                self.client.set_tag(run_id, key, value)
+                self.writer.submit(self.client.set_tag, run_id, key, value)
         metrics = {k: v for k, v in result.items() if "/" in k and not k.startswith("config")}
         metrics.update({k: result[k] for k in ("epoch", "lr") if k in result})
         step = int(result.get("harness_step", 0))
-        log_metrics(self.client, run_id, metrics, step=step, logged=self.logged[trial.trial_id])
+        self.writer.submit(log_metrics, self.client, run_id, metrics, step=step, logged=self.logged[trial.trial_id])
         self.last[trial.trial_id] = {**self.last.get(trial.trial_id, {}), **metrics}
         steps = self.history.setdefault(trial.trial_id, {})
         steps[step] = {**steps.get(step, {}), **metrics}
@@ -440,23 +489,31 @@ class MlflowSweepCallback(Callback):
         if trial.trial_id in self.settled:
             return
         run_id, m = self.runs[trial.trial_id], self.last.get(trial.trial_id, {})
-        log_learning_curves(self.client, run_id, self.history.get(trial.trial_id, {}))
-        if not any(k.startswith("test/") for k in m):  # ended before its final test: the scheduler stopped it
-            self.client.set_tag(run_id, "harness.stopped_early", "true")
-            self.client.set_terminated(run_id, status="KILLED")
-            print(f"  stop  {self._label(trial)}: stopped early at epoch {int(m.get('epoch', -1)) + 1}", flush=True)
-            return
-        self.client.set_terminated(run_id, status="FINISHED")
-        self.finished += 1
-        shown = " ".join(f"{k}={m[k]:.1f}" for k in ("test/top1", "test/top1:audio_only", "test/top1:video_only")
-                         if k in m)  # fmt: skip
-        print(f"  done  {self._label(trial)}: {shown} ({time.time() - self.t0[trial.trial_id]:.0f} s)", flush=True)
+        history, label, seconds = dict(self.history.get(trial.trial_id, {})), self._label(trial), time.time()
+        seconds -= self.t0[trial.trial_id]
+        stopped = not any(k.startswith("test/") for k in m)  # ended before its final test: the scheduler stopped it
+        if not stopped:
+            self.finished += 1
+
+        def finish() -> None:  # in the writer, after the trial's metrics; its line is printed once the run is closed
+            log_learning_curves(self.client, run_id, history)
+            if stopped:
+                self.client.set_tag(run_id, "harness.stopped_early", "true")
+                self.client.set_terminated(run_id, status="KILLED")
+                print(f"  stop  {label}: stopped early at epoch {int(m.get('epoch', -1)) + 1}", flush=True)
+                return
+            self.client.set_terminated(run_id, status="FINISHED")
+            shown = " ".join(f"{k}={m[k]:.1f}" for k in ("test/top1", "test/top1:audio_only", "test/top1:video_only")
+                             if k in m)  # fmt: skip
+            print(f"  done  {label}: {shown} ({seconds:.0f} s)", flush=True)
+
+        self.writer.submit(finish)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # The error file is local to the driver right away; get_error() reads storage, which may lag behind.
         local = Path(trial.error_file) if trial.error_file else None
         text = (local.read_text() if local and local.exists() else trial.get_error()) or "unknown error (Ray logs)"
-        log_failure(self.client, self.runs[trial.trial_id], text)
+        self.writer.submit(log_failure, self.client, self.runs[trial.trial_id], text)
         first = error_summary(text)
         self.failed.append(f"{self._label(trial)}: {first}")
         print(f"  FAIL  {self._label(trial)}: {first}", flush=True)

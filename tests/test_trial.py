@@ -81,3 +81,21 @@ def test_frozen_parameters_stay_frozen(tiny_run, monkeypatch):
     TorchEngine(spec).fit(method, task, data, lambda m, s: None)
     after = method.tokens.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_peak_memory_is_per_trial_in_a_reused_worker():
+    """A sweep worker that runs several trials (tune.reuse_actors) reports each trial's own peak RSS (Linux)."""
+    import sys
+
+    from harness.engines.torch_engine import peak_memory_mb, reset_peak_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the per-trial reset uses /proc/self/clear_refs")
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    big += 1
+    with_big = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)
+    assert peak_memory_mb(cpu) < with_big - 48

@@ -34,7 +34,14 @@ from torch import nn
 
 from harness.augment import augment
 from harness.config import EngineConfig, RunSpec, TrainConfig
-from harness.engines.torch_engine import NonFiniteLossError, TorchEngine, injected_fault, rng_state, set_rng_state
+from harness.engines.torch_engine import (
+    NonFiniteLossError,
+    TorchEngine,
+    injected_fault,
+    reset_peak_memory,
+    rng_state,
+    set_rng_state,
+)
 
 
 class DeepSpeedConfig(EngineConfig):
@@ -216,8 +223,7 @@ class DeepSpeedEngine(TorchEngine):
         steps = len(train) // t.batch_size or 1
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=self.ds_config(),
                                           lr_scheduler=lambda o: self.schedule(o, steps))  # fmt: skip
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
         start, seen, train_time, last, history, first = time.perf_counter(), 0, 0.0, {}, {}, 0
         if (checkpoint := ray_checkpoint()) is not None:  # Ray Train kept one: continue after its epoch
             with checkpoint.as_directory() as folder:

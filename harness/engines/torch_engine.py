@@ -12,11 +12,13 @@ and learning rate as if it had never stopped. The last checkpoint also holds the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -131,8 +133,7 @@ class TorchEngine:
         steps = len(train) // t.batch_size or 1
         sched = self.schedule(opt, steps)
         params = [p for p in model.parameters() if p.requires_grad]
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
         start, seen, train_time, last, history = time.perf_counter(), 0, 0.0, {}, {}
         restored = checkpoints.restore() if checkpoints else None
         if restored is not None:
@@ -256,10 +257,31 @@ def injected_fault(spec: RunSpec) -> int | None:
     return int(epoch)
 
 
+_PROC = Path("/proc/self")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a trial's peak-memory window: the CUDA allocator's peak, and on Linux the process's peak RSS.
+
+    A sweep worker may run several trials (``tune.reuse_actors``); writing 5 to ``/proc/self/clear_refs`` resets
+    the kernel's resident-set high-water mark (VmHWM) to the current RSS, so each trial reports its own peak.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError):
+        (_PROC / "clear_refs").write_text("5")
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak on a GPU, max resident set size on the CPU."""
+    """Peak memory since :func:`reset_peak_memory`: CUDA allocator peak on a GPU, peak resident set size on the CPU.
+
+    On the CPU: VmHWM of ``/proc/self/status`` (Linux); elsewhere the process's lifetime ``ru_maxrss``.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        line = next(x for x in (_PROC / "status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024  # kB
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
