@@ -83,3 +83,23 @@ def test_meta_device_shapes() -> None:
         embed = VideoPatchEmbed(backbone(tubelet=2))
         out = embed(torch.empty(2, 5, 3, 19, 19))
     assert out.shape == (2, 2 * 2 * 2, 24) and out.device.type == "meta"
+
+
+def test_lavish_image_mode_audio_patches_equal_the_conv2d():
+    """LAVISH's spectrogram-as-image patch embedding (methods/_frozen.py) is the strided conv2d it replaces."""
+    import torch.nn.functional as F
+
+    from methods._frozen import image_patches
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 35, 50, generator=g, requires_grad=True).expand(-1, 3, -1, -1)  # remainders on both axes
+    kernel = torch.randn(8, 3, 4, 4, generator=g, requires_grad=True)
+    bias = torch.randn(8, generator=g, requires_grad=True)
+    ref = F.conv2d(x, kernel, bias, stride=4).flatten(2).transpose(1, 2)  # (B, f·t, D), frequency-major
+    ours = image_patches(x, kernel, bias)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    w = torch.randn(ref.shape, generator=g)
+    grads_ref = torch.autograd.grad((ref * w).sum(), (kernel, bias))
+    grads = torch.autograd.grad((ours * w).sum(), (kernel, bias))
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -361,6 +361,6 @@ def test_lavish_batchnorm_in_training_ignores_absent_clips(cls, backbone, spec, 
     first = {k: v[:1] if torch.is_tensor(v) else v[:1] for k, v in batch.items()}
     out, alone = model(batch), model(first)
     for m in ("audio", "video"):
-        # A batch of 2 and a batch of 1 sum the patch-embedding matmul in different orders (~1e-7), which the
-        # BatchNorm's division by a small variance scales up; a leak of the absent clip would be O(1).
-        torch.testing.assert_close(out["per_modality"][m][:1], alone["per_modality"][m], rtol=0, atol=1e-5)
+        # A batch of 2 and a batch of 1 sum the patch-embedding matmuls (video and audio) in different orders (~1e-7),
+        # which the BatchNorm's division by a small variance scales up; a leak of the absent clip would be O(1).
+        torch.testing.assert_close(out["per_modality"][m][:1], alone["per_modality"][m], rtol=0, atol=1e-4)
