@@ -1,7 +1,8 @@
 """Model step: each method's forward+backward throughput against a plain timm VisionTransformer, per FLOP.
 
 The reference is ``timm.models.vision_transformer.VisionTransformer`` of the same width, depth and heads over the
-same total token count (its image sized to give as many patches as the method has audio + video tokens). Each
+same total token count (its image sized to give as many patches as the method has tokens: audio + video, or the one
+modality a unimodal baseline reads). Each
 side's throughput (clips/s, forward + backward + AdamW step over the trainable parameters, batch 32) is multiplied
 by its forward FLOPs per clip (FlopCounterMode), so a method is not penalised for FLOPs it really adds. Every
 registered method is timed (the token-fusion ones at early fusion with GAP). Steps alternate one by one (ABAB...,
@@ -75,7 +76,8 @@ def measure(name: str, size: str, batch_size: int, pairs: int) -> tuple[float, i
     batch = example_batch(inp, batch_size)
     batch["video"], batch["audio"] = torch.randn_like(batch["video"]), torch.randn_like(batch["audio"])
     batch["label"] = torch.randint(0, inp.num_classes, (batch_size,))
-    n = num_video_tokens(bb, inp) + num_audio_tokens(bb, inp)
+    count = {"video": num_video_tokens, "audio": num_audio_tokens}
+    n = sum(count[m](bb, inp) for m in method.modalities)  # the tokens this method runs through its blocks
     vit = VisionTransformer(img_size=(16, 16 * n), patch_size=16, embed_dim=bb.embed_dim, depth=bb.depth,
                             num_heads=bb.num_heads, num_classes=inp.num_classes)  # fmt: skip
     images = torch.randn(batch_size, 3, 16, 16 * n)
