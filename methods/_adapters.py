@@ -71,14 +71,15 @@ def attend(q: Tensor, kv: Tensor, keep: Tensor | None = None) -> Tensor:
 
     Returns:
         (B, Nq, D).
+
+    Computed by ``F.scaled_dot_product_attention`` with ``scale=1`` (the attention kernel every method uses).
     """
-    scores = q @ kv.transpose(1, 2)  # (B, Nq, M)
     if keep is None:
-        return scores.softmax(-1) @ kv
-    keep = keep[:, None, :]  # (B, 1, M)
-    # A finite fill, not -inf: a row with no key gives a uniform softmax (no NaN, also in backward), then 0.
-    weights = scores.masked_fill(~keep, torch.finfo(scores.dtype).min).softmax(-1) * keep
-    return weights @ kv
+        return F.scaled_dot_product_attention(q, kv, kv, scale=1.0)
+    # An additive finite fill, not -inf: a row with no key gives a uniform softmax (no NaN, also in backward), then 0.
+    fill = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
+    out = F.scaled_dot_product_attention(q, kv, kv, attn_mask=fill[:, None, :], scale=1.0)  # (B, Nq, D)
+    return out * keep.any(-1)[:, None, None]
 
 
 class GroupedLinear(nn.Module):
