@@ -37,10 +37,12 @@ stage width, ``C`` the last stage's.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
-from timm.models.swin_transformer_v2 import SwinTransformerV2, checkpoint_filter_fn
+import torch.nn.functional as F
+from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
 from torch import Tensor, nn
 
 from harness.backbones import BackboneConfig
@@ -52,10 +54,38 @@ from methods.base import FusionMethod, mean_over_modalities, present_masks
 OTHER = {"audio": "video", "video": "audio"}
 
 
+class SDPAWindowAttention(WindowAttention):
+    """timm's Swin-V2 window attention computed by ``F.scaled_dot_product_attention`` (same parameters and outputs).
+
+    Cosine attention: softmax(τ_h · cos(q, k) + 16 σ(CPB) + shift mask) v. The per-head temperature τ_h is folded
+    into the normalised queries, so the kernel runs with ``scale=1`` and the position bias (plus the shifted-window
+    mask) as its additive mask.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B·nW, N, C) windows -> (B·nW, N, C); ``mask``: (nW, N, N) additive, or None."""
+        b_, n, c = x.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias)) if self.q_bias is not None else None
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(b_, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B·nW, H, N, d)
+        tau = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()  # (H, 1, 1)
+        q, k = F.normalize(q, dim=-1) * tau, F.normalize(k, dim=-1)
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        pos = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # (H, N, N)
+        pos = 16 * torch.sigmoid(pos)
+        if mask is not None:  # windows are batch-major: view (B, nW, H, N, d) against a (nW, H, N, N) mask
+            nw = mask.shape[0]
+            q, k, v = (t.view(-1, nw, *t.shape[1:]) for t in (q, k, v))
+            pos = pos[None] + mask[:, None].to(pos.dtype)
+        drop = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos, dropout_p=drop, scale=1.0)
+        return self.proj_drop(self.proj(out.reshape(b_, self.num_heads, n, -1).transpose(1, 2).reshape(b_, n, c)))
+
+
 def make_swinv2(cfg: BackboneConfig, spec: InputSpec) -> SwinTransformerV2:
-    """timm's Swin-V2 of ``cfg`` without a classifier, with window masks built per input size."""
+    """timm's Swin-V2 of ``cfg`` without a classifier, with window masks built per input size, attention by SDPA."""
     n = len(cfg.stage_depths)
-    return SwinTransformerV2(
+    model = SwinTransformerV2(
         img_size=spec.image_size,
         patch_size=cfg.patch_size,
         num_classes=0,
@@ -67,6 +97,10 @@ def make_swinv2(cfg: BackboneConfig, spec: InputSpec) -> SwinTransformerV2:
         drop_path_rate=cfg.drop_path,
         strict_img_size=False,
     )
+    for module in model.modules():
+        if type(module) is WindowAttention:
+            module.__class__ = SDPAWindowAttention  # the same module and state dict, another forward
+    return model
 
 
 class SwinLAVISH(FusionMethod):

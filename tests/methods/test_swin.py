@@ -137,3 +137,22 @@ def test_swin_configs_that_cannot_run_fail_naming_the_key(overrides, match):
     raw = {"name": "t", "backbone": {"name": "swinv2_micro"}, "method": {"name": "lavish"}} | overrides
     with pytest.raises(ConfigError, match=match):
         resolve_run(raw)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_by_sdpa_equals_timms(shifted):
+    """The SDPA forward (per-head temperature in q, position bias + shift mask as attn_mask) is timm's arithmetic."""
+    from timm.models.swin_transformer_v2 import WindowAttention
+
+    torch.manual_seed(0)
+    ours = make_swinv2(BackboneConfig(**SWIN), SPEC).layers[0].blocks[int(shifted)]
+    x = torch.randn(3, 4, 4, 16)
+    mask = ours.get_attn_mask(x)
+    assert (mask is not None) == shifted
+    windows = torch.randn(3 * 4, 4, 16)  # (B·nW, N, C): 3 clips x 4 windows of 2 x 2 tokens
+    with torch.no_grad():
+        ours.attn.logit_scale.uniform_(0.5, 3.0)
+        got = ours.attn(windows, mask=mask)
+        ours.attn.__class__ = WindowAttention
+        want = ours.attn(windows, mask=mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
