@@ -3,7 +3,15 @@ U·Q_k·normalize(V_kᵀx) + b, with U shared and V_k, orthogonal Q_k private to
 
 Paper: Lee, Yu, Kim, Breuel, Kautz, Song, "Parameter Efficient Multimodal Transformers for Video Representation
 Learning", ICLR 2021, https://arxiv.org/abs/2012.04124 (reported: Transformer parameters from 128 M to 4 M, -97 %).
-Init: ``init: xavier`` (default, as the other methods' blocks) or ``bert`` (the code's N(0, 0.02)); docs/methods.md.
+Init and step size (the paper is silent on both; docs/methods.md has the measurements):
+- ``init: matched`` (default): V_k xavier, U xavier rescaled (:func:`matched_gain`) so that the whole map's output has
+  the variance of a xavier-initialised full N -> M matrix. With the L2 normalisation, per-factor xavier (``xavier``)
+  starts each map about sqrt(N) times too small; ``bert`` is the code's N(0, 0.02) for U and V_k.
+- ``factor_lr_scale: 1/3`` (default): under Adam each of the three factors moves about lr per entry and step, so
+  U·Q_k·V_kᵀ moved 2.4× as far per step as one xavier matrix (rank = D, no L2) and trained like a full-rank model at
+  3× lr (stuck near chance). Each factor is stored divided by the scale (:class:`StepScale`): equations, init and
+  parameter counts are unchanged, only the optimiser's step on U, V_k and Q_k's generator shrinks. The code uses
+  one learning rate for everything (``factor_lr_scale: 1``).
 Reference implementation: sangho-vision/avbert ``code/models/{factor_linear,albert,bert,avbert}.py``, ``config.py``
 (``SHARING_ACROSS_LAYERS``, ``SHARING_ACROSS_MODELS``, ``USE_DECOMPOSITION``, ``ORTHOGONAL_SIZE = 128``).
 Paper vs official code vs here:
@@ -96,10 +104,18 @@ class LowRankConfig(MethodConfig):
     l2_normalize: bool = Field(True, description="L2-normalise V_kᵀx over its r entries before Q_k (AVBERT code)")
     pre_norm: bool = Field(False, description="pre-LN layers + a final LayerNorm; False = post-LN BERT (AVBERT)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention and layer outputs (code: 0.1)")
-    init: Literal["xavier", "bert"] = Field(
-        "xavier",
-        description="xavier: xavier-uniform U and V_k, as every other method's ViT blocks (MBT/JAX init); "
-        "bert: normal(0, 0.02) (the AVBERT code's _init_weights)",
+    init: Literal["matched", "xavier", "bert"] = Field(
+        "matched",
+        description="matched: xavier-uniform V_k and U, U rescaled so that the whole map's output has the variance of "
+        "a xavier full-rank N->M map (the paper is silent); xavier: xavier-uniform U and V_k each, as every other "
+        "method's ViT blocks (MBT/JAX init); bert: normal(0, 0.02) (the AVBERT code's _init_weights)",
+    )
+    factor_lr_scale: float = Field(
+        1 / 3,
+        gt=0,
+        description="multiplies the Adam(W) step of U, V_k and Q_k's generator (each factor is stored divided by it); "
+        "1 = one learning rate for everything (the code); 1/3 (default): the three factors together move the map "
+        "about as far per step as one matrix at the harness's lr (docs/methods.md)",
     )
     readout: Readout = readout_field()
 
@@ -128,18 +144,54 @@ class LowRankConfig(MethodConfig):
         return errors
 
 
-def orthogonal_square(r: int, orthogonal_map: str) -> nn.Linear:
+class StepScale(nn.Module):
+    """Parametrisation X = c·X̃ storing X̃ = X / c. Adam's step on X̃ is lr-sized whatever X̃'s scale, so X moves c·lr
+    per step: a per-tensor learning-rate factor that the harness's one optimiser needs no knowledge of. Unlike a
+    param-group lr, AdamW's decoupled decay (relative) is not scaled, and X̃'s gradient is c times X's, so it weighs
+    c times as much in the global-norm clipping. Under plain SGD the step would scale by c², not c."""
+
+    def __init__(self, c: float):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.c
+
+    def right_inverse(self, x: Tensor) -> Tensor:
+        return x / self.c
+
+
+def scale_step(module: nn.Module, name: str, c: float) -> None:
+    """Make Adam move ``module.<name>`` c times as far per step (no-op for c = 1: plain parameter, same state dict)."""
+    if c != 1:
+        parametrize.register_parametrization(module, name, StepScale(c))
+
+
+def orthogonal_square(r: int, orthogonal_map: str, step: float = 1.0) -> nn.Linear:
     """A bias-free r×r linear map kept orthogonal by torch's parametrisation (``.weight`` is Q, ``original`` A).
 
+    ``step`` scales the optimiser's step on A (:class:`StepScale` on the parametrisation's ``original``).
     ``orthogonal()`` checks the initial matrix with a data-dependent comparison that the meta device cannot run,
     so under ``torch.device("meta")`` (``harness profile``) it is built on the CPU (r² floats) and moved.
     """
     meta = torch.empty(0).device.type == "meta"
     with torch.device("cpu") if meta else nullcontext():
         q = orthogonal(nn.Linear(r, r, bias=False), orthogonal_map=orthogonal_map)
+        scale_step(q.parametrizations.weight, "original", step)
     trivialization = q.parametrizations.weight[0]
     trivialization.base = trivialization.base.contiguous()  # a transposed QR factor; safetensors wants contiguous
     return q.to("meta") if meta else q
+
+
+def matched_gain(n: int, m: int, r: int, l2_normalize: bool) -> float:
+    """Xavier gain of U (M×r) that gives y = U·Q·V̂ᵀx (V xavier, Q orthogonal) the output variance of a xavier N->M
+    matrix, 2N/(N+M), for inputs of unit variance per entry.
+
+    l2 on: ‖normalize(Vᵀx)‖ = 1, so Var(y_i) = Var(U) and Var(U) = 2N/(N+M). l2 off: Var(y_i) = r·Var(U)·N·Var(V)
+    with Var(V) = 2/(N+r), so Var(U) = (N+r)/(r(N+M)). xavier_uniform(gain g) draws Var(U) = g²·2/(M+r).
+    """
+    var_u = 2 * n / (n + m) if l2_normalize else (n + r) / (r * (n + m))
+    return (var_u * (m + r) / 2) ** 0.5
 
 
 class FactorLinear(nn.Module):
@@ -152,23 +204,30 @@ class FactorLinear(nn.Module):
         rank: r, or None for one plain linear map shared by the groups.
         orthogonal_map: torch's parametrisation of Q_k.
         l2_normalize: normalise V_kᵀ x before Q_k.
+        init: ``matched``, ``xavier`` or ``bert`` (:class:`LowRankConfig`).
+        factor_lr_scale: Adam step factor of U, V_k and Q_k's generator (:class:`StepScale`); ignored at full rank.
     """
 
     def __init__(self, d_in, d_out, groups: tuple[str, ...], rank, orthogonal_map: str, l2_normalize: bool,
-                 init: str = "xavier"):  # fmt: skip
+                 init: str = "xavier", factor_lr_scale: float = 1.0):  # fmt: skip
         super().__init__()
         self.l2_normalize = l2_normalize
         self.shared = nn.Linear(d_in if rank is None else rank, d_out)  # U and b (or W and b)
         self.down = self.mix = None
+        step = 1.0 if rank is None else factor_lr_scale
         if rank is not None:
             self.down = nn.ModuleDict({k: nn.Linear(d_in, rank, bias=False) for k in groups})  # V_kᵀ
-            self.mix = nn.ModuleDict({k: orthogonal_square(rank, orthogonal_map) for k in groups})  # Q_k
+            self.mix = nn.ModuleDict({k: orthogonal_square(rank, orthogonal_map, step) for k in groups})  # Q_k
         for lin in [self.shared, *(self.down.values() if self.down is not None else ())]:
             if init == "bert":
                 nn.init.normal_(lin.weight, std=0.02)  # the AVBERT code's _init_weights
             else:
                 nn.init.xavier_uniform_(lin.weight)  # timm's init_weights_vit_jax, as the other methods' blocks
+        if init == "matched" and rank is not None:
+            nn.init.xavier_uniform_(self.shared.weight, gain=matched_gain(d_in, d_out, rank, l2_normalize))
         nn.init.zeros_(self.shared.bias)
+        for lin in [self.shared, *(self.down.values() if self.down is not None else ())]:
+            scale_step(lin, "weight", step)  # after the init: the stored tensor is the initial factor / step
 
     def forward(self, x: Tensor, group: str) -> Tensor:
         if self.down is None:
@@ -186,7 +245,9 @@ class FactorLayer(nn.Module):
         super().__init__()
         d, hidden = backbone.embed_dim, int(backbone.embed_dim * backbone.mlp_ratio)
         self.heads, self.pre_norm, self.dropout = backbone.num_heads, cfg.pre_norm, cfg.dropout
-        make = lambda n, m: FactorLinear(n, m, groups, cfg.rank, cfg.orthogonal_map, cfg.l2_normalize, cfg.init)  # noqa: E731
+        make = lambda n, m: FactorLinear(  # noqa: E731
+            n, m, groups, cfg.rank, cfg.orthogonal_map, cfg.l2_normalize, cfg.init, cfg.factor_lr_scale
+        )
         self.q, self.k, self.v, self.out = make(d, d), make(d, d), make(d, d), make(d, d)
         self.ffn_in, self.ffn_out = make(d, hidden), make(hidden, d)
         self.norm1, self.norm2 = layer_norm(d), layer_norm(d)

@@ -7,7 +7,7 @@ import test_contract as contract  # the contract checks of every method, run her
 import torch
 
 from harness.complexity import count_params
-from methods.lowrank import FactorLayer, FactorLinear, LowRank, LowRankConfig
+from methods.lowrank import FactorLayer, FactorLinear, LowRank, LowRankConfig, matched_gain
 
 VARIANTS = [
     {"fusion": "early"},
@@ -17,6 +17,8 @@ VARIANTS = [
     {"sharing": "modalities"},
     {"rank": None, "sharing": "none"},
     {"rank": 4, "pre_norm": True, "orthogonal_map": "cayley", "l2_normalize": False, "dropout": 0.1},
+    {"init": "xavier", "factor_lr_scale": 1.0},  # plain parameters (no StepScale), as before the matched defaults
+    {"init": "bert", "factor_lr_scale": 2.0, "sharing": "none"},
 ]
 CONTRACT = [
     contract.test_shapes_and_finite,
@@ -143,3 +145,47 @@ def test_config_check_names_the_key(backbone):
     ]
     with pytest.raises(ValueError, match="method.unimodal_layers"):
         LowRank(LowRankConfig(fusion="mid", unimodal_layers=0), backbone, None)
+
+
+@pytest.mark.parametrize("l2_normalize", [True, False])
+@pytest.mark.parametrize(("n", "m", "r"), [(64, 64, 16), (64, 64, 64), (64, 256, 16), (256, 64, 32)])
+def test_matched_init_gives_the_full_rank_xavier_output_scale(n, m, r, l2_normalize):
+    torch.manual_seed(0)
+    x = torch.nn.functional.layer_norm(torch.randn(2048, n), (n,))  # unit variance per entry, as after a LayerNorm
+    full = torch.nn.Linear(n, m)
+    torch.nn.init.xavier_uniform_(full.weight)
+    target = full(x).std().item()  # ~ sqrt(2N / (N + M))
+    stds = {}
+    for init in ("matched", "xavier"):
+        torch.manual_seed(1)
+        stds[init] = FactorLinear(n, m, ("video",), r, "matrix_exp", l2_normalize, init)(x, "video").std().item()
+    assert stds["matched"] == pytest.approx(target, rel=0.1)
+    if l2_normalize:  # per-factor xavier after the normalisation: the map's output is sqrt(N)-ish times too small
+        assert stds["xavier"] < 0.3 * target
+
+
+def test_matched_gain_formulas():
+    assert matched_gain(64, 64, 64, False) == pytest.approx(1.0)  # r = N = M without l2: per-factor xavier already fits
+    assert matched_gain(64, 64, 64, True) == pytest.approx(8.0)  # l2: ‖normalize(Vᵀx)‖ = 1 instead of ~sqrt(N)
+
+
+def test_factor_lr_scale_scales_the_adam_step_of_every_factor():
+    """Same init, same batch: one AdamW step moves U, V_k (exactly) and Q_k (to first order) c times as far."""
+    x, c = torch.randn(32, 16), 0.25
+    moves = {}
+    for scale in (1.0, c):
+        torch.manual_seed(0)
+        f = FactorLinear(16, 24, ("video",), 8, "matrix_exp", True, "matched", scale)
+        before = {k: w.detach().clone() for k, w in factors(f).items()}
+        opt = torch.optim.AdamW(f.parameters(), lr=1e-3, weight_decay=0.0)
+        f(x, "video").pow(2).mean().backward()
+        opt.step()
+        moves[scale] = {k: w.detach() - before[k] for k, w in factors(f).items()}
+    for k in ("U", "V"):  # before the step both runs hold the same U, V
+        torch.testing.assert_close(moves[c][k], c * moves[1.0][k], rtol=1e-3, atol=1e-9, msg=k)
+    torch.testing.assert_close(moves[c]["Q"], c * moves[1.0]["Q"], rtol=0.05, atol=1e-6)
+    assert moves[1.0]["Q"].abs().max() > 1e-4  # Q moved at all
+
+
+def factors(f: FactorLinear) -> dict[str, torch.Tensor]:
+    return {"U": f.shared.weight, "V": f.down["video"].weight, "Q": f.mix["video"].weight}
