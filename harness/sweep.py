@@ -185,35 +185,29 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
     uri = tracking_uri(tracking or spec.base.get("tracking", {}).get("uri"))
     base = dict(spec.base)
     base["cache_dir"] = str(cache_dir(first_trial(spec)).resolve())
-    prepare_datasets(spec)
-
-    client = MlflowClient(uri)
-    experiment = base.get("tracking", {}).get("experiment") or spec.name
-    exp_id = _experiment_id(client, experiment)
-    if resume:
-        parent, path = interrupted_sweep(client, exp_id, spec)
-        parent_id = parent.info.run_id
-        client.update_run(parent_id, status="RUNNING")
-        client.set_tag(parent_id, "harness.resumed", str(int(parent.data.tags.get("harness.resumed", "0")) + 1))
-    else:
-        name = f"{spec.name}-{spec.source_hash[:8]}-{int(time.time())}"
-        path = str(Path(storage or Path.cwd() / ".harness" / "ray").resolve() / name)
-        tags = {**code_tags(), **scheduler_tags(spec), "harness.sweep": spec.name,
-                "harness.sweep_hash": spec.source_hash, "harness.ray_experiment": path}  # fmt: skip
-        parent_id = client.create_run(exp_id, tags={**tags, "mlflow.runName": spec.name}).info.run_id
-        client.log_text(parent_id, spec.source, "sweep.yaml")
+    start_ray(address)
+    try:
+        prepare_datasets(spec)
+        client = MlflowClient(uri)
+        experiment = base.get("tracking", {}).get("experiment") or spec.name
+        exp_id = _experiment_id(client, experiment)
+        if resume:
+            parent, path = interrupted_sweep(client, exp_id, spec)
+            parent_id = parent.info.run_id
+            client.update_run(parent_id, status="RUNNING")
+            client.set_tag(parent_id, "harness.resumed", str(int(parent.data.tags.get("harness.resumed", "0")) + 1))
+        else:
+            name = f"{spec.name}-{spec.source_hash[:8]}-{int(time.time())}"
+            path = str(Path(storage or Path.cwd() / ".harness" / "ray").resolve() / name)
+            tags = {**code_tags(), **scheduler_tags(spec), "harness.sweep": spec.name,
+                    "harness.sweep_hash": spec.source_hash, "harness.ray_experiment": path}  # fmt: skip
+            parent_id = client.create_run(exp_id, tags={**tags, "mlflow.runName": spec.name}).info.run_id
+            client.log_text(parent_id, spec.source, "sweep.yaml")
+    except BaseException:  # nothing has started: no run to close, only the Ray that start_ray began
+        ray.shutdown()
+        raise
     callback = MlflowSweepCallback(client, exp_id, parent_id, spec, base)
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # With one checkpoint kept per trial, Tune snapshots the experiment after each (what --resume needs) and warns.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # HARNESS_FAULT_INJECT (a test hook, harness/engines/torch_engine.py) reaches trials on any node this way
-    env = {k: os.environ[k] for k in ("HARNESS_FAULT_INJECT",) if k in os.environ}
-    runtime_env = {"env_vars": env} if env else None
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False, runtime_env=runtime_env)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     res = spec.tune.resources
     if spec.base.get("train", {}).get("threads") is None:  # one intra-op thread per CPU the trial holds
         base.setdefault("train", {})["threads"] = max(1, int(res.cpu))
@@ -274,6 +268,22 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
     if failed:
         print("failed trials: " + "; ".join(failed), file=sys.stderr)
     return len(failed)
+
+
+def start_ray(address: str | None) -> None:
+    """``ray.init`` for a sweep: an existing cluster (``--address`` / ``RAY_ADDRESS``) or a local one on all cores."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # With one checkpoint kept per trial, Tune snapshots the experiment after each (what --resume needs) and warns.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # HARNESS_FAULT_INJECT (a test hook, harness/engines/torch_engine.py) reaches trials on any node this way
+    env = {k: os.environ[k] for k in ("HARNESS_FAULT_INJECT",) if k in os.environ}
+    runtime_env = {"env_vars": env} if env else None
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False, runtime_env=runtime_env)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
 
 
 def interrupted_sweep(client, experiment_id: str, spec: SweepSpec):
