@@ -44,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/frozen_cache.py
-	$(BIN)/python bench/sweep_overhead.py
+	$(BIN)/python bench/sweep_overhead.py --clips 2400 --epochs 10 --repeat 1 --no-fresh
