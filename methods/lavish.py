@@ -75,9 +75,12 @@ class LAVISH(FrozenBackbone):
     Config = LAVISHConfig
     positions: ClassVar[tuple[str, ...]] = ("p1", "p2")  # beside the MHSA, beside the FFN
 
-    def __new__(cls, cfg: AdapterConfig, backbone: BackboneConfig, spec: InputSpec):
-        """A Swin-V2 backbone builds the same adapters in timm's Swin-V2 blocks (``methods/_swin.py``)."""
-        if backbone.family == "swinv2":
+    def __new__(cls, cfg: AdapterConfig | None = None, backbone: BackboneConfig | None = None, spec=None):
+        """A Swin-V2 backbone builds the same adapters in timm's Swin-V2 blocks (``methods/_swin.py``).
+
+        Called without arguments (``copy.deepcopy``, unpickling), it makes a plain instance as ``object`` would.
+        """
+        if backbone is not None and backbone.family == "swinv2":
             from methods._swin import SwinLAVISH
 
             return SwinLAVISH(cfg, backbone, spec)

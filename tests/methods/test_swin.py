@@ -156,3 +156,16 @@ def test_window_attention_by_sdpa_equals_timms(shifted):
         ours.attn.__class__ = WindowAttention
         want = ours.attn(windows, mask=mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_lavish_models_deepcopy_and_pickle_on_either_backbone():
+    import copy
+    import pickle
+
+    vit_backbone = BackboneConfig(name="t", embed_dim=16, depth=2, num_heads=2, patch_size=8, audio_patch=(8, 8))
+    vit = LAVISH(LAVISHConfig(), vit_backbone, SPEC)
+    for model in (vit, build()):
+        for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert type(twin) is type(model)
+            for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items(), strict=True):
+                assert torch.equal(a, b), k
