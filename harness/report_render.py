@@ -117,11 +117,61 @@ def colours(n: int) -> list:
     return sns.color_palette("tab10" if n <= 10 else "tab20" if n <= 20 else "husl", n)
 
 
-def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
-    """Top-1 (mean ± 95% CI) against the fusion layer per method, saved to each of ``paths`` (PNG, SVG, ...).
+BARS = {"test top-1": "both modalities", "top-1 audio only": "audio only", "top-1 video only": "video only"}
 
-    Methods without a fusion layer are drawn as horizontal bands (mean, CI).
+
+def bar_data(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per table row, in the table's order: ``label`` and, per :data:`BARS` column present, its mean and CI."""
+    label = table["method.name"].astype(str)
+    layer = table.get("method.fusion_layer", pd.Series("—", index=table.index)).astype(str)
+    out = pd.DataFrame({"label": [m if lf == "—" else f"{m} (Lf {lf})" for m, lf in zip(label, layer, strict=True)]})
+    for col in (c for c in BARS if c in table):
+        out[col] = table[col].to_numpy()
+        out[f"{col} ci95"] = table.get(f"{col} ci95", pd.Series(float("nan"), index=table.index)).to_numpy()
+    return out
+
+
+def bars(table: pd.DataFrame, paths: list[Path], title: str):
+    """Grouped bars per row (the table's order): top-1 with both modalities and, where the table has them, with one
+    masked; 95% CI as error bars where a row has more than one seed. Saved to each of ``paths``; returns the Axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    data = bar_data(table)
+    cols = [c for c in BARS if c in data]
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(data) + 2), 4.5))
+    x, width = np.arange(len(data)), 0.8 / len(cols)
+    for i, (col, colour) in enumerate(zip(cols, colours(len(cols)), strict=True)):
+        ci = data[f"{col} ci95"].fillna(0).to_numpy()
+        ax.bar(x + (i - (len(cols) - 1) / 2) * width, data[col], width, yerr=ci, capsize=2, label=BARS[col],
+               color=colour)  # fmt: skip
+    ax.set_xticks(x, data["label"], rotation=35, ha="right")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return ax
+
+
+def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
+    """The default figure of a method table, saved to each of ``paths`` (PNG, SVG, ...).
+
+    When some method was run at several fusion layers: top-1 (mean ± 95% CI) against the fusion layer per method,
+    methods without one as horizontal bands (mean, CI). Otherwise (one row per method, e.g. the all-methods table):
+    grouped bars per row (:func:`bars`).
     """
+    layers = table.loc[table["method.fusion_layer"] != "—"].groupby("method.name")["method.fusion_layer"].nunique()
+    if layers.empty or layers.max() < 2:
+        bars(table, paths, title.replace(" vs fusion layer", " per method"))
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -257,3 +257,33 @@ def test_default_figure_draws_more_methods_than_one_palette_has(tmp_path):
     figure(table, [tmp_path / "f.png"], "13 methods")
     assert (tmp_path / "f.png").stat().st_size > 0
     assert len(set(colours(13))) == 13
+
+
+def test_default_figure_of_one_row_per_method_is_grouped_bars_in_table_order(tmp_path):
+    import pandas as pd
+
+    from harness.report_render import bar_data, bars
+
+    table = pd.DataFrame({
+        "method.name": ["vanilla", "late", "audio_only"], "method.fusion_layer": ["0", "—", "—"],
+        "test top-1": [100.0, 52.3, 18.4], "test top-1 ci95": [0.0, 3.8, float("nan")],
+        "top-1 audio only": [15.5, 18.6, 18.4], "top-1 audio only ci95": [2.5, 2.9, float("nan")],
+    })  # fmt: skip
+    assert bar_data(table)["label"].tolist() == ["vanilla (Lf 0)", "late", "audio_only"]
+    ax = bars(table, [tmp_path / "t.png", tmp_path / "t.svg"], "t")
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [100.0, 52.3, 18.4, 15.5, 18.6, 18.4]  # both modalities, then audio only; rows in order
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["both modalities", "audio only"]
+    assert (tmp_path / "t.png").stat().st_size > 0 and (tmp_path / "t.svg").stat().st_size > 0
+
+
+def test_default_figure_is_a_fusion_layer_plot_when_a_method_spans_layers(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from harness import report_render
+
+    table = pd.DataFrame({"method.name": ["mbt", "mbt", "late"], "method.fusion_layer": ["0", "2", "—"],
+                          "test top-1": [90.0, 95.0, 50.0], "test top-1 ci95": [1.0, 1.0, 1.0]})  # fmt: skip
+    monkeypatch.setattr(report_render, "bars", lambda *a: pytest.fail("bars for a fusion-layer table"))
+    report_render.figure(table, [tmp_path / "f.png"], "f")
+    assert (tmp_path / "f.png").stat().st_size > 0
