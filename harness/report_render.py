@@ -117,6 +117,14 @@ def colours(n: int) -> list:
     return sns.color_palette("tab10" if n <= 10 else "tab20" if n <= 20 else "husl", n)
 
 
+def save(plt, fig, paths: list[Path]) -> None:
+    """Lay ``fig`` out, write it to each of ``paths`` (the format follows the suffix) and release it."""
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 BARS = {"test top-1": "both modalities", "top-1 audio only": "audio only", "top-1 video only": "video only"}
 
 
@@ -154,10 +162,7 @@ def bars(table: pd.DataFrame, paths: list[Path], title: str):
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(plt, fig, paths)
     return ax
 
 
@@ -202,10 +207,7 @@ def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
         ax.set_xticks(lfs)
         ax.set_xlim(lfs[0] - 0.5, lfs[-1] + 0.5)  # one Lf alone would otherwise spread its dodged points wide
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(plt, fig, paths)
 
 
 def pareto_front(x: pd.Series, y: pd.Series) -> pd.Series:
@@ -279,8 +281,5 @@ def spec_figure(data: pd.DataFrame, fig, paths: list[Path], title: str) -> list[
     ax.set_title(title, fontsize=11)
     ax.margins(x=0.12 if fig.labels else 0.05)  # room for the labels of the outermost points
     ax.legend(fontsize=8, loc="best")
-    fig_.tight_layout()
-    for path in paths:
-        fig_.savefig(path, dpi=120)
-    plt.close(fig_)
+    save(plt, fig_, paths)
     return front
