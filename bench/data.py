@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from harness.config import RunSpec
-from harness.data.prepare import resolve_params
 from harness.data.synth_media import synth
-from harness.trial import build_dataset, build_model
+from harness.run.prepare import resolve_params
+from harness.run.trial import build_dataset, build_model
 
 
 def main() -> None:

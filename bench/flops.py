@@ -15,8 +15,8 @@ import json
 
 import torch
 
-from harness.backbones import num_audio_tokens, num_video_tokens
-from harness.profile import load_profile, preset_path, profile
+from harness.models.backbones import num_audio_tokens, num_video_tokens
+from harness.run.profile import load_profile, preset_path, profile
 
 SETTINGS = {
     "vanilla": {"fusion_layer": 2, "readout": "gap"},
@@ -75,11 +75,11 @@ def deepspeed_flops(name: str, m: dict) -> tuple[float, float]:
     """
     from deepspeed.profiling.flops_profiler import get_model_profile
 
-    from harness.complexity import example_batch
+    from harness.models.complexity import example_batch
     from harness.registry import METHODS, TASKS
 
     spec = load_profile(preset_path("mbt_tiny"), [method_override(name, m)])
-    method = METHODS.get(name)(spec.method, spec.backbone, spec.input).eval()
+    method = METHODS.get(name).build(spec.method, spec.backbone, spec.input).eval()
     task = TASKS.get(spec.task_name)(spec.task, spec.input.num_classes, method.embed_dim)
 
     class Whole(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Frozen-prefix activation cache: a trial's wall time with and without ``harness/frozen_cache.py``.
+"""Frozen-prefix activation cache: a trial's wall time with and without ``harness/run/frozen_cache.py``.
 
 The same trial (build the model, ``TorchEngine.fit``: train, validate each epoch, test with both modalities and with
 each masked) is run three ways, alternating, and the median of ``--repeat`` is kept:
@@ -24,10 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import frozen_cache
 from harness.config import RunSpec
 from harness.registry import ENGINES
-from harness.trial import build_dataset, build_model, seed_everything
+from harness.run import frozen_cache
+from harness.run.trial import build_dataset, build_model, seed_everything
 
 CASES = {
     "frozen probe": ({"name": "frozen", "train_norms": False}, None),

@@ -29,10 +29,10 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from harness.complexity import example_batch
 from harness.config import RunSpec
-from harness.profile import load_profile, preset_path
+from harness.models.complexity import example_batch
 from harness.registry import ENGINES, METHODS, TASKS
+from harness.run.profile import load_profile, preset_path
 
 SMALL = ["backbone.patch_size=16", "input.image_size=64", "backbone.embed_dim=192", "backbone.num_heads=3"]
 PAIRS = {"lavish": {"name": "lavish"}, "frozen probe": {"name": "frozen", "train_norms": False}}
@@ -75,7 +75,7 @@ def step_memory(method_cfg: dict, full: bool, batch_size: int) -> dict[str, floa
     """Bytes of one training step (MiB): peak, and parameters, gradients, optimizer state, saved activations."""
     spec = load_profile(preset_path("mbt_tiny"), ["method=" + json.dumps(method_cfg), *SMALL])
     torch.manual_seed(0)
-    method = METHODS.get(spec.method.name)(spec.method, spec.backbone, spec.input)
+    method = METHODS.get(spec.method.name).build(spec.method, spec.backbone, spec.input)
     task = TASKS.get(spec.task_name)(spec.task, spec.input.num_classes, method.embed_dim)
     model = nn.ModuleDict({"method": method, "task": task})
     if full:

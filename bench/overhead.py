@@ -17,7 +17,7 @@ import time
 import torch
 
 from harness.config import RunSpec
-from harness.trial import build_dataset, build_model, run_trial, seed_everything
+from harness.run.trial import build_dataset, build_model, run_trial, seed_everything
 
 
 class Silent:

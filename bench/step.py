@@ -27,10 +27,10 @@ import time
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from harness.backbones import AudioPatchEmbed, VideoPatchEmbed, num_audio_tokens, num_video_tokens
-from harness.complexity import count_flops, example_batch
-from harness.profile import load_profile, preset_path
+from harness.models.backbones import AudioPatchEmbed, VideoPatchEmbed, num_audio_tokens, num_video_tokens
+from harness.models.complexity import count_flops, example_batch
 from harness.registry import METHODS, TASKS
+from harness.run.profile import load_profile, preset_path
 
 FUSION_SETTINGS = {  # token-fusion methods at early fusion with GAP read-out; the rest at their defaults
     "vanilla": {"fusion_layer": 0, "readout": "gap"},
@@ -71,7 +71,7 @@ def measure(name: str, size: str, batch_size: int, pairs: int) -> tuple[float, i
     spec = load_profile(preset_path("mbt_tiny"), ["method=" + json.dumps({"name": name, **m}), *SIZES[size]])
     bb, inp = spec.backbone, spec.input
     torch.manual_seed(0)
-    method = METHODS.get(name)(spec.method, bb, inp)
+    method = METHODS.get(name).build(spec.method, bb, inp)
     task = TASKS.get(spec.task_name)(spec.task, inp.num_classes, method.embed_dim)
     batch = example_batch(inp, batch_size)
     batch["video"], batch["audio"] = torch.randn_like(batch["video"]), torch.randn_like(batch["audio"])

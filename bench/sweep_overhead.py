@@ -68,9 +68,9 @@ def main() -> None:
     import torch
 
     from harness.config import load_config
-    from harness.sweep import run_sweep
+    from harness.run.trial import build_dataset, run_trial
+    from harness.sweep.driver import run_sweep
     from harness.tracking import tracking_uri
-    from harness.trial import build_dataset, run_trial
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     specs = {}

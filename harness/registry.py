@@ -1,18 +1,24 @@
 """Name -> object registries for methods, tasks, datasets, backbones, engines and dataset formats.
 
 Entries are lazy ``"module:attr"`` strings, resolved with importlib on the first :meth:`Registry.get` and cached,
-so listing names (``harness ls``) never imports torch and a Ray worker resolves names in a fresh process.
-Third-party packages add entries through entry points (group ``harness.methods``, ...); a plug-in may not
-reuse a built-in name. Dataset names come from the YAML cards in ``datasets/`` (see :class:`CardRegistry`).
+so listing names (``harness ls``) never imports torch and a Ray worker resolves names in a fresh process. A registry
+with a ``base`` checks on resolve that the entry subclasses it (methods ``harness.api.FusionMethod``, tasks
+``harness.api.Task``, engines ``harness.api.Engine``). Third-party packages add entries through entry points (group
+``harness.methods``, ...; ``docs/plugins.md``); a plug-in may not reuse a built-in name, and its description is the
+first line of its target's docstring, read from the source without importing it. Dataset names come from the YAML
+cards in ``datasets/`` (see :class:`CardRegistry`).
 
-All built-in entries are registered at the bottom of this file, one line each.
+All built-in entries are registered at the bottom of this file, one line each: that line is the only place a
+built-in's name is spelt (its config's ``name`` is filled in from it).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,7 @@ __all__ = [
     "Registry",
     "UnknownNameError",
     "close_names",
+    "resolve_target",
 ]
 
 
@@ -71,7 +78,8 @@ class _Entry:
     resolved: bool = False
 
 
-def _resolve(target: str) -> Any:
+def resolve_target(target: str) -> Any:
+    """The object a ``"package.module:attr"`` string names (imported)."""
     module, sep, attr = target.partition(":")
     if not sep or not module or not attr:
         raise ValueError(f"registry target {target!r} must look like 'package.module:attr'")
@@ -81,17 +89,40 @@ def _resolve(target: str) -> Any:
     return obj
 
 
+def source_docstring(target: str) -> str:
+    """The first line of the docstring of ``"module:attr"`` (or of the module), read from its source file without
+    importing the module; "" when there is none or the source cannot be found."""
+    module, _, attr = target.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        tree = ast.parse(open(spec.origin, encoding="utf-8").read()) if spec and spec.origin else None
+    except (ImportError, ValueError, OSError, SyntaxError):
+        return ""
+    if tree is None:
+        return ""
+    node: ast.AST = tree
+    for name in attr.split(".") if attr else []:
+        found = [n for n in getattr(node, "body", []) if getattr(n, "name", None) == name]
+        if not found or not isinstance(found[0], (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            break
+        node = found[0]
+    doc = ast.get_docstring(node) if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) else None
+    return doc.strip().splitlines()[0].strip() if doc else ""
+
+
 class Registry:
     """Lazy name -> object table of one kind, extended by the entry points of one group.
 
     Args:
         kind: singular noun used in messages ("method").
         group: entry-point group of third-party plug-ins ("harness.methods"), or None for none.
+        base: ``"module:attr"`` of the class every entry must subclass (checked when it is resolved), or None.
     """
 
-    def __init__(self, kind: str, group: str | None = None):
+    def __init__(self, kind: str, group: str | None = None, base: str | None = None):
         self.kind = kind
         self.group = group
+        self.base = base
         self._entries: dict[str, _Entry] = {}
         self._plugins_loaded = group is None
 
@@ -130,7 +161,8 @@ class Registry:
                     f"{self.kind} {ep.name!r} of entry-point group {self.group!r} ({origin}, {ep.value}) "
                     f"clashes with the {other.origin} entry of that name; rename the plug-in"
                 )
-            self._entries[ep.name] = _Entry(ep, f"({origin})", origin)
+            summary = source_docstring(ep.value)
+            self._entries[ep.name] = _Entry(ep, f"{summary} ({origin})" if summary else f"({origin})", origin)
 
     def names(self) -> list[str]:
         """Every registered name, built-in and plug-in, sorted."""
@@ -156,8 +188,12 @@ class Registry:
         entry = self._entry(name)
         if not entry.resolved:
             target = entry.target
-            entry.target = _resolve(target) if isinstance(target, str) else target.load()  # str or any EntryPoint
-            entry.resolved = True
+            obj = resolve_target(target) if isinstance(target, str) else target.load()  # str or any EntryPoint
+            if self.base is not None and not (isinstance(obj, type) and issubclass(obj, resolve_target(self.base))):
+                where = target if isinstance(target, str) else target.value
+                raise TypeError(f"{self.kind} {name!r} ({entry.origin}, {where}) must be a subclass of "
+                                f"{self.base.replace(':', '.')}; see docs/plugins.md")  # fmt: skip
+            entry.target, entry.resolved = obj, True
         return entry.target
 
     def describe(self, name: str) -> str:
@@ -248,8 +284,8 @@ def _read_card(path: Path) -> dict:
 METHODS = Registry("method", "harness.methods")
 TASKS = Registry("task", "harness.tasks")
 DATASETS = CardRegistry("dataset", "harness.datasets")
-BACKBONES = Registry("backbone", "harness.backbones")
-ENGINES = Registry("engine", "harness.engines")
+BACKBONES = Registry("backbone", "harness.models.backbones")
+ENGINES = Registry("engine", "harness.run.engines")
 FORMATS = Registry("format", "harness.formats")
 
 # fmt: off
@@ -266,21 +302,21 @@ METHODS.register("prompt", "methods.prompt:Prompt", "VPT-deep: learnable prompt 
 METHODS.register("frozen", "methods.frozen:Frozen", "linear probe of LAVISH's frozen shared ViT (head + optional LayerNorms)")  # noqa: E501
 METHODS.register("audio_only", "methods.unimodal:AudioOnly", "audio stream only (unimodal baseline)")
 METHODS.register("video_only", "methods.unimodal:VideoOnly", "video stream only (unimodal baseline)")
-TASKS.register("classification", "harness.tasks:ClassificationTask", "single-label classification: shared linear head, cross-entropy, top-1/top-5")  # noqa: E501
-TASKS.register("multilabel", "harness.tasks:MultilabelTask", "multi-label classification (AudioSet): shared linear head, sigmoid BCE, mAP/AUC")  # noqa: E501
-TASKS.register("localization", "harness.tasks:LocalizationTask", "per-segment event labels (AVE): shared head per segment, CE, segment accuracy")  # noqa: E501
-TASKS.register("multihead", "harness.tasks:MultiheadTask", "verb + noun heads (EPIC-KITCHENS-100): mean CE, per-head and action (joint) top-1/top-5")  # noqa: E501
-BACKBONES.register("tiny", "harness.backbones:tiny", "tiny ViT for CPU tests and the synthetic dataset")
-BACKBONES.register("vit_ti16", "harness.backbones:vit_ti16", "ViT-Ti/16 (D=192, L=12, 3 heads)")
-BACKBONES.register("vit_s16", "harness.backbones:vit_s16", "ViT-S/16 (D=384, L=12, 6 heads)")
-BACKBONES.register("vit_b16", "harness.backbones:vit_b16", "ViT-B/16 (D=768, L=12, 12 heads)")
-BACKBONES.register("vit_l16", "harness.backbones:vit_l16", "ViT-L/16 (D=1024, L=24, 16 heads)")
-BACKBONES.register("swinv2_b", "harness.backbones:swinv2_b", "Swin-V2-B, window 12 (C=128, stages 2/2/18/2); lavish, avish")  # noqa: E501
-BACKBONES.register("swinv2_l", "harness.backbones:swinv2_l", "Swin-V2-L, window 12 (C=192, stages 2/2/18/2); lavish, avish")  # noqa: E501
-BACKBONES.register("swinv2_micro", "harness.backbones:swinv2_micro", "2-stage C=32 Swin-V2 for CPU tests; lavish, avish")  # noqa: E501
-ENGINES.register("torch", "harness.engines.torch_engine:TorchEngine", "plain PyTorch train/eval loop (CPU or one GPU)")
-ENGINES.register("deepspeed", "harness.engines.deepspeed_engine:DeepSpeedEngine", "DeepSpeed (ZeRO 0-3, bf16/fp16) on engine.workers Ray Train ranks; gloo on CPU, nccl on GPU")  # noqa: E501
-ENGINES.register("auto", "harness.engines:AutoEngine", "deepspeed where CUDA is available, torch otherwise")
+TASKS.register("classification", "harness.tasks.classification:ClassificationTask", "single-label classification: shared linear head, cross-entropy, top-1/top-5")  # noqa: E501
+TASKS.register("multilabel", "harness.tasks.multilabel:MultilabelTask", "multi-label classification (AudioSet): shared linear head, sigmoid BCE, mAP/AUC")  # noqa: E501
+TASKS.register("localization", "harness.tasks.localization:LocalizationTask", "per-segment event labels (AVE): shared head per segment, CE, segment accuracy")  # noqa: E501
+TASKS.register("multihead", "harness.tasks.multihead:MultiheadTask", "verb + noun heads (EPIC-KITCHENS-100): mean CE, per-head and action (joint) top-1/top-5")  # noqa: E501
+BACKBONES.register("tiny", "harness.models.backbones:tiny", "tiny ViT for CPU tests and the synthetic dataset")
+BACKBONES.register("vit_ti16", "harness.models.backbones:vit_ti16", "ViT-Ti/16 (D=192, L=12, 3 heads)")
+BACKBONES.register("vit_s16", "harness.models.backbones:vit_s16", "ViT-S/16 (D=384, L=12, 6 heads)")
+BACKBONES.register("vit_b16", "harness.models.backbones:vit_b16", "ViT-B/16 (D=768, L=12, 12 heads)")
+BACKBONES.register("vit_l16", "harness.models.backbones:vit_l16", "ViT-L/16 (D=1024, L=24, 16 heads)")
+BACKBONES.register("swinv2_b", "harness.models.backbones:swinv2_b", "Swin-V2-B, window 12 (C=128, stages 2/2/18/2); lavish, avish")  # noqa: E501
+BACKBONES.register("swinv2_l", "harness.models.backbones:swinv2_l", "Swin-V2-L, window 12 (C=192, stages 2/2/18/2); lavish, avish")  # noqa: E501
+BACKBONES.register("swinv2_micro", "harness.models.backbones:swinv2_micro", "2-stage C=32 Swin-V2 for CPU tests; lavish, avish")  # noqa: E501
+ENGINES.register("torch", "harness.run.engines.torch_engine:TorchEngine", "plain PyTorch train/eval loop (CPU or one GPU)")  # noqa: E501
+ENGINES.register("deepspeed", "harness.run.engines.deepspeed_engine:DeepSpeedEngine", "DeepSpeed (ZeRO 0-3, bf16/fp16) on engine.workers Ray Train ranks; gloo on CPU, nccl on GPU")  # noqa: E501
+ENGINES.register("auto", "harness.run.engines.auto:AutoEngine", "deepspeed where CUDA is available, torch otherwise")
 FORMATS.register("synthetic", "harness.data.synthetic:SyntheticDataset", "procedural audio-visual clips generated on the fly and cached")  # noqa: E501
 FORMATS.register("vggsound_csv", "harness.data.formats:VGGSoundDataset", "VGGSound: vggsound.csv (ytid,start,label,split) + stat.csv classes; single label")  # noqa: E501
 FORMATS.register("audioset_csv", "harness.data.formats:AudioSetDataset", "AudioSet segment CSVs (quoted MID lists) + class_labels_indices.csv; multi-hot")  # noqa: E501

@@ -1,4 +1,4 @@
-"""MLflow, as DESIGN.md names it: experiment = sweep name, a parent run per sweep, a child run per trial.
+"""MLflow, as ``docs/internals.md`` names it: experiment = sweep name, a parent run per sweep, a child run per trial.
 
 One writer per store. ``harness run`` logs from its own process (``MlflowReporter``). In a sweep the trials never
 touch MLflow: they report to Ray Tune, and the sweep driver's ``MlflowSweepCallback`` turns those reports into
@@ -68,7 +68,7 @@ def run_params(spec_dict: dict) -> dict[str, str]:
     return out
 
 
-def _experiment_id(client, name: str) -> str:
+def experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
@@ -123,7 +123,7 @@ class MlflowReporter:
             reopen_run(client, run_id)
             self = cls(client, run_id, uri, experiment, logged_steps(client, run_id))
         else:
-            exp_id = _experiment_id(client, experiment)
+            exp_id = experiment_id(client, experiment)
             all_tags = {**code_tags(), **(tags or {}), "mlflow.runName": f"{spec.name}-{spec.method.name}-s{spec.seed}"}
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
@@ -250,8 +250,8 @@ def log_learning_curves(client, run_id: str, history: dict[int, dict[str, float]
     return True
 
 
-def cli_ui(uri: str | None, host: str, port: int) -> int:
-    """``harness ui``: the MLflow UI on the project's store, bound to ``host`` (127.0.0.1 by default)."""
+def serve_ui(uri: str | None, host: str, port: int) -> int:
+    """``harness ui``: the MLflow UI on the project's store, bound to ``host`` (127.0.0.1 by default); its exit code."""
     uri = tracking_uri(uri)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     print(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)", flush=True)

@@ -9,8 +9,9 @@ are not in a reachable source (METHODS.md §2.10). Its code has the baseline as 
 the same bottleneck without the latent-token cross-modal attention.
 What this follows: LAVISH's adapter with the cross-modal step removed (``is_multimodal=0``), at LAVISH's 4 positions
 per block (audio and video, beside the MHSA and beside the FFN), with all of LAVISH's adapter flags (``reduction``,
-``groups``, BN, LayerNorms, zero-initialised output gate; ``methods/_adapters.py``), so that the only difference to
-``lavish`` is the audio <-> video exchange. Each modality is adapted by its own adapters from its own tokens only.
+``groups``, BN, LayerNorms, zero-initialised output gate; ``methods/parts/lavish_adapter.py``), so that the only
+difference to ``lavish`` is the audio <-> video exchange. Each modality is adapted by its own adapters from its own
+tokens only.
 Differences: Houlsby's adapters are sequential (after each sub-layer), dense, without norms or gate, with near-zero
 init; the AVE code's unimodal branch lacks the ReLU, the AVS / AVQA code's has it (kept here).
 
@@ -25,21 +26,18 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` la
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import Tensor, nn
 
-from harness.backbones import BackboneConfig
-from harness.data.base import InputSpec
-from methods._adapters import AdapterConfig, LAVISHAdapter
-from methods._frozen import FrozenBackbone
+from harness.api import InputSpec
+from harness.models.backbones import BackboneConfig
+from harness.models.shared_vit import FrozenBackbone
+from methods.parts.lavish_adapter import AdapterConfig, LAVISHAdapter
 
 POSITIONS = ("p1", "p2")  # beside the MHSA, beside the FFN
 
 
 class BottleneckAdapterConfig(AdapterConfig):
     """LAVISH's adapter flags (defaults = the README's AVE flags); there is no latent token and no cross-attention."""
-
-    name: str = Field("adapter", description="registry name of the method")
 
 
 class BottleneckAdapter(LAVISHAdapter):

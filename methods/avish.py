@@ -1,11 +1,11 @@
 """AVISH: LAVISH without latent tokens; each adapter's tokens attend directly over all of the other modality's tokens.
 
 Paper: the latent-free ablation of Lin et al., "Vision Transformers are Parameter-Efficient Audio-Visual Learners",
-CVPR 2023, https://arxiv.org/abs/2212.07983 (METHODS.md §2.5, §3).
+CVPR 2023, https://arxiv.org/abs/2212.07983 (the adapter without its latent-token compression).
 Reference implementation: GenjiB/LAVISH ``AVE/nets/net_trans_v2.py``, the commented-out "no MBT cross-modal
 attention" path of ``VisualAdapter``.
 Known differences: those of ``methods/lavish.py`` (same backbone, tokenisation, positions, bottleneck, gates and
-read-out); the code here is LAVISH's with m = 0 (``methods/_adapters.py``).
+read-out); the code here is LAVISH's with m = 0 (``methods/parts/lavish_adapter.py``).
 
 The cross-modal step of each adapter, X the adapted modality's tokens, Y the other's (no projections, no scaling):
     X^ = X + g_av * softmax(X Y^T) Y        # O(N M D) per adapter, against LAVISH's O((N + M) m D)
@@ -19,10 +19,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
-
-from methods._adapters import AdapterConfig
 from methods.lavish import LAVISH
+from methods.parts.lavish_adapter import AdapterConfig
 
 
 class AVISHConfig(AdapterConfig):
@@ -30,10 +28,9 @@ class AVISHConfig(AdapterConfig):
 
     families: ClassVar[tuple[str, ...]] = ("vit", "swinv2")
 
-    name: str = Field("avish", description="registry name of the method")
-
 
 class AVISH(LAVISH):
     """LAVISH with direct audio <-> video attention in every adapter (``AVISHConfig.latent()`` gives m = 0)."""
 
     Config = AVISHConfig
+    contract_variants = ({"audio_embed": "spectrogram", "train_norms": True}, {"backbone": "swinv2"})

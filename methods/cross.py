@@ -5,7 +5,7 @@ specific parameters", https://arxiv.org/abs/2107.00135.
 Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`` with ``share_encoder=False``,
 ``use_bottleneck=False`` (``get_context`` / ``combine_context``).
 Known differences:
-- An image-ViT checkpoint (``backbone.checkpoint``) initialises both streams as in MBT (``harness/weights.py``).
+- An image-ViT checkpoint (``backbone.checkpoint``) initialises both streams as in MBT (``harness/models/weights.py``).
 - With ``readout='gap'`` the CLS tokens stay in the sequences but are left out of the pool (scenic has none).
 - A missing modality's tokens (its CLS included) are never keys of the other stream; scenic always has both.
 - Like scenic, each fusion layer runs Block_m over the full ``[context ‖ z_m]`` sequence and drops the context's
@@ -28,17 +28,12 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.backbones import BackboneConfig, layer_norm
-from harness.data.base import InputSpec
-from methods._blocks import Streams, Tokenizers
-from methods.base import (
-    FusionMethod,
-    MethodConfig,
+from harness.api import MethodConfig, attn_mask, keep_keys, present_masks
+from harness.models.backbones import BackboneConfig
+from harness.models.blocks import (
     Readout,
-    attn_mask,
+    ViTStreams,
     check_fusion_layer,
-    keep_keys,
-    present_masks,
     readout_cls,
     readout_field,
     readout_gap,
@@ -48,7 +43,6 @@ from methods.base import (
 class CrossConfig(MethodConfig):
     """Where the streams start attending to each other and how they are read out."""
 
-    name: str = Field("cross", description="registry name of the method")
     fusion_layer: int = Field(
         0,
         description="Lf, first layer whose streams attend over both modalities; 0 = early fusion, "
@@ -60,16 +54,11 @@ class CrossConfig(MethodConfig):
         return check_fusion_layer(self.fusion_layer, backbone.depth)
 
 
-class Cross(FusionMethod):
+class Cross(ViTStreams):
     """Per-modality blocks; from Lf on each stream's queries attend over [other modality ‖ own tokens]."""
 
     Config = CrossConfig
-
-    def __init__(self, cfg: CrossConfig, backbone: BackboneConfig, spec: InputSpec):
-        super().__init__(cfg, backbone, spec)
-        self.tokens = Tokenizers(backbone, spec, self.modalities)
-        self.streams = Streams(backbone, self.modalities, shared_weights=False)
-        self.norm = layer_norm(backbone.embed_dim)
+    contract_variants = ({"readout": "gap"}, {"fusion_layer": 1})
 
     def forward(self, batch: dict) -> dict:
         cfg: CrossConfig = self.cfg

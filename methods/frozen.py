@@ -22,13 +22,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from methods._frozen import FrozenBackbone, FrozenConfig
+from harness.models.shared_vit import FrozenBackbone, FrozenConfig
 
 
 class FrozenProbeConfig(FrozenConfig):
     """The linear probe; only the LayerNorms are optional."""
 
-    name: str = Field("frozen", description="registry name of the method")
     train_norms: bool = Field(
         True,
         description="train the backbone's LayerNorms (is_vit_ln, the LAVISH author's ViT setting); false = the "

@@ -7,37 +7,24 @@ Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`
 Known differences: none in the encoder. Each modality has its own weights in every layer (``share_encoder=False``),
 there is no cross-modal attention anywhere, and the read-out is MBT's ``classifier='token'``: per-modality CLS after
 one shared final LayerNorm, averaged over the present modalities. An image-ViT ``backbone.checkpoint`` initialises
-both streams as in MBT (``harness/weights.py``; the unimodal baselines inherit it).
+both streams as in MBT (``harness/models/weights.py``; the unimodal baselines inherit it).
 
 Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` layers.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from harness.backbones import BackboneConfig, layer_norm
-from harness.data.base import InputSpec
-from methods._blocks import Streams, Tokenizers
-from methods.base import FusionMethod, MethodConfig, attn_mask, keep_keys, present_masks, readout_cls
+from harness.api import MethodConfig, attn_mask, keep_keys, present_masks
+from harness.models.blocks import ViTStreams, readout_cls
 
 
-class LateConfig(MethodConfig):
-    """Late fusion has nothing to tune beyond the backbone."""
+class Late(ViTStreams):
+    """Separate streams z_m <- Block_m(z_m) for l = 0..L-1; embedding = mean over present m of CLS_m.
 
-    name: str = Field("late", description="registry name of the method")
+    Late fusion has nothing to tune beyond the backbone: its config is the base ``MethodConfig``.
+    """
 
-
-class Late(FusionMethod):
-    """Separate streams z_m <- Block_m(z_m) for l = 0..L-1; embedding = mean over present m of CLS_m."""
-
-    Config = LateConfig
-
-    def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec):
-        super().__init__(cfg, backbone, spec)
-        self.tokens = Tokenizers(backbone, spec, self.modalities)
-        self.streams = Streams(backbone, self.modalities, shared_weights=False)
-        self.norm = layer_norm(backbone.embed_dim)
+    Config = MethodConfig
 
     def forward(self, batch: dict) -> dict:
         present = present_masks(batch, self.modalities)

@@ -1,7 +1,7 @@
 """LAVISH: one frozen ViT shared by audio and video, bridged by latent-token audio-visual adapters in every block.
 
 Paper: Lin, Sung, Lei, Bansal, Bertasius, "Vision Transformers are Parameter-Efficient Audio-Visual Learners",
-CVPR 2023, https://arxiv.org/abs/2212.07983 (METHODS.md §2).
+CVPR 2023, https://arxiv.org/abs/2212.07983.
 Reference implementation: GenjiB/LAVISH ``AVE/nets/net_trans.py`` (``MMIL_Net.forward_vit``, ``VisualAdapter``).
 Known differences:
 - Video: the harness tokenises a clip's frames jointly (tubelets over (T, H, W), one sequence per clip), where the
@@ -18,22 +18,23 @@ Known differences:
   a softmax + BCE loss. Here the task's one shared head scores each modality's CLS (``per_modality``, as MBT), so all
   methods are compared under the same head; a cost preset may add the paper's head later.
 - Weights: ``backbone.checkpoint`` loads an image ViT (timm layout, e.g. ``vit_base_patch16_224_in21k``) into the
-  frozen backbone (``harness/weights.py``): its 2-D patch kernel goes into the tubelet's central frame (which the
+  frozen backbone (``harness/models/weights.py``): its 2-D patch kernel goes into the tubelet's central frame (which the
   audio path reads, so it meets exactly the image kernel), the positional grid is resized/tiled to the video grid,
   and the CLS position is folded into the CLS token. The AVE code instead uses timm's model as it is.
 - Swin-V2 (the README's default backbone): with ``backbone.family: swinv2`` (presets ``swinv2_b``, ``swinv2_l``)
-  this class builds ``methods._swin.SwinLAVISH`` instead, the same adapters in timm's frozen Swin-V2 blocks (its
-  header lists what differs there).
+  ``LAVISH.build`` builds ``methods.parts.swin_lavish.SwinLAVISH`` instead, the same adapters in timm's frozen
+  Swin-V2 blocks (its header lists what differs there).
 - ``start_tune_layers`` (skip adapters below layer k) is not ported (its default, 0, is what runs here).
 
-Update rule of block l (both directions from the same states, ViT pre-norm branches, METHODS.md §2.4):
+Update rule of block l (both directions from the same states, ViT pre-norm branches; the code's forward_vit):
     a1 = A_p1(z_a, z_v);  v1 = V_p1(z_v, z_a)
     z_m <- z_m + DropPath(Attn(LN1 z_m)) + m1          for m in (a, v)
     a2 = A_p2(z_a, z_v);  v2 = V_p2(z_v, z_a)           # from the updated states
     z_m <- z_m + DropPath(MLP(LN2 z_m)) + m2
 Read-out: CLS_m after the backbone's final LayerNorm, per modality. Frozen: patch embedding, positional tables, CLS,
-time table, blocks; the backbone's LayerNorms train only with ``train_norms``. Adapters: ``methods/_adapters.py``;
-the frozen backbone, shared with the parameter-efficient baselines: ``methods/_frozen.py``.
+time table, blocks; the backbone's LayerNorms train only with ``train_norms``. Adapters:
+``methods/parts/lavish_adapter.py``; the frozen backbone, shared with the parameter-efficient baselines:
+``harness/models/shared_vit.py``.
 
 Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` layers, ``m`` latent tokens.
 """
@@ -45,11 +46,12 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.backbones import BackboneConfig
-from harness.data.base import InputSpec
-from methods._adapters import AdapterConfig, LAVISHAdapter
-from methods._frozen import FrozenBackbone, SharedTokenizer  # noqa: F401 (SharedTokenizer: its former home)
-from methods.base import attn_mask, keep_keys, present_masks, readout_cls
+from harness.api import FusionMethod, InputSpec, attn_mask, keep_keys, present_masks
+from harness.models.backbones import BackboneConfig
+from harness.models.blocks import readout_cls
+from harness.models.shared_vit import FrozenBackbone
+from methods.parts.lavish_adapter import AdapterConfig, LAVISHAdapter
+from methods.parts.swin_lavish import SwinLAVISH
 
 OTHER = {"audio": "video", "video": "audio"}
 
@@ -59,7 +61,6 @@ class LAVISHConfig(AdapterConfig):
 
     families: ClassVar[tuple[str, ...]] = ("vit", "swinv2")
 
-    name: str = Field("lavish", description="registry name of the method")
     latent_tokens: int = Field(2, ge=1, description="m, latent tokens per adapter (num_tokens); cost grows with m")
     latent_init: Literal["rand", "zeros"] = Field(
         "rand", description="rand: U[0, 1) (the paper and the AVE code); zeros: the AVS / AVQA code"
@@ -75,19 +76,23 @@ class LAVISH(FrozenBackbone):
     Config = LAVISHConfig
     positions: ClassVar[tuple[str, ...]] = ("p1", "p2")  # beside the MHSA, beside the FFN
 
-    def __new__(cls, cfg: AdapterConfig | None = None, backbone: BackboneConfig | None = None, spec=None):
-        """A Swin-V2 backbone builds the same adapters in timm's Swin-V2 blocks (``methods/_swin.py``).
+    contract_variants = (
+        {"audio_embed": "spectrogram", "latent_init": "zeros"},
+        {"bn": False, "ln_before": False, "ln_post": False, "gate_audio": False, "train_norms": True, "groups": 1},
+        {"backbone": "swinv2"},
+        {"backbone": "swinv2", "train_norms": True, "bn": False},
+    )
 
-        Called without arguments (``copy.deepcopy``, unpickling), it makes a plain instance as ``object`` would.
-        """
-        if backbone is not None and backbone.family == "swinv2":
-            from methods._swin import SwinLAVISH
-
+    @classmethod
+    def build(cls, cfg: AdapterConfig, backbone: BackboneConfig, spec: InputSpec) -> FusionMethod:
+        """A ViT backbone builds this class; a Swin-V2 one the same adapters in timm's Swin-V2 blocks
+        (``methods/parts/swin_lavish.py``)."""
+        if backbone.family == "swinv2":
             return SwinLAVISH(cfg, backbone, spec)
-        return super().__new__(cls)
+        return cls(cfg, backbone, spec)
 
     def __init__(self, cfg: AdapterConfig, backbone: BackboneConfig, spec: InputSpec):
-        super().__init__(cfg, backbone, spec)  # the frozen shared tokeniser, blocks and final norm (methods/_frozen.py)
+        super().__init__(cfg, backbone, spec)  # the frozen shared tokeniser, blocks and final norm
         m, init = cfg.latent()
         self.adapters = nn.ModuleDict(
             {

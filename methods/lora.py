@@ -29,9 +29,9 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from harness.backbones import BackboneConfig
-from harness.data.base import InputSpec
-from methods._frozen import FrozenBackbone, FrozenConfig
+from harness.api import InputSpec
+from harness.models.backbones import BackboneConfig
+from harness.models.shared_vit import FrozenBackbone, FrozenConfig
 
 # timm Block's linears, by the short name a config uses.
 TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
@@ -40,7 +40,6 @@ TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp
 class LoRAConfig(FrozenConfig):
     """LoRA's rank, scale and targets; the backbone fields (``train_norms``, ``audio_embed``) are the frozen one's."""
 
-    name: str = Field("lora", description="registry name of the method")
     rank: int = Field(8, ge=1, description="r, the rank of each update B A (the LAVISH code's LoRA uses r = 8)")
     alpha: float = Field(8.0, gt=0, description="the update is scaled by alpha / r (alpha = r: scale 1)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch's input (lora_dropout)")

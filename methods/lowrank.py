@@ -30,7 +30,7 @@ Paper vs official code vs here:
 - Dropout 0.1 in the code; 0 by default here, as in the harness's other methods. Stochastic depth per position.
 - Read-out: the code's Kinetics-Sounds head concatenates BOS and per-clip outputs of the multimodal stream; here
   ``cls`` = each modality's CLS from the last encoder it passes (multimodal in early/mid, its own in late) and
-  ``gap`` = mean of present patch tokens, scored by the task's shared head (methods/base.py).
+  ``gap`` = mean of present patch tokens, scored by the task's shared head (harness/api/method.py).
 
 Update rule (Layer_e,l: the layer of encoder e at depth l; ``sharing`` decides which of them are one module):
     z_m <- Layer_m,l(z_m; group m)      l = 0..Lu-1, m in {video, audio}      (unimodal; skipped in early fusion)
@@ -56,20 +56,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
-from harness.backbones import BackboneConfig, drop_path_rate, layer_norm
-from harness.data.base import InputSpec
-from methods._blocks import Tokenizers
-from methods.base import (
-    FusionMethod,
-    MethodConfig,
-    Readout,
-    attn_mask,
-    keep_keys,
-    present_masks,
-    readout_cls,
-    readout_field,
-    readout_gap,
-)
+from harness.api import FusionMethod, InputSpec, MethodConfig, attn_mask, keep_keys, present_masks
+from harness.models.backbones import BackboneConfig, drop_path_rate, layer_norm
+from harness.models.blocks import Readout, Tokenizers, readout_cls, readout_field, readout_gap
 
 Sharing = Literal["none", "layers", "modalities", "all"]
 ORDER = ("video", "audio")  # the multimodal sequence is [video ‖ audio], token types 0 / 1, as AVBERT's
@@ -78,7 +67,6 @@ ORDER = ("video", "audio")  # the multimodal sequence is [video ‖ audio], toke
 class LowRankConfig(MethodConfig):
     """Fusion stage, sharing scheme and rank of the factorised linear maps."""
 
-    name: str = Field("lowrank", description="registry name of the method")
     fusion: Literal["early", "mid", "late"] = Field(
         "mid",
         description="early: multimodal encoder only; mid: unimodal encoders, then the multimodal one (AVBERT); "
@@ -297,6 +285,17 @@ class LowRank(FusionMethod):
     """Unimodal encoders, then a multimodal encoder over [video ‖ audio], all of factorised shared layers."""
 
     Config = LowRankConfig
+    contract_variants = (
+        {"fusion": "early"},
+        {"fusion": "late", "readout": "gap"},
+        {"sharing": "none"},
+        {"sharing": "layers", "unimodal_layers": 2, "multimodal_layers": 1},
+        {"sharing": "modalities"},
+        {"rank": None, "sharing": "none"},
+        {"rank": 4, "pre_norm": True, "orthogonal_map": "cayley", "l2_normalize": False, "dropout": 0.1},
+        {"init": "xavier", "factor_lr_scale": 1.0},  # plain parameters (no StepScale), as before the matched defaults
+        {"init": "bert", "factor_lr_scale": 2.0, "sharing": "none"},
+    )
 
     def __init__(self, cfg: LowRankConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)

@@ -5,8 +5,8 @@ Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`
 Known differences:
 - scenic allocates Nb + 1 bottleneck tokens when ``classifier='token'``; here there are exactly
   ``bottleneck_tokens`` in both read-outs.
-- Initialisation from an image ViT (``backbone.checkpoint``, ``harness/weights.py``): blocks into both streams (or
-  the shared stack), central-frame tubelets, resized/tiled positional tables, the RGB kernel summed to 1 channel for
+- Initialisation from an image ViT (``backbone.checkpoint``, ``harness/models/weights.py``): blocks into both streams
+  (or the shared stack), central-frame tubelets, resized/tiled positional tables, the RGB kernel summed to 1 channel for
   the spectrogram, as scenic ``model_utils.py``. scenic also overwrites the bottlenecks with the resized positional
   grid on every checkpoint load; here that is ``bottleneck_init: pos`` and the default keeps their normal(0.02)
   init (the paper does not mention it).
@@ -33,29 +33,22 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.backbones import BackboneConfig, layer_norm
-from harness.data.base import InputSpec
-from harness.weights import ImageViT, Mapping, bottleneck_factors, bottleneck_pos
-from methods._blocks import Streams, Tokenizers
-from methods.base import (
-    FusionMethod,
-    MethodConfig,
+from harness.api import InputSpec, MethodConfig, attn_mask, keep_keys, mean_over_modalities, present_masks
+from harness.models.backbones import BackboneConfig
+from harness.models.blocks import (
     Readout,
-    attn_mask,
+    ViTStreams,
     check_fusion_layer,
-    keep_keys,
-    mean_over_modalities,
-    present_masks,
     readout_cls,
     readout_field,
     readout_gap,
 )
+from harness.models.weights import ImageViT, Mapping, bottleneck_factors, bottleneck_pos
 
 
 class MBTConfig(MethodConfig):
     """Where the bottlenecks start, how many, and how the streams are read out."""
 
-    name: str = Field("mbt", description="registry name of the method")
     fusion_layer: int = Field(
         2,
         description="Lf, first layer with bottlenecks; 0 = early fusion, L (backbone depth) = late fusion; "
@@ -91,16 +84,14 @@ class MBTConfig(MethodConfig):
         return errors
 
 
-class MBT(FusionMethod):
+class MBT(ViTStreams):
     """Per-modality streams that exchange information only through Nb shared bottleneck tokens."""
 
     Config = MBTConfig
+    contract_variants = ({"readout": "gap"}, {"shared_weights": True}, {"fusion_layer": 0, "bottleneck_tokens": 1})
 
     def __init__(self, cfg: MBTConfig, backbone: BackboneConfig, spec: InputSpec):
-        super().__init__(cfg, backbone, spec)
-        self.tokens = Tokenizers(backbone, spec, self.modalities)
-        self.streams = Streams(backbone, self.modalities, shared_weights=cfg.shared_weights)
-        self.norm = layer_norm(backbone.embed_dim)
+        super().__init__(cfg, backbone, spec, shared_weights=cfg.shared_weights)
         # Only allocated when used, so that Lf = L has exactly late fusion's parameters.
         self.bottleneck = None
         if cfg.fusion_layer < backbone.depth:

@@ -30,15 +30,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.backbones import BackboneConfig
-from harness.data.base import InputSpec
-from methods._frozen import FrozenBackbone, FrozenConfig
+from harness.api import InputSpec
+from harness.models.backbones import BackboneConfig
+from harness.models.shared_vit import FrozenBackbone, FrozenConfig
 
 
 class PromptConfig(FrozenConfig):
     """VPT-deep's prompt length and dropout; the backbone fields are the frozen one's."""
 
-    name: str = Field("prompt", description="registry name of the method")
     prompt_tokens: int = Field(4, ge=1, description="p, prompt tokens per layer per modality (VPT searches 1-200)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the prompt tokens (VPT's search: 0, 0.1)")
 

@@ -13,33 +13,16 @@ Shapes: ``B`` batch, ``N`` tokens of the one stream, ``D`` width, ``L`` layers.
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from methods.base import MethodConfig
 from methods.late import Late
-
-
-class AudioOnlyConfig(MethodConfig):
-    """The audio-only baseline has nothing to tune beyond the backbone."""
-
-    name: str = Field("audio_only", description="registry name of the method")
-
-
-class VideoOnlyConfig(MethodConfig):
-    """The video-only baseline has nothing to tune beyond the backbone."""
-
-    name: str = Field("video_only", description="registry name of the method")
 
 
 class AudioOnly(Late):
     """One stream over the spectrogram: z <- Block(z) for l = 0..L-1; embedding = CLS."""
 
-    Config = AudioOnlyConfig
     modalities = ("audio",)
 
 
 class VideoOnly(Late):
     """One stream over the frames: z <- Block(z) for l = 0..L-1; embedding = CLS."""
 
-    Config = VideoOnlyConfig
     modalities = ("video",)

@@ -5,7 +5,7 @@ https://arxiv.org/abs/2107.00135.
 Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`` with ``share_encoder=True``,
 ``use_bottleneck=False``.
 Known differences: an image-ViT checkpoint (``backbone.checkpoint``) initialises the shared stack as in MBT
-(``harness/weights.py``: blocks copied, central-frame tubelets, resized/tiled positional tables).
+(``harness/models/weights.py``: blocks copied, central-frame tubelets, resized/tiled positional tables).
 With ``readout='gap'`` the CLS tokens stay in the sequence (so every attention row keeps a key when a modality is
 missing) but are left out of the pool; scenic has no CLS tokens in ``gap`` mode.
 Weights: MBT's vanilla fusion is defined with one shared stack only (scenic ``share_encoder=True``). Neither the
@@ -26,17 +26,12 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.backbones import BackboneConfig, layer_norm
-from harness.data.base import InputSpec
-from methods._blocks import Streams, Tokenizers
-from methods.base import (
-    FusionMethod,
-    MethodConfig,
+from harness.api import InputSpec, MethodConfig, attn_mask, keep_keys, present_masks
+from harness.models.backbones import BackboneConfig
+from harness.models.blocks import (
     Readout,
-    attn_mask,
+    ViTStreams,
     check_fusion_layer,
-    keep_keys,
-    present_masks,
     readout_cls,
     readout_field,
     readout_gap,
@@ -52,7 +47,6 @@ SEPARATE_WEIGHTS = (
 class VanillaConfig(MethodConfig):
     """Where the joint sequence starts and how it is read out."""
 
-    name: str = Field("vanilla", description="registry name of the method")
     fusion_layer: int = Field(
         0, description="Lf, first layer over the joint sequence; 0 = early fusion, L (backbone depth) = late fusion"
     )
@@ -70,20 +64,18 @@ class VanillaConfig(MethodConfig):
         return errors
 
 
-class Vanilla(FusionMethod):
+class Vanilla(ViTStreams):
     """Shared blocks; per-modality passes below Lf, one joint sequence from Lf on."""
 
     Config = VanillaConfig
+    contract_variants = ({"readout": "gap"}, {"fusion_layer": 1})
     # Concatenation order of the joint sequence: MBT's z = [z_rgb ‖ z_spec].
     order = ("video", "audio")
 
     def __init__(self, cfg: VanillaConfig, backbone: BackboneConfig, spec: InputSpec):
-        super().__init__(cfg, backbone, spec)
         if not cfg.shared_weights:
             raise ValueError(f"method.shared_weights={cfg.shared_weights}: {SEPARATE_WEIGHTS}")
-        self.tokens = Tokenizers(backbone, spec, self.order)
-        self.streams = Streams(backbone, self.order, shared_weights=True)
-        self.norm = layer_norm(backbone.embed_dim)
+        super().__init__(cfg, backbone, spec, shared_weights=True)
 
     def forward(self, batch: dict) -> dict:
         cfg: VanillaConfig = self.cfg

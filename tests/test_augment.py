@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.augment import augment, clip_uniforms, drop_modalities, mix_weights, mixup
-from harness.backbones import BackboneConfig
+from harness.api import InputSpec
 from harness.config import ConfigError, RunSpec, TrainConfig
-from harness.data.base import InputSpec
+from harness.models.backbones import BackboneConfig
 from harness.registry import METHODS
-from harness.tasks import ClassificationTask, MultiheadTask
-from harness.trial import run_trial
+from harness.run.augment import augment, clip_uniforms, drop_modalities, mix_weights, mixup
+from harness.run.trial import run_trial
+from harness.tasks.classification import ClassificationTask
+from harness.tasks.multihead import MultiheadTask
 
 
 def _batch(b: int = 6, c: int = 4, seed: int = 0) -> dict:
@@ -100,8 +101,8 @@ def test_stochastic_depth_is_on_in_training_and_off_in_eval():
     bb = dict(name="tiny", embed_dim=16, depth=2, num_heads=2, patch_size=32, audio_patch=(32, 16))
     cfg = METHODS.get("vanilla").Config(name="vanilla")
     torch.manual_seed(0)
-    dropping = METHODS.get("vanilla")(cfg, BackboneConfig(**bb, drop_path=0.9), inp)
-    plain = METHODS.get("vanilla")(cfg, BackboneConfig(**bb), inp)
+    dropping = METHODS.get("vanilla").build(cfg, BackboneConfig(**bb, drop_path=0.9), inp)
+    plain = METHODS.get("vanilla").build(cfg, BackboneConfig(**bb), inp)
     plain.load_state_dict(dropping.state_dict())
     g = torch.Generator().manual_seed(0)
     ones = torch.ones(8, dtype=torch.bool)

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.backbones import BackboneConfig, make_blocks, num_audio_tokens, num_video_tokens
-from harness.complexity import count_flops, count_params, forward_flops
-from harness.data.base import InputSpec
+from harness.api import InputSpec
+from harness.models.backbones import BackboneConfig, make_blocks, num_audio_tokens, num_video_tokens
+from harness.models.complexity import count_flops, count_params, forward_flops
 from methods.late import Late
 from methods.mbt import MBT
 from methods.vanilla import Vanilla

@@ -14,7 +14,7 @@ import pytest
 
 from harness import registry
 from harness.config import ConfigError, RunSpec, flatten, load_config, parse_override
-from harness.search import SweepSpec
+from harness.config.sweep import SweepSpec
 
 TOY_PLUGIN = '''
 from pydantic import BaseModel, ConfigDict, Field

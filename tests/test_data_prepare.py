@@ -9,9 +9,9 @@ import torch
 
 from harness.cli import main
 from harness.config import RunSpec
-from harness.data.prepare import resolve_params
 from harness.data.synth_media import LAYOUTS
-from harness.trial import run_trial
+from harness.run.prepare import resolve_params
+from harness.run.trial import run_trial
 
 TINY = ["frames=2", "image_size=32", "resize=32", "n_mels=16", "target_frames=32", "val_fraction=0.4"]
 TINY_PARAMS = dict(s.split("=") for s in TINY)

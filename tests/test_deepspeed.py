@@ -8,10 +8,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from harness.config import ConfigError, RunSpec
-from harness.engines.torch_engine import TorchEngine
 from harness.registry import ENGINES
-from harness.sweep import run_sweep
-from harness.trial import build_dataset, build_model, model_cost
+from harness.run.engines.torch_engine import TorchEngine
+from harness.run.trial import build_dataset, build_model, model_cost
+from harness.sweep.driver import run_sweep
 
 
 def _run(tiny_run: dict, **engine) -> dict:
@@ -38,7 +38,7 @@ def test_engine_settings_are_validated_with_the_engine(tiny_run):
 def test_auto_is_torch_without_cuda(tiny_run):
     import torch
 
-    engine = ENGINES.get("auto")(RunSpec.from_dict(_run(tiny_run, name="auto")))
+    engine = ENGINES.get("auto").build(RunSpec.from_dict(_run(tiny_run, name="auto")))
     assert type(engine).__name__ == ("DeepSpeedEngine" if torch.cuda.is_available() else "TorchEngine")
     assert isinstance(engine, TorchEngine)
 
@@ -80,7 +80,7 @@ def test_two_rank_trials_with_zero_0_and_2_log_like_the_torch_engine(tiny_run, t
 
 def test_micro_batches_split_every_entry_kind():
     # Gradient accumulation splits tensors, id lists and multi-head label dicts along the same rows.
-    from harness.engines.deepspeed_engine import _chunks
+    from harness.run.engines.deepspeed_engine import _chunks
 
     batch = {
         "video": torch.arange(5),

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import frozen_cache
 from harness.config import RunSpec
-from harness.trial import build_dataset, build_model
+from harness.run import frozen_cache
+from harness.run.trial import build_dataset, build_model
 
 
 def built(tiny_run: dict, method: dict, **train):
@@ -110,7 +110,7 @@ def test_saved_cache_is_reused_by_a_later_trial_and_keyed_by_weights(tiny_run, t
 
 def test_run_trial_with_the_cache_trains_the_same_and_saves_it(tiny_run, capsys):
     # train.frozen_cache in a real trial: the same metrics as without it, and a file the next trial reuses.
-    from harness.trial import cache_dir, run_trial
+    from harness.run.trial import cache_dir, run_trial
 
     run = {**tiny_run, "method": {"name": "frozen", "train_norms": False}, "train": {**tiny_run["train"], "epochs": 2}}
     plain = run_trial(RunSpec.from_dict(run))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.backbones import AudioPatchEmbed, BackboneConfig, VideoPatchEmbed
-from harness.complexity import count_flops
+from harness.models.backbones import AudioPatchEmbed, BackboneConfig, VideoPatchEmbed
+from harness.models.complexity import count_flops
 
 
 def backbone(**kw) -> BackboneConfig:
@@ -86,10 +86,10 @@ def test_meta_device_shapes() -> None:
 
 
 def test_lavish_image_mode_audio_patches_equal_the_conv2d():
-    """LAVISH's spectrogram-as-image patch embedding (methods/_frozen.py) is the strided conv2d it replaces."""
+    """LAVISH's spectrogram-as-image patch embedding (harness/models/shared_vit.py) is the conv2d it replaces."""
     import torch.nn.functional as F
 
-    from methods._frozen import image_patches
+    from harness.models.shared_vit import image_patches
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 35, 50, generator=g, requires_grad=True).expand(-1, 3, -1, -1)  # remainders on both axes

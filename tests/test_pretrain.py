@@ -7,14 +7,14 @@ import threading
 import pytest
 import torch
 
-import harness.pretrain as pretrain_mod
-from harness.backbones import BackboneConfig
+import harness.run.pretrain as pretrain_mod
 from harness.config import ConfigError, RunSpec
 from harness.data.synthetic import SyntheticConfig, generate
-from harness.pretrain import PretrainConfig, apply_pretrained, pretrained_backbone
+from harness.models.backbones import BackboneConfig
+from harness.models.shared_vit import backbone_state
 from harness.registry import METHODS
-from harness.trial import build_model
-from methods._frozen import backbone_state
+from harness.run.pretrain import PretrainConfig, apply_pretrained, pretrained_backbone
+from harness.run.trial import build_model
 
 DATA = SyntheticConfig(clips_train=24, clips_val=8, clips_test=8, image_size=16, n_mels=16, n_frames=32)
 BACKBONE = BackboneConfig(name="t", embed_dim=16, depth=2, num_heads=2, patch_size=16, audio_patch=(16, 16),
@@ -54,7 +54,7 @@ def test_pretraining_is_cached_deterministic_and_moves_the_weights(tmp_path):
     for k in state:
         assert torch.equal(state[k], again[k]) and torch.equal(state[k], other[k]), k
     torch.manual_seed(0)
-    fresh = backbone_state(METHODS.get("frozen")(METHODS.get("frozen").Config(), BACKBONE, _spec()))
+    fresh = backbone_state(METHODS.get("frozen").build(METHODS.get("frozen").Config(), BACKBONE, _spec()))
     assert set(fresh) == set(state)
     assert not torch.equal(fresh["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
     # the key follows what the weights depend on
@@ -103,21 +103,22 @@ def test_trials_load_the_same_backbone_and_draw_the_same_numbers(tmp_path, monke
     cold_next = torch.rand(3)
     warm, warm_head = build_model(spec, _spec())  # loads
     assert torch.equal(torch.rand(3), cold_next), "pretraining must not move the trial's random stream"
-    assert cold.pretrained_key == warm.pretrained_key
+    key = pretrain_mod.pretrained_key(spec)  # the trial's tag: the one file both trials loaded
+    assert sorted(p.name for p in (tmp_path / "pretrained").glob("*.safetensors")) == [f"{key}.safetensors"]
     for a, b in zip(cold.state_dict().values(), warm.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.equal(cold_head.head.weight, warm_head.head.weight)
     spec_adapter = _run({"name": "adapter"})
     spec_adapter.cache_dir = str(tmp_path)
     adapter, _ = build_model(spec_adapter, _spec())
-    assert adapter.pretrained_key == cold.pretrained_key
+    assert pretrain_mod.pretrained_key(spec_adapter) == key
     for k, v in backbone_state(adapter).items():
         assert torch.equal(v, backbone_state(cold)[k]), k
 
 
 def test_pretrained_is_refused_where_it_cannot_apply(tmp_path):
     spec = _run({"name": "mbt"})
-    method = METHODS.get("mbt")(spec.method, spec.backbone, _spec())
+    method = METHODS.get("mbt").build(spec.method, spec.backbone, _spec())
     with pytest.raises(ConfigError, match="backbone.pretrained"):
         apply_pretrained(method, spec, tmp_path)
     assert apply_pretrained(method, _run({"name": "mbt"}, pretrained="none"), tmp_path) is None

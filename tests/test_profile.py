@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from harness.cli import main
-from harness.complexity import count_params, forward_flops
 from harness.config import ConfigError
-from harness.profile import load_profile, preset_path, presets, profile
+from harness.models.complexity import count_params, forward_flops
 from harness.registry import METHODS, TASKS
+from harness.run.profile import load_profile, preset_path, presets, profile
 
 TINY_INPUT = {"frames": 4, "image_size": 32, "n_mels": 32, "n_frames": 64, "num_classes": 18}  # synthetic's shapes
 METHOD_FIELDS = {
@@ -42,7 +42,7 @@ def test_meta_counts_equal_the_cpu_built_model(method, tmp_path):
     got = profile(spec)
 
     torch.manual_seed(0)
-    model = METHODS.get(method)(spec.method, spec.backbone, spec.input)
+    model = METHODS.get(method).build(spec.method, spec.backbone, spec.input)
     head = TASKS.get(spec.task_name)(spec.task, spec.input.num_classes, model.embed_dim)
     assert next(model.parameters()).device.type == "cpu"
     total, trainable = count_params(torch.nn.ModuleDict({"method": model, "task": head}))

@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from harness.complexity import count_params, forward_flops
-from harness.profile import format_profile, load_profile, preset_path, profile
+from harness.models.complexity import count_params, forward_flops
 from harness.registry import METHODS, TASKS
+from harness.run.profile import format_profile, load_profile, preset_path, profile
 
 D, HIDDEN, LAYERS, RANK, GROUPS = 768, 3072, 6, 128, 3  # BERT-base; 6 layers per encoder; visual, audio, multimodal
 
@@ -54,7 +54,7 @@ def test_meta_counts_equal_the_cpu_built_lowrank(fields, tmp_path):
     spec = load_profile(path)
     got = profile(spec)
     torch.manual_seed(0)
-    model = METHODS.get("lowrank")(spec.method, spec.backbone, spec.input)
+    model = METHODS.get("lowrank").build(spec.method, spec.backbone, spec.input)
     head = TASKS.get(spec.task_name)(spec.task, spec.input.num_classes, model.embed_dim)
     assert got["params_total"] == count_params(torch.nn.ModuleDict({"method": model, "task": head}))[0]
     assert got["params_parts"]["method.encoders"] == count_params(model.encoders)[0]

@@ -1,4 +1,4 @@
-"""LAVISH cost presets (``harness/profiles/lavish_*_ave.yaml``) against the parameter counts written out by hand.
+"""LAVISH cost presets (``harness/run/profiles/lavish_*_ave.yaml``) against the parameter counts written out by hand.
 
 The formulas follow the modules, not the code: a ViT (patch conv, positions with the CLS row, CLS, L blocks of
 12 D² + 13 D, final norm), 4 L adapters (METHODS.md §2.3) and the heads. The paper's accounting adds the parts the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from harness.config import ConfigError
-from harness.profile import format_profile, load_profile, preset_path, profile
+from harness.run.profile import format_profile, load_profile, preset_path, profile
 
 PATCH, TOKENS, CLASSES, IN21K = 16, 196, 29, 21843
 R, G, M = 8, 2, 2  # the README's flags: reduction, groups, latent tokens

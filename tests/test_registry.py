@@ -136,7 +136,7 @@ def test_builtin_methods_resolve_with_a_config(name):
 
 @pytest.mark.parametrize("name", registry.BACKBONES.names())
 def test_builtin_backbones_validate(name):
-    from harness.backbones import BackboneConfig
+    from harness.models.backbones import BackboneConfig
 
     assert BackboneConfig(**registry.BACKBONES.get(name)()).name == name
 

@@ -18,10 +18,11 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.config import ConfigError, resolve_run
-from harness.report import aggregate
-from harness.report_render import FORMATS, pareto_front
-from harness.report_spec import FigureSpec, figure_data, load_spec, provenance_span, split_provenance
-from harness.tracking import MlflowReporter, _experiment_id, code_tags
+from harness.report.figures import pareto_front
+from harness.report.render import FORMATS
+from harness.report.spec import FigureSpec, figure_data, load_spec, provenance_span, split_provenance
+from harness.report.stats import aggregate
+from harness.tracking import MlflowReporter, code_tags, experiment_id
 
 REPORTS = Path(__file__).parent.parent / "reports"
 SPECS = sorted(p.stem for p in REPORTS.glob("*.yaml"))
@@ -45,7 +46,7 @@ def _log_sweep(uri: str, name: str, trials: list[dict], cache: Path, manifest=la
     ``manifest(method, seed)``: the run's ``harness.manifest_hash`` tag (none when empty).
     """
     client = MlflowClient(uri)
-    exp = _experiment_id(client, name)
+    exp = experiment_id(client, name)
     tags = {**code_tags(), "harness.sweep": name, "harness.sweep_hash": f"{name:0<64}"[:64], "mlflow.runName": name}
     parent = client.create_run(exp, tags=tags)
     for method in trials:
@@ -249,7 +250,7 @@ def test_default_figure_draws_more_methods_than_one_palette_has(tmp_path):
     # 13 methods (the methods sweep) once failed with KeyError: tab10 has 10 colours.
     import pandas as pd
 
-    from harness.report_render import colours, figure
+    from harness.report.figures import colours, figure
 
     names = [f"m{i}" for i in range(13)]
     cols = {"method.name": names, "method.fusion_layer": ["—"] * 13, "test top-1": range(13)}
@@ -262,7 +263,7 @@ def test_default_figure_draws_more_methods_than_one_palette_has(tmp_path):
 def test_default_figure_of_one_row_per_method_is_grouped_bars_in_table_order(tmp_path):
     import pandas as pd
 
-    from harness.report_render import bar_data, bars
+    from harness.report.figures import bar_data, bars
 
     table = pd.DataFrame({
         "method.name": ["vanilla", "late", "audio_only"], "method.fusion_layer": ["0", "—", "—"],
@@ -280,7 +281,7 @@ def test_default_figure_of_one_row_per_method_is_grouped_bars_in_table_order(tmp
 def test_default_figure_is_a_fusion_layer_plot_when_a_method_spans_layers(tmp_path, monkeypatch):
     import pandas as pd
 
-    from harness import report_render
+    from harness.report import figures as report_render
 
     table = pd.DataFrame({"method.name": ["mbt", "mbt", "late"], "method.fusion_layer": ["0", "2", "—"],
                           "test top-1": [90.0, 95.0, 50.0], "test top-1 ci95": [1.0, 1.0, 1.0]})  # fmt: skip

@@ -17,9 +17,11 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.config import ConfigError, RunSpec, load_config
-from harness.trial import LocalCheckpoints, run_trial
+from harness.run.reporting import LocalCheckpoints
+from harness.run.trial import run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
+FAULT = {"HARNESS_HOOKS": "harness.testing.faults:from_env"}  # + HARNESS_HOOK_FAULT=EPOCH[:KEY=VALUE]
 
 
 class Recorder:
@@ -77,7 +79,7 @@ def test_harness_run_killed_mid_epoch_resumes_the_same_mlflow_run(tiny_run, tmp_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))", "run",
            str(path), "--tracking-uri", uri]  # fmt: skip
-    env = {**os.environ, "HARNESS_FAULT_INJECT": "2"}
+    env = {**os.environ, **FAULT, "HARNESS_HOOK_FAULT": "2"}
     died = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert died.returncode == 17, died.stderr[-2000:]  # os._exit in the middle of epoch 2
 
@@ -142,7 +144,7 @@ def test_sweep_survives_a_trial_killed_mid_epoch_and_a_killed_driver(tiny_run, t
     uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "ray")
     args = ["sweep", str(path), "--tracking-uri", uri, "--storage", storage]
     cmd = [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))", *args]
-    env = {**os.environ, "HARNESS_FAULT_INJECT": "1:seed=0"}
+    env = {**os.environ, **FAULT, "HARNESS_HOOK_FAULT": "1:seed=0"}
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)  # fmt: skip
     lines: list[str] = []
@@ -257,7 +259,8 @@ def test_deepspeed_trial_that_loses_a_rank_resumes_from_its_checkpoint(tiny_run,
     path = tmp_path / "ds.yaml"
     path.write_text(yaml.safe_dump(sweep))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("HARNESS_FAULT_INJECT", "1")
+    monkeypatch.setenv("HARNESS_HOOKS", FAULT["HARNESS_HOOKS"])
+    monkeypatch.setenv("HARNESS_HOOK_FAULT", "1")
     assert main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 0
     client = MlflowClient(uri)
     _, (run,) = _children(client, "t_ds_resume")

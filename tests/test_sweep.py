@@ -11,9 +11,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.report import aggregate, swept_keys, t_interval
-from harness.report_render import tex_escape
-from harness.report_spec import load_spec, paired_differences, paired_markdown, split_provenance
+from harness.report.build import swept_keys
+from harness.report.render import tex_escape
+from harness.report.spec import load_spec, paired_markdown, split_provenance
+from harness.report.stats import aggregate, paired_differences, t_interval
 
 pytestmark = pytest.mark.ray
 

@@ -9,19 +9,14 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import mannwhitneyu
 
+from harness.api import InputSpec, average_views
 from harness.config import RunSpec
-from harness.data.base import InputSpec
-from harness.engines.torch_engine import TorchEngine
 from harness.registry import METHODS, TASKS
-from harness.tasks import (
-    ClassificationTask,
-    LocalizationTask,
-    MultiheadTask,
-    MultilabelTask,
-    average_precision,
-    average_views,
-    roc_auc,
-)
+from harness.run.engines.torch_engine import TorchEngine
+from harness.tasks.classification import ClassificationTask
+from harness.tasks.localization import LocalizationTask
+from harness.tasks.multihead import MultiheadTask
+from harness.tasks.multilabel import MultilabelTask, average_precision, roc_auc
 
 
 def _task(cls, num_classes: int, dim: int = 4, **cfg):
@@ -177,7 +172,7 @@ def test_action_accuracy_is_the_joint_argmax():
 
 def test_multihead_loss_and_heads():
     task = _task(MultiheadTask, 397)
-    assert set(task.heads) == {"verb", "noun"} and "action_top1" in task.metric_names
+    assert set(task.heads) == {"verb", "noun"} and task.primary_metric == "action_top1"
     z = task.head_logits(torch.randn(4, 4))
     assert z["verb"].shape == (4, 97) and z["noun"].shape == (4, 300)
     y = {"verb": torch.randint(0, 97, (4,)), "noun": torch.randint(0, 300, (4,))}
@@ -232,7 +227,7 @@ def test_engine_evaluate_averages_the_views_of_one_id(tiny_run):
     spec = RunSpec.from_dict(tiny_run)
     inp = InputSpec(frames=4, image_size=32, n_mels=32, n_frames=64, num_classes=10)  # the synthetic default
     torch.manual_seed(0)
-    method = METHODS.get("late")(spec.method, spec.backbone, inp).eval()
+    method = METHODS.get("late").build(spec.method, spec.backbone, inp).eval()
     task = ClassificationTask(ClassificationTask.Config(), 10, method.embed_dim)
     split = _ViewSplit(inp, 6)
     seen = []  # what the engine hands to the task's metrics

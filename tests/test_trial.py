@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from harness.config import RunSpec
-from harness.engines.torch_engine import NonFiniteLossError
 from harness.registry import METHODS
-from harness.trial import run_trial
+from harness.run.engines.torch_engine import NonFiniteLossError
+from harness.run.trial import run_trial
 
 
 class Recorder:
@@ -72,8 +72,8 @@ def test_frozen_parameters_stay_frozen(tiny_run, monkeypatch):
     monkeypatch.setattr(cls, "__init__", frozen_init)
     tiny_run["method"] = {"name": "late"}
     spec = RunSpec.from_dict(tiny_run)
-    from harness.engines.torch_engine import TorchEngine
-    from harness.trial import build_dataset, build_model
+    from harness.run.engines.torch_engine import TorchEngine
+    from harness.run.trial import build_dataset, build_model
 
     data = build_dataset(spec)
     method, task = build_model(spec, data.spec)
@@ -87,7 +87,7 @@ def test_peak_memory_is_per_trial_in_a_reused_worker():
     """A sweep worker that runs several trials (tune.reuse_actors) reports each trial's own peak RSS (Linux)."""
     import sys
 
-    from harness.engines.torch_engine import peak_memory_mb, reset_peak_memory
+    from harness.run.engines.torch_engine import peak_memory_mb, reset_peak_memory
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the per-trial reset uses /proc/self/clear_refs")

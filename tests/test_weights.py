@@ -1,4 +1,4 @@
-"""Backbone weights from local files (``harness/weights.py``) and their mapping onto the methods, against timm.
+"""Backbone weights from local files (``harness/models/weights.py``) and their mapping onto the methods, against timm.
 
 A tiny timm ``VisionTransformer`` with random weights is the checkpoint. Where the mapping is a true identity (one
 frame, tubelet 1, the checkpoint's patch size and grid), a stream's CLS output must equal timm's on the same image.
@@ -13,20 +13,12 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from harness.backbones import BackboneConfig, VideoPatchEmbed
+from harness.api import CheckpointError, InputSpec
 from harness.config import ConfigError, RunSpec
-from harness.data.base import InputSpec
+from harness.models.backbones import BackboneConfig, VideoPatchEmbed
+from harness.models.weights import arp_weights, audio_pos, image_vit, read_checkpoint, resize_grid, video_kernel
 from harness.registry import METHODS
-from harness.trial import build_model
-from harness.weights import (
-    CheckpointError,
-    arp_weights,
-    audio_pos,
-    image_vit,
-    read_checkpoint,
-    resize_grid,
-    video_kernel,
-)
+from harness.run.trial import build_model
 
 DIM, DEPTH, HEADS, PATCH, IMG = 32, 2, 2, 8, 32  # a 4 x 4 grid
 
@@ -53,7 +45,7 @@ def spec(**kw) -> InputSpec:
 def build(name: str, bb: BackboneConfig | None = None, sp: InputSpec | None = None, **fields):
     cls = METHODS.get(name)
     torch.manual_seed(1)
-    return cls(cls.Config(name=name, **fields), bb or backbone(), sp or spec()).eval()
+    return cls.build(cls.Config(name=name, **fields), bb or backbone(), sp or spec()).eval()
 
 
 def timm_cls(vit: VisionTransformer, image: torch.Tensor) -> torch.Tensor:

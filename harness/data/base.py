@@ -1,46 +1,6 @@
-"""What every dataset gives the rest of the harness: its input spec and batches of samples.
-
-A sample (DESIGN.md): ``video`` float (T, 3, H, W) normalised, ``audio`` float (1, n_mels, n_frames) log-mel,
-``label`` (int; multi-hot float (C,); (S,) ints per segment; or a dict of heads), ``id`` str. A batch stacks
-them and adds ``audio_present`` / ``video_present`` bool (B,) masks.
-"""
+"""A split held in memory as tensors and served as batches of the sample contract (``harness.api.inputs``)."""
 
 from __future__ import annotations
-
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
-
-def harness_cache() -> Path:
-    """The default cache of generated and prepared data: ``$HARNESS_CACHE`` or ~/.cache/fusion-harness."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "fusion-harness")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """Shapes a dataset yields; the backbone's tokenisers are built from it.
-
-    Attributes:
-        frames: T, video frames per clip.
-        image_size: H = W of each frame.
-        n_mels: frequency bins of the log-mel spectrogram (its height).
-        n_frames: time frames of the spectrogram (its width).
-        num_classes: number of classes of the dataset's default task (for a multi-head task: all heads' together).
-        segments: S, labels per clip for localisation (AVE: 10 one-second segments); 0 = one label per clip.
-        heads: ``(("verb", 97), ("noun", 300))``: name and classes of each head of a multi-head task; () = one.
-    """
-
-    frames: int
-    image_size: int
-    n_mels: int
-    n_frames: int
-    num_classes: int
-    segments: int = 0
-    heads: tuple[tuple[str, int], ...] = ()
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class TensorSplit:
@@ -64,7 +24,7 @@ class TensorSplit:
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                 shard: tuple[int, int] | None = None):  # fmt: skip
-        """Yield batches (DESIGN.md's sample contract, stacked) in a seeded order.
+        """Yield batches (the sample contract of ``harness.api.inputs``, stacked) in a seeded order.
 
         ``shard=(rank, world)`` yields only rank's contiguous part of each batch (``batch_size`` is then the
         global batch), so that data-parallel workers together see exactly the batches of one process.

@@ -22,10 +22,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from harness.api import InputSpec
 from harness.data import annotations as A
 from harness.data.annotations import AnnotationError, ClipRecord
-from harness.data.base import InputSpec
-from harness.data.prepared import PreparedConfig, PreparedDataset, holdout
+from harness.data.dataset import PreparedConfig, PreparedDataset, holdout
 
 
 def _path(params: PreparedConfig, name: str) -> Path:

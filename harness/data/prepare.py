@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from harness.data.annotations import ClipRecord
-from harness.data.base import harness_cache
 from harness.data.decode import CorruptMediaError, decode, decoder_name
 from harness.data.frontend import kaldi_fbank
+from harness.data.shards import scan_shards, settings_hash, write_shard
 
 SHARD_CLIPS = 64
 
@@ -93,26 +93,6 @@ def _try(job):
         return None, str(e)
 
 
-def settings_hash(settings: dict) -> str:
-    return hashlib.sha256(json.dumps({"v": 1, **settings}, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def scan_shards(folder: Path) -> dict[str, tuple[str, int, str]]:
-    """Clips already in the folder's shards: id -> (shard file name, row, checksum); later shards win."""
-    from safetensors import safe_open
-
-    index = {}
-    for shard in sorted(folder.glob("shard-*.safetensors")):
-        try:
-            with safe_open(str(shard), "pt") as f:
-                meta = f.metadata()
-        except Exception:  # a shard cut short by a crash before its atomic rename cannot exist; be safe anyway
-            continue
-        for row, (cid, ck) in enumerate(zip(json.loads(meta["ids"]), json.loads(meta["checksums"]))):
-            index[cid] = (shard.name, row, ck)
-    return index
-
-
 class _Checksums:
     """``files.json``: checksum per (file, size, mtime), so unchanged files are not read again."""
 
@@ -137,21 +117,6 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
-
-
-def _write_shard(folder: Path, ids: list[str], checksums: list[str], outs: list, decoder: str) -> str:
-    from harness.weights import save_atomic
-
-    taken = [int(p.name[6:11]) for p in folder.glob("shard-*.safetensors")]
-    name = f"shard-{max(taken, default=-1) + 1:05d}.safetensors"
-    tensors = {
-        "video": torch.stack([o[0] for o in outs]),
-        "fbank": torch.stack([o[1] for o in outs]),
-        "audio_present": torch.tensor([o[2] for o in outs], dtype=torch.bool),
-    }
-    meta = {"ids": json.dumps(ids), "checksums": json.dumps(checksums), "decoder": decoder}
-    save_atomic(tensors, folder / name, metadata=meta)  # a shard exists whole or not at all
-    return name
 
 
 def _progress(total: int, desc: str):
@@ -226,13 +191,13 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
                 if out_ is None:
                     if strict:
                         if outs:
-                            _write_shard(folder, ids, cks, outs, decoder)  # keep what was decoded
+                            write_shard(folder, ids, cks, outs, decoder)  # keep what was decoded
                         raise PrepareError(f"corrupt media file {root / r.file} (clip {r.id}): {err}")
                     corrupt[r.id], errors[r.id] = ck, err
                     continue
                 ids.append(r.id), cks.append(ck), outs.append(out_)
             if outs:
-                name = _write_shard(folder, ids, cks, outs, decoder)
+                name = write_shard(folder, ids, cks, outs, decoder)
                 index.update({cid: (name, row, ck) for row, (cid, ck) in enumerate(zip(ids, cks))})
     finally:
         torch.set_num_threads(threads)
@@ -259,62 +224,3 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
         print(f"reused {reused} clips already in {folder}", file=out)
     print(", ".join(f"{k} {v}" for k, v in counts.items()), file=out, flush=True)
     return manifest
-
-
-# --- command line ---------------------------------------------------------------------------------------------------
-
-
-def resolve_params(dataset: str, root: str, cache: str | None, overrides: list[str]):
-    """(loader class, validated params) of a card with ``root``, ``cache`` and ``--set`` overrides.
-
-    Raises:
-        ConfigError: unknown dataset, a dataset that is not prepared from files, or invalid parameters.
-    """
-    from pydantic import ValidationError
-
-    from harness.config import ConfigError, parse_override, pydantic_errors
-    from harness.data.prepared import PreparedDataset
-    from harness.registry import DATASETS, FORMATS, UnknownNameError
-
-    try:
-        card = DATASETS.get(dataset)
-    except UnknownNameError as e:
-        raise ConfigError([("DATASET", str(e))]) from e
-    cls = FORMATS.get(card["format"])
-    if not (isinstance(cls, type) and issubclass(cls, PreparedDataset)):
-        raise ConfigError([("DATASET", f"{dataset!r} (format {card['format']!r}) is not read from media files")])
-    fields = {**card["params"], "root": root}
-    if cache:
-        fields["cache"] = cache
-    for text in overrides:
-        key, value = parse_override(text)
-        fields[key.removeprefix("dataset.")] = value
-    try:
-        return cls, cls.Config.model_validate(fields)
-    except ValidationError as e:
-        raise ConfigError(pydantic_errors(e, "dataset", cls.Config)) from e
-
-
-def cli_prepare(dataset: str, root: str, cache: str | None, workers: int, strict: bool, overrides: list[str]) -> int:
-    """``harness prepare``: decode, cache, print the summary line; exit 1 when ``--strict`` meets a corrupt file."""
-    from harness.data.annotations import AnnotationError
-
-    cls, params = resolve_params(dataset, root, cache, overrides)
-    try:
-        manifest = cls.prepare(params, harness_cache(), workers=workers, strict=strict)
-    except (PrepareError, AnnotationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    folder = cls.cache_folder(params, harness_cache())
-    print(f"manifest {folder / 'manifest.json'} (hash {manifest['hash']}, decoder {manifest['decoder']})")
-    return 0
-
-
-def cli_synth(out: str, layout: str, clips: int, seed: int) -> int:
-    """``harness synth``: write a synthetic dataset of ``layout`` as MP4 files + annotation files."""
-    from harness.data.synth_media import synth
-
-    info = synth(Path(out), layout, clips, seed)
-    print(f"wrote {info['clips']} clips ({layout} layout: {', '.join(info['files'])}) under {out}")
-    print(f"next: harness prepare {layout} --root {out}")
-    return 0

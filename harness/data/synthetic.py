@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.data.base import InputSpec, TensorSplit
+from harness.api import InputSpec
+from harness.data.base import TensorSplit
 
 SPLITS = ("train", "val", "test")
 COLOURS = torch.tensor([[1, 0.1, 0.1], [0.1, 1, 0.1], [0.2, 0.3, 1], [1, 1, 0.1], [0.1, 1, 1], [1, 0.2, 1]])
@@ -182,7 +183,7 @@ def generate(cfg: SyntheticConfig, latents: bool = False) -> dict[str, dict[str,
     Args:
         cfg: the parameters.
         latents: also return each split's generative attributes (:func:`latent_attributes`), for unimodal
-            pretraining (``harness/pretrain.py``). They are derived from draws made anyway, so the clips, labels
+            pretraining (``harness/run/pretrain.py``). They are derived from draws made anyway, so the clips, labels
             and the cache key do not depend on this flag.
     """
     g = torch.Generator().manual_seed(cfg.seed)
@@ -255,7 +256,7 @@ def load_or_generate(cfg: SyntheticConfig, cache_dir: str | os.PathLike) -> dict
     """Load the cached splits for ``cfg``, generating and caching them (atomically) on first use."""
     from safetensors.torch import load_file
 
-    from harness.weights import save_atomic
+    from harness.data.storage import save_atomic
 
     path = Path(cache_dir) / "synthetic" / f"{config_hash(cfg)}.safetensors"
     if not path.exists():

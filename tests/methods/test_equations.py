@@ -7,21 +7,21 @@ import dataclasses
 import pytest
 import torch
 
-from harness.backbones import num_audio_tokens, num_video_tokens
-from harness.complexity import count_params, forward_flops
-from harness.tasks import ClassificationTask
-from methods._adapters import GroupedLinear, LAVISHAdapter
+from harness.models.backbones import num_audio_tokens, num_video_tokens
+from harness.models.complexity import count_params, forward_flops
+from harness.tasks.classification import ClassificationTask
 from methods.avish import AVISH, AVISHConfig
 from methods.cross import Cross
 from methods.late import Late
 from methods.lavish import LAVISH, LAVISHConfig
 from methods.mbt import MBT
+from methods.parts.lavish_adapter import GroupedLinear, LAVISHAdapter
 from methods.vanilla import Vanilla, VanillaConfig
 
 
 def build(cls, backbone, spec, seed: int = 0, **fields):
     torch.manual_seed(seed)
-    return cls(cls.Config(**fields), backbone, spec)
+    return cls.build(cls.Config(**fields), backbone, spec)
 
 
 def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -1,43 +1,19 @@
-"""The shared low-rank multimodal transformer (AVBERT, METHODS.md §4): orthogonality, sharing counts, fusion stages."""
+"""The shared low-rank multimodal transformer (AVBERT): orthogonality, sharing counts, fusion stages.
+
+The method contract runs on lowrank's option variants (``LowRank.contract_variants``) in ``test_contract.py``."""
 
 from __future__ import annotations
 
 import pytest
-import test_contract as contract  # the contract checks of every method, run here on lowrank's option variants
 import torch
 
-from harness.complexity import count_params
+from harness.models.complexity import count_params
 from methods.lowrank import FactorLayer, FactorLinear, LowRank, LowRankConfig, matched_gain
-
-VARIANTS = [
-    {"fusion": "early"},
-    {"fusion": "late", "readout": "gap"},
-    {"sharing": "none"},
-    {"sharing": "layers", "unimodal_layers": 2, "multimodal_layers": 1},
-    {"sharing": "modalities"},
-    {"rank": None, "sharing": "none"},
-    {"rank": 4, "pre_norm": True, "orthogonal_map": "cayley", "l2_normalize": False, "dropout": 0.1},
-    {"init": "xavier", "factor_lr_scale": 1.0},  # plain parameters (no StepScale), as before the matched defaults
-    {"init": "bert", "factor_lr_scale": 2.0, "sharing": "none"},
-]
-CONTRACT = [
-    contract.test_shapes_and_finite,
-    contract.test_gradients_reach_trainable_and_not_frozen,
-    contract.test_deterministic_under_seed,
-    contract.test_missing_modalities_are_masked,
-]
 
 
 def build(backbone, spec, seed: int = 0, **fields) -> LowRank:
     torch.manual_seed(seed)
-    return LowRank(LowRankConfig(**fields), backbone, spec)
-
-
-@pytest.mark.parametrize("check", CONTRACT, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
-def test_contract_on_variants(check, overrides, backbone, spec, make_batch):
-    extra = {"placeholder": "nan"} if check is contract.test_missing_modalities_are_masked else {}
-    check(name="lowrank", overrides=overrides, backbone=backbone, spec=spec, make_batch=make_batch, **extra)
+    return LowRank(LowRankConfig(name="lowrank", **fields), backbone, spec)
 
 
 def orthogonals(model: LowRank) -> dict[str, torch.Tensor]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.complexity import count_params, forward_flops
-from methods._frozen import backbone_state, load_backbone_state
+from harness.models.complexity import count_params, forward_flops
+from harness.models.shared_vit import backbone_state, load_backbone_state
 from methods.adapter import Adapter
 from methods.frozen import Frozen
 from methods.lavish import LAVISH
@@ -18,7 +18,7 @@ FROZEN_BACKBONE = [Adapter, LoRA, Prompt, Frozen, LAVISH]
 
 def build(cls, backbone, spec, seed: int = 0, **fields):
     torch.manual_seed(seed)
-    return cls(cls.Config(**fields), backbone, spec)
+    return cls.build(cls.Config(**fields), backbone, spec)
 
 
 def outputs(model, batch) -> dict[str, torch.Tensor]:

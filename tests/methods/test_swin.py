@@ -1,4 +1,4 @@
-"""LAVISH / AVISH on a frozen Swin-V2 (``methods/_swin.py``): the Swin-specific equations, pairing, weights, errors.
+"""LAVISH / AVISH on a frozen Swin-V2 (``methods/parts/swin_lavish.py``): Swin equations, pairing, weights, errors.
 
 The method contract (shapes, gradients, masks, determinism, round trip) runs on the Swin path through the
 ``{"backbone": "swinv2"}`` variants of ``tests/methods/test_contract.py``.
@@ -11,22 +11,21 @@ import torch
 from safetensors.torch import save_file
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 
-from harness.backbones import BackboneConfig
+from harness.api import CheckpointError, InputSpec
 from harness.config import ConfigError, resolve_run
-from harness.data.base import InputSpec
-from harness.weights import CheckpointError
-from methods._swin import SwinLAVISH, make_swinv2
+from harness.models.backbones import BackboneConfig
+from harness.testing import SWIN_BACKBONE
 from methods.avish import AVISH, AVISHConfig
 from methods.lavish import LAVISH, LAVISHConfig
+from methods.parts.swin_lavish import SwinLAVISH, make_swinv2
 
-SWIN = dict(name="test_swin", family="swinv2", embed_dim=16, depth=3, num_heads=2, stage_depths=(2, 1),
-            window_size=2, patch_size=4, tubelet=1, audio_patch=(4, 4))  # fmt: skip
+SWIN = SWIN_BACKBONE  # the contract's tiny Swin-V2
 SPEC = InputSpec(frames=2, image_size=16, n_mels=16, n_frames=32, num_classes=5)  # 2 pairs: 16² + 16 x 16
 
 
 def build(cls=LAVISH, config=LAVISHConfig, seed: int = 0, **overrides) -> SwinLAVISH:
     torch.manual_seed(seed)
-    return cls(config(**overrides), BackboneConfig(**SWIN), SPEC)
+    return cls.build(config(**overrides), BackboneConfig(**SWIN), SPEC)
 
 
 def batch(b: int = 3, seed: int = 0) -> dict:
@@ -108,7 +107,7 @@ def test_a_timm_swin_checkpoint_loads_into_the_backbone(tmp_path):
 
 
 def test_backbone_checkpoint_in_a_run_loads_the_swin(tmp_path):
-    from harness.trial import build_model
+    from harness.run.trial import build_model
 
     source = make_swinv2(BackboneConfig(**SWIN), SPEC)
     path = tmp_path / "swin.safetensors"

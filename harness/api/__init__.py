@@ -1,0 +1,38 @@
+"""The declared contracts between the harness's parts: import what a method, task or engine needs from here.
+
+- the sample and batch, :class:`InputSpec` (``harness.api.inputs``): what every format of ``harness.data`` yields;
+- the missing-modality masks (``harness.api.modalities``): what methods and tasks honour;
+- :class:`FusionMethod`, :class:`MethodConfig` (``harness.api.method``): ``methods/`` and ``harness.methods`` plug-ins;
+- :class:`Task`, :class:`TaskConfig` (``harness.api.task``): ``harness.tasks`` and ``harness.tasks`` plug-ins;
+- :class:`Engine`, :class:`Reporter`, :class:`Checkpoints`, :class:`TrainHook` (``harness.api.engine``): the
+  engines of ``harness.run.engines``, the reporters of ``harness.run`` and ``harness.tracking``.
+
+This package imports nothing else of the harness (``tests/test_layering.py`` holds it to that).
+"""
+
+from harness.api.engine import Checkpoints, Engine, Reporter, TrainHook
+from harness.api.inputs import InputSpec
+from harness.api.method import CheckpointError, FusionMethod, MethodConfig
+from harness.api.modalities import attn_mask, keep_keys, mean_over_modalities, modality_weights, present_masks
+from harness.api.task import Task, TaskConfig, Tree, average_views, tree_map
+
+__all__ = [
+    "CheckpointError",
+    "Checkpoints",
+    "Engine",
+    "FusionMethod",
+    "InputSpec",
+    "MethodConfig",
+    "Reporter",
+    "Task",
+    "TaskConfig",
+    "TrainHook",
+    "Tree",
+    "attn_mask",
+    "average_views",
+    "keep_keys",
+    "mean_over_modalities",
+    "modality_weights",
+    "present_masks",
+    "tree_map",
+]

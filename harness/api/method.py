@@ -1,0 +1,109 @@
+"""The method contract: a typed config and an ``nn.Module`` whose ``forward(batch)`` returns embeddings.
+
+Every registered method (built-in in ``methods/`` or a plug-in of the ``harness.methods`` entry-point group)
+subclasses :class:`FusionMethod` and gives it a :class:`MethodConfig` subclass as ``Config``. The task owns the
+head, the loss and the metrics, so every method is scored by the same head; trainable = ``requires_grad``. What the
+core reads of a method is declared here and nowhere else:
+
+- ``build(cfg, backbone, spec)``: the constructor the core calls (a method with several implementations, e.g.
+  LAVISH on a ViT or a Swin-V2, picks one here);
+- ``forward(batch) -> {"embedding": (B, D) or (B, S, D), "per_modality": {m: (B, D)} (optional)}``;
+- ``embed_dim``: D of the embeddings;
+- ``modalities``: which streams it consumes; ``frozen_prefix``: the frozen submodule whose output
+  ``harness.run.frozen_cache`` may cache;
+- ``load_backbone(state_dict)``: fill the backbone from a local image-ViT checkpoint (``backbone.checkpoint``);
+- ``contract_variants``: option sets that ``harness.testing`` runs the contract tests on, besides the defaults.
+
+Shapes: ``B`` batch, ``S`` segments, ``D`` width.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from harness.api.inputs import InputSpec
+
+if TYPE_CHECKING:  # annotations only: the core's types, never imported by the contract
+    from harness.models.backbones import BackboneConfig
+    from harness.models.weights import LoadReport
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the configured backbone."""
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's typed config; subclasses add fields, each with a description.
+
+    ``name`` is the method's registry name: the registry line (or the plug-in's entry point) is the one place it is
+    spelt, and the configuration fills it in from ``method.name``; a config built directly (tests) may leave it empty.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    families: ClassVar[tuple[str, ...]] = ("vit",)  # backbone families the method is built for
+
+    name: str = Field("", description="registry name of the method (filled in from method.name)")
+
+    def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
+        """Cross-checks against the backbone; ``(key path, message)`` pairs, empty when consistent."""
+        return []
+
+    def check_family(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
+        """An error when the method has no implementation on ``backbone.family``."""
+        if backbone.family in self.families:
+            return []
+        built = " or ".join(self.families)
+        msg = f"method {self.name!r} is built on {built} backbones, not {backbone.family} ({backbone.name})"
+        return [("backbone.family", msg + "; pick a ViT backbone (e.g. vit_b16)")]
+
+
+class FusionMethod(nn.Module):
+    """An audio-visual encoder whose ``forward(batch)`` returns ``{"embedding": (B, D), ...}``.
+
+    Subclasses set ``Config`` and, when they consume one stream only, ``modalities``.
+
+    Args:
+        cfg: the method's config (an instance of ``Config``).
+        backbone: width, depth and tokenisation of the streams (``harness.models.backbones.BackboneConfig``).
+        spec: the dataset's input shapes.
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    modalities: ClassVar[tuple[str, ...]] = ("audio", "video")
+    # The always-frozen submodule whose output is a fixed function of the clip (``harness.run.frozen_cache``).
+    frozen_prefix: ClassVar[str | None] = None
+    # Option sets the contract tests run on besides the defaults (``harness.testing``); ``{"backbone": "swinv2"}``
+    # in a set builds the method on the contract's tiny Swin-V2 instead of its tiny ViT.
+    contract_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
+
+    def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.spec = spec
+        self.embed_dim: int = backbone.embed_dim
+
+    @classmethod
+    def build(cls, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec) -> FusionMethod:
+        """The method for this configuration; the one constructor the core calls. Default: ``cls(...)``."""
+        return cls(cfg, backbone, spec)
+
+    def forward(self, batch: dict) -> dict[str, Tensor | dict[str, Tensor]]:
+        """``{"embedding": (B, D) or (B, S, D)}``, optionally ``"per_modality": {m: (B, D)}``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define forward(batch)")
+
+    def load_backbone(self, state_dict: dict[str, Tensor]) -> LoadReport:
+        """Fill the backbone from an image ViT's state dict (timm layout); called after init when
+        ``backbone.checkpoint`` is set.
+
+        Raises:
+            CheckpointError: the method has no mapping from an image ViT, or a tensor does not fit.
+        """
+        raise CheckpointError(
+            f"method {self.cfg.name!r} has no backbone-checkpoint mapping; drop backbone.checkpoint or give "
+            "the method a load_backbone (harness.models.blocks.ViTStreams has the standard one)"
+        )

@@ -1,0 +1,250 @@
+"""``harness report``: the comparison table and figure of a sweep, built from MLflow alone.
+
+Reads the FINISHED child runs of the latest sweep (or ``--sweep NAME``), groups them by method and the swept keys,
+aggregates the seeds as mean ± 95% t-interval with n, and writes the table in the format of ``--out`` (Markdown,
+CSV, a LaTeX tabular, or one self-contained HTML page), the raw aggregates as CSV, and the figure of top-1 against the
+fusion layer as PNG and SVG (``harness.report.render`` formats). A spec (``reports/X.yaml``, ``harness.report.spec``)
+picks the sweeps, rows, columns and figures instead. The files are also logged as artifacts of the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.config import ConfigError
+from harness.report.figures import figure, spec_figure
+from harness.report.render import FORMATS, display_table, to_html, to_latex, to_markdown
+from harness.report.spec import (
+    apply_filters,
+    figure_data,
+    load_spec,
+    paired_markdown,
+    provenance_span,
+    spec_table,
+    split_provenance,
+)
+from harness.report.stats import aggregate, paired_differences
+from harness.tracking import tracking_uri as resolve_uri
+
+# Params that never define a row: they differ between seeds or only say where things were stored.
+_NOT_A_KEY = {"seed", "name", "cache_dir", "tracking.uri", "tracking.experiment", "train.threads"}
+
+
+def find_sweep(client, sweep: str | None):
+    """The parent run of the latest invocation of ``sweep`` (or of any sweep); raises ``LookupError``."""
+    exps = client.search_experiments()
+    filt = "tags.`harness.sweep` = '{}'".format(sweep.replace("'", "\\'")) if sweep else "tags.`harness.sweep` != ''"
+    found = client.search_runs([e.experiment_id for e in exps], filt, order_by=["attributes.start_time DESC"])
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    if not parents:
+        names = sorted({e.name for e in exps if e.name != "Default"})
+        what = f"no sweep named '{sweep}'" if sweep else "no sweep"
+        raise LookupError(f"{what} in this MLflow store; experiments here: {', '.join(names) or 'none'}. "
+                          "Run `harness sweep FILE` first, or pass --tracking-uri / --sweep.")  # fmt: skip
+    return parents[0]
+
+
+def child_runs(uri: str, parent) -> pd.DataFrame:
+    """FINISHED child runs of ``parent`` as MLflow's pandas frame (``params.*``, ``metrics.*``, ``tags.*``)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)  # search_runs reads the process-wide URI
+
+    return mlflow.search_runs(
+        experiment_ids=[parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and attributes.status = 'FINISHED'",
+        output_format="pandas",
+    )
+
+
+def swept_keys(runs: pd.DataFrame) -> list[str]:
+    """Params (dotted, without ``params.``) whose set values differ between runs: the rows' keys.
+
+    ``method.name`` comes first. A param that only some methods have (``method.bottleneck_tokens``) is a key only if
+    the runs that have it disagree on it; seeds and storage locations never are.
+    """
+    keys = [c[len("params.") :] for c in runs.columns if c.startswith("params.")]
+    varying = [k for k in keys if k not in _NOT_A_KEY and runs[f"params.{k}"].dropna().nunique() > 1]
+    return ["method.name"] + [k for k in varying if k != "method.name"]
+
+
+NOT_MATCHED = "ASHA: not matched"
+
+
+def mark_budget(runs: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Rows of early-stopping sweeps (tag ``harness.budget_matched=false``, ``tune.scheduler: asha``) get a ``budget``
+    key of their own and a note: their trials did not all train the same number of epochs, and only the survivors
+    are reported. Returns the runs, the keys and the notes, unchanged when every run is budget-matched."""
+    col = "tags.harness.budget_matched"
+    if col not in runs.columns or not (runs[col] == "false").any():
+        return runs, keys, []
+    runs = runs.assign(**{"params.budget": runs[col].map(lambda v: NOT_MATCHED if v == "false" else "full")})
+    note = (
+        f"Rows with budget `{NOT_MATCHED}` come from sweeps with early stopping (`tune.scheduler: asha`): "
+        "weak trials were stopped before their last epoch and only the trials that ran to the end are reported, "
+        "so these rows are not budget-matched with full-budget rows. Use them to explore, not as a paper table."
+    )
+    return runs, [*keys, "budget"], [note]
+
+
+def report_format(out: Path, fmt: str | None) -> str:
+    """``fmt``, else the suffix of ``out`` (no suffix: ``md``); raises ``ConfigError`` for anything else."""
+    chosen = fmt or out.suffix.lstrip(".").lower() or "md"
+    if chosen not in FORMATS:
+        where = f"format: {fmt}" if fmt else f"--out {out}: suffix '{out.suffix}'"
+        raise ConfigError([(where, f"unknown report format; valid: {', '.join(FORMATS)} (by suffix or --format)")])
+    return chosen
+
+
+def _parents(client, sweeps: list[str | None], first_found: bool) -> list:
+    """The parent runs of the latest invocation of each of ``sweeps``; with ``first_found`` only the first of them
+    the store holds (later ones are fallbacks). LookupError if none."""
+    if not first_found:
+        return [find_sweep(client, s) for s in sweeps]
+    for s in sweeps:
+        try:
+            return [find_sweep(client, s)]
+        except LookupError:
+            continue
+    raise LookupError(f"none of the sweeps {', '.join(map(str, sweeps))} is in this MLflow store; "
+                      "run one of them first (`harness sweep sweeps/NAME.yaml`)")  # fmt: skip
+
+
+def _runs(uri: str, client, sweeps: list[str | None], first_found: bool = False) -> tuple[pd.DataFrame, list]:
+    """FINISHED child runs of the latest invocation of each of ``sweeps``, and their parent runs."""
+    parents = _parents(client, sweeps, first_found)
+    frames = [child_runs(uri, p) for p in parents]
+    for p, f in zip(parents, frames):
+        if f.empty:
+            name = p.data.tags["harness.sweep"]
+            raise LookupError(f"sweep '{name}' (parent run {p.info.run_id}) has no FINISHED trials to report")
+    return pd.concat(frames, ignore_index=True), parents
+
+
+def _rows(runs: pd.DataFrame, spec, sweep: str | None, names: list[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The runs with the report's row keys (provenance and budget splits added) and the notes those splits need."""
+    keys = spec.rows if spec and spec.rows else swept_keys(runs)
+    missing = [k for k in keys if f"params.{k}" not in runs.columns]
+    if missing:
+        raise ConfigError([("rows", f"no run has the param {k!r}") for k in missing])
+    runs, keys, notes = split_provenance(runs, keys, refuse=bool(spec and spec.mixed_provenance == "refuse"))
+    notes += [span] if (span := provenance_span(runs)) else []
+    runs, keys, budget_notes = mark_budget(runs, keys)
+    notes += budget_notes
+    if spec and spec.use == "first_found" and names[0] != spec.sweeps(sweep)[0]:
+        notes.append(f"No sweep `{spec.sweeps(sweep)[0]}` in this store yet: `{names[0]}` stands in for it.")
+    return runs, keys, notes
+
+
+def _figures(table: pd.DataFrame, keys: list[str], spec, out: Path, name: str, paths: dict[str, Path]) -> list:
+    """Draw the report's figures into ``paths`` (kind -> file); returns the spec figures' (title, PNG, caption)."""
+    if "method.name" in keys and not (spec and spec.figures):
+        figure(table, [paths["png"], paths["svg"]], f"{name}: test top-1 vs fusion layer")
+    else:
+        del paths["png"], paths["svg"]
+    figs = _spec_figures(table, keys, spec, out, name) if spec else []
+    for _head, png, _caption in figs:
+        fig_name = png.stem.removeprefix(f"{out.stem}_")
+        paths[f"png:{fig_name}"], paths[f"svg:{fig_name}"] = png, png.with_suffix(".svg")
+    return figs
+
+
+def _write(out: Path, fmt: str, show: pd.DataFrame, title: str, note: str, notes: list[str], after: str,
+           paths: dict[str, Path], figs: list) -> None:  # fmt: skip
+    """The table in ``fmt`` at ``out``."""
+    if fmt == "md":
+        md_figs = [(head, png.name, caption) for head, png, caption in figs]
+        out.write_text(to_markdown(show, title, note, paths.get("png", Path()).name or None, after, md_figs))
+    elif fmt == "tex":
+        out.write_text(to_latex(show, title, " ".join([note, *notes])))
+    elif fmt == "html":
+        out.write_text(to_html(show, title, " ".join([note, *notes]), png=paths.get("png"), figures=figs))
+
+
+def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None, spec=None) -> dict[str, Path]:
+    """Write the report of ``sweep`` (latest sweep if None) and log it to the sweep's parent run.
+
+    ``out`` gets the table in ``fmt`` (default: its suffix): ``md``, ``csv``, ``tex`` (a booktabs tabular) or
+    ``html`` (one self-contained page, figure inlined). Beside it, whatever the format: the raw aggregates as CSV
+    and the figure as PNG and SVG. ``spec`` (a ``ReportSpec``) picks sweeps, runs, rows and columns; without it the
+    generic comparison. Returns ``{kind: path}`` for every file written.
+    """
+    from mlflow.tracking import MlflowClient
+
+    fmt = report_format(out, fmt or (spec.format if spec else None))
+    client = MlflowClient(uri)
+    runs, parents = _runs(
+        uri, client, spec.sweeps(sweep) if spec else [sweep], bool(spec and spec.use == "first_found")
+    )
+    runs = apply_filters(runs, spec.filters) if spec else runs
+    if runs.empty:
+        raise LookupError("no FINISHED trial of the sweep passes the spec's filters")
+    names = [p.data.tags["harness.sweep"] for p in parents]
+    name = " + ".join(dict.fromkeys(names))
+    runs, keys, notes = _rows(runs, spec, sweep, names)
+    extra = {c.removeprefix("metrics."): c for c in spec.metric_columns()} if spec else {}
+    table = aggregate(runs, keys, extra)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ids = [(p.info.run_id, p.data.tags.get("harness.sweep_hash", "?")[:12]) for p in parents]
+    where = ", ".join(f"`{n}` (parent run `{r}`, sweep hash `{h}`)" for n, (r, h) in zip(names, ids))
+    note = (f"Sweep {where}: {len(runs)} finished trials. Accuracies are "
+            "mean ± 95% t-interval over seeds (n per row); GFLOPs = 2 × multiply-adds of one clip's forward pass; "
+            "\"audio only\" masks the video at test time and vice versa.")  # fmt: skip
+    title = spec.title if spec and spec.title else f"{name}: method comparison"
+    paths = {"csv": out if fmt == "csv" else out.with_suffix(".csv"), "png": out.with_suffix(".png"),
+             "svg": out.with_suffix(".svg")}  # fmt: skip
+    table.to_csv(paths["csv"], index=False)
+    figs = _figures(table, keys, spec, out, name, paths)
+    show = spec_table(table, runs, keys, spec) if spec else display_table(table, keys)
+    after = "".join(f"Note: {n}\n" for n in notes)
+    pairs = paired_markdown(paired_differences(runs, keys))
+    after += ("\n" if after and pairs else "") + pairs
+    _write(out, fmt, show, title, note, notes, after, paths, figs)
+    paths[fmt] = out
+    for parent in parents:
+        for p in dict.fromkeys(paths.values()):
+            client.log_artifact(parent.info.run_id, str(p), "report")
+    return paths
+
+
+def _spec_figures(table: pd.DataFrame, keys: list[str], spec, out: Path, name: str) -> list[tuple[str, Path, str]]:
+    """Draw each of ``spec.figures`` as ``<out stem>_<figure name>.png`` and ``.svg``; (title, PNG, caption) each.
+
+    The caption says what the error bars are and, for a Pareto figure, which rows are on the front.
+    """
+    drawn = []
+    for fig in spec.figures:
+        png = out.with_name(f"{out.stem}_{fig.name}.png")
+        head = fig.title or f"{fig.y.removeprefix('metrics.')} vs {fig.x.removeprefix('params.')}"
+        data = figure_data(table, keys, fig)
+        front = spec_figure(data, fig, [png, png.with_suffix(".svg")], f"{name}: {head}")
+        caption = "Error bars and bands: 95% t-interval over seeds."
+        if data["x"].isna().any():
+            caption += " Dashed lines: rows without an x value (reference)."
+        if fig.pareto:
+            caption += f" Pareto front (lower x, higher y): {', '.join(f'`{f}`' for f in front)}."
+        drawn.append((head, png, caption))
+    return drawn
+
+
+def report_file(sweep: str | None, spec: str | None, out: str, fmt: str | None, tracking_uri: str | None) -> int:
+    """``harness report``; the spec is ``--spec FILE``, else ``OUT`` with the suffix ``.yaml`` if that exists.
+
+    Returns 0, or 1 when there is nothing to report; a bad spec or format raises ``ConfigError`` (exit 2).
+    """
+    beside = Path(out).with_suffix(".yaml")
+    path = Path(spec) if spec else (beside if beside.is_file() else None)
+    loaded = load_spec(path) if path else None
+    uri = resolve_uri(tracking_uri)
+    try:
+        paths = build_report(uri, sweep, Path(out), fmt, loaded)
+    except LookupError as e:  # nothing to report (no such sweep, no finished run); a KeyError is a bug: raise it
+        if isinstance(e, KeyError):
+            raise
+        print(f"error: {e}")
+        return 1
+    for kind, p in paths.items():
+        print(f"{kind}: {p}")
+    return 0

@@ -1,0 +1,35 @@
+"""``harness run``: one trial in this process, no Ray, logged to MLflow as a run of its own, checkpointed locally.
+
+The checkpoint folder is :func:`harness.run.reporting.checkpoint_dir` of the resolved run; with ``resume`` the
+interrupted run of the same file and overrides continues from its last epoch, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+from harness.config import ConfigError, RunSpec
+from harness.run.reporting import LocalCheckpoints, checkpoint_dir
+from harness.run.trial import run_trial
+from harness.tracking import MlflowReporter
+
+
+def run_local(spec: RunSpec, tracking_uri: str | None = None, resume: bool = False) -> dict[str, float]:
+    """Train and evaluate ``spec``, logged to MLflow; prints where it went. Returns the final metrics.
+
+    Raises:
+        ConfigError: ``resume`` without a checkpoint of this run.
+    """
+    folder, run_id = checkpoint_dir(spec), None
+    if resume:
+        state = LocalCheckpoints.read(folder)
+        if state is None or "mlflow_run_id" not in state:
+            where = f"no checkpoint of this run in {folder} (same file, same --set, same working directory)"
+            raise ConfigError([("--resume", f"{where}; run it without --resume")])
+        run_id = state["mlflow_run_id"]
+        print(f"resuming MLflow run {run_id} after epoch {state['epoch']} from {folder}", flush=True)
+    with MlflowReporter.open(spec, tracking_uri, run_id=run_id) as mlflow_reporter:
+        reporter = LocalCheckpoints(mlflow_reporter, folder, {"mlflow_run_id": mlflow_reporter.run_id}, resume)
+        final = run_trial(spec, reporter)
+    print(" ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("test/")))
+    r = mlflow_reporter
+    print(f"logged to MLflow run {r.run_id} in experiment '{r.experiment}' at {r.uri}; checkpoint in {folder}")
+    return final

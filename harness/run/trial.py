@@ -1,0 +1,144 @@
+"""One trial: build the dataset, method and task from a resolved spec, count their cost, train, evaluate.
+
+``run_trial`` is the single code path: ``harness run`` calls it directly (``harness.run.local``), each Ray Tune
+trial of a sweep calls it in a worker process (``harness.sweep.trainable``), and the tests call it too. Where the
+figures go is the reporter's business (``harness.api.Reporter``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from harness.api import Checkpoints, Reporter, TrainHook
+from harness.config import RunSpec
+from harness.data.storage import harness_cache
+from harness.registry import ENGINES, FORMATS, METHODS, TASKS, resolve_target
+from harness.run.reporting import PrintReporter
+
+HOOKS_ENV = "HARNESS_HOOKS"  # comma-separated ``module:attr`` factories of harness.api.TrainHook
+
+
+def cache_dir(spec: RunSpec) -> Path:
+    """Where generated and prepared data is cached: ``cache_dir``, ``$HARNESS_CACHE`` or ~/.cache/fusion-harness."""
+    return Path(spec.cache_dir) if spec.cache_dir else harness_cache()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels where torch has them, for one trial; the process's setting is restored after it
+    (a sweep worker runs one trial after another)."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def build_dataset(spec: RunSpec):
+    """The dataset object of ``spec`` (its format's loader class), generating or loading the cache."""
+    return FORMATS.get(spec.dataset.format)(spec.dataset.params, cache_dir(spec))
+
+
+def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The method and the task (which owns the shared head), freshly initialised from ``spec.seed``."""
+    torch.manual_seed(spec.seed)
+    method = METHODS.get(spec.method.name).build(spec.method, spec.backbone, input_spec)
+    if spec.backbone.checkpoint is not None:  # after init, before the cost is counted (harness/models/weights.py)
+        from harness.models.weights import read_checkpoint
+
+        loaded = method.load_backbone(read_checkpoint(spec.backbone.checkpoint))
+        print(loaded.summary(f"backbone.checkpoint {spec.backbone.checkpoint}"), file=sys.stderr)
+    if spec.backbone.pretrained != "none":  # the cached synthetic-pretrained frozen backbone (harness/run/pretrain.py)
+        from harness.run.pretrain import apply_pretrained
+
+        apply_pretrained(method, spec, cache_dir(spec))
+    task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
+    return method, task
+
+
+def model_cost(method: torch.nn.Module, task: torch.nn.Module, input_spec) -> dict[str, float]:
+    """``model/*`` metrics: params (total, trainable) of method + head, forward FLOPs and MACs of one clip."""
+    from harness.models.complexity import count_params, forward_flops
+
+    total, trainable = count_params(torch.nn.ModuleDict({"method": method, "task": task}))
+    flops = forward_flops(method, task, input_spec)
+    return {
+        "model/params_total": float(total),
+        "model/params_trainable": float(trainable),
+        "model/gflops": flops["gflops"],
+        "model/gmacs": flops["gmacs"],
+    }
+
+
+def run_tags(spec: RunSpec, device: torch.device, data, task: torch.nn.Module) -> dict[str, str]:
+    """Tags a trial adds: where it ran, on which data (fingerprint; a prepared set's manifest hash and decoder),
+    which pretrained backbone, and the task's primary metric (what reports sort by)."""
+    from harness.run.pretrain import pretrained_key
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    tags = {"harness.device": name, "harness.torch_version": torch.__version__,
+            "harness.dataset_fingerprint": getattr(data, "fingerprint", ""),
+            "harness.primary_metric": f"test/{task.primary_metric}"}  # fmt: skip
+    if hasattr(data, "manifest"):  # prepared real data: on which subset (manifest hash), decoded by what
+        tags.update({"harness.manifest_hash": data.manifest["hash"], "harness.decoder": data.decoder})
+    if (key := pretrained_key(spec)) is not None:  # backbone.pretrained: the cached weights' key
+        tags["harness.backbone_pretrained"] = key
+    return tags
+
+
+def env_hooks(spec: RunSpec) -> list[TrainHook]:
+    """The hooks that ``$HARNESS_HOOKS`` names (``module:attr`` factories called with ``spec``; None = no hook)."""
+    names = [n.strip() for n in os.environ.get(HOOKS_ENV, "").split(",") if n.strip()]
+    return [hook for n in names if (hook := resolve_target(n)(spec)) is not None]
+
+
+def run_trial(spec: RunSpec, reporter: Reporter | None = None, hooks: Sequence[TrainHook] = ()) -> dict[str, float]:
+    """Train and evaluate one configuration; returns the final metrics.
+
+    Args:
+        spec: the resolved run (``harness.config.load_config`` or ``RunSpec.from_dict``).
+        reporter: receives the cost once and every epoch's metrics (default: printed); one that is also a
+            ``harness.api.Checkpoints`` keeps the training state and resumes from it.
+        hooks: called inside the training loop, besides those of ``$HARNESS_HOOKS``.
+    """
+    reporter = reporter or PrintReporter()
+    engine = ENGINES.get(spec.engine.name).build(spec)
+    if engine.distributed:  # its workers build the trial themselves (deepspeed)
+        return engine.launch(reporter)
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    with deterministic():
+        seed_everything(spec.seed)
+        data = build_dataset(spec)
+        method, task = build_model(spec, data.spec)
+        reporter.start(
+            {"tags": run_tags(spec, engine.device, data, task), "metrics": model_cost(method, task, data.spec)}
+        )
+        cache = None
+        if spec.train.frozen_cache:  # the frozen prefix's activations, once per clip (harness/run/frozen_cache.py)
+            from harness.run.frozen_cache import attach
+
+            cache = attach(method, spec, data, cache_dir(spec) / "activations")
+        checkpoints = reporter if isinstance(reporter, Checkpoints) else None
+        final = engine.fit(method, task, data, reporter.report, checkpoints, [*hooks, *env_hooks(spec)])
+        if cache is not None:
+            cache.save()  # later trials over the same frozen part and data start from it
+            print(f"frozen cache: {cache.hits} hits, {cache.misses} misses", file=sys.stderr)
+    return final

@@ -1,0 +1,211 @@
+"""The sweep driver: a sweep YAML -> Ray Tune ``param_space`` -> one ``run_trial`` per trial, logged to MLflow here.
+
+The driver validates everything first (``load_config``), generates each dataset once, opens the MLflow experiment
+and the sweep's parent run, then runs a Tune function trainable per trial. Trials report to Tune only
+(``harness.run.tune_report.TuneReporter``); the driver's ``harness.sweep.callback`` writes the child runs, so MLflow
+has a single writer. A failed trial is recorded FAILED with its error and the sweep goes on; the command exits 1 if
+any failed.
+
+Surviving failures: every epoch's report carries the trial's checkpoint (``tune.report(..., checkpoint=...)``), so
+a trial that dies is restarted from its last epoch ``tune.max_failures`` times, in the same MLflow run. After the
+driver itself died, ``harness sweep FILE --resume`` restores the Tune experiment named in the parent run's
+``harness.ray_experiment`` tag (``Tuner.restore``): finished trials are not run again, the others continue from their
+checkpoints, each in the child run that carries its ``harness.trial_id``, under the same parent run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from harness.config import ConfigError, SweepSpec, load_config
+from harness.registry import ENGINES, FORMATS
+from harness.run.engines.auto import choose_engine
+from harness.run.trial import cache_dir
+from harness.sweep.callback import SweepLog, attach, detach
+from harness.sweep.resume import interrupted_sweep, trial_statuses
+from harness.sweep.space import first_trial, first_values, param_space, run_label, scheduler_tags
+from harness.sweep.trainable import trainable
+from harness.tracking import code_tags, experiment_id, tracking_uri
+
+
+def prepare_datasets(spec: SweepSpec) -> None:
+    """Generate or load every distinct dataset of the sweep once, before trials start (no races, no repeats)."""
+    seen = set()
+    first = first_values(spec)
+    for variant in spec.variants:
+        run = spec.resolve({**first, **variant})
+        key = (run.dataset.format, run.dataset.params.model_dump_json(), str(cache_dir(run)))
+        if key in seen:
+            continue
+        seen.add(key)
+        loader = FORMATS.get(run.dataset.format)
+        if hasattr(loader, "prepare"):  # a format that reads or generates a cache (all built-in ones)
+            print(f"preparing dataset {run.dataset.name} ...", flush=True)
+            loader.prepare(run.dataset.params, cache_dir(run))
+
+
+def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None = None,
+              address: str | None = None, resume: bool = False) -> int:  # fmt: skip
+    """Run every trial of ``spec``, or with ``resume`` the unfinished ones of its interrupted invocation; returns the
+    number of failed trials."""
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    uri = tracking_uri(tracking or spec.base.get("tracking", {}).get("uri"))
+    base = dict(spec.base)
+    base["cache_dir"] = str(cache_dir(first_trial(spec)).resolve())
+    start_ray(address)
+    try:
+        prepare_datasets(spec)
+        client = MlflowClient(uri)
+        experiment = base.get("tracking", {}).get("experiment") or spec.name
+        exp_id = experiment_id(client, experiment)
+        if resume:
+            parent, path = interrupted_sweep(client, exp_id, spec)
+            parent_id = parent.info.run_id
+            client.update_run(parent_id, status="RUNNING")
+            client.set_tag(parent_id, "harness.resumed", str(int(parent.data.tags.get("harness.resumed", "0")) + 1))
+        else:
+            name = f"{spec.name}-{spec.source_hash[:8]}-{int(time.time())}"
+            path = str(Path(storage or Path.cwd() / ".harness" / "ray").resolve() / name)
+            tags = {**code_tags(), **scheduler_tags(spec), "harness.sweep": spec.name,
+                    "harness.sweep_hash": spec.source_hash, "harness.ray_experiment": path}  # fmt: skip
+            parent_id = client.create_run(exp_id, tags={**tags, "mlflow.runName": spec.name}).info.run_id
+            client.log_text(parent_id, spec.source, "sweep.yaml")
+    except BaseException:  # nothing has started: no run to close, only the Ray that start_ray began
+        ray.shutdown()
+        raise
+    log = SweepLog(client, exp_id, parent_id, spec, base)
+    callback = attach(log)  # what Tune holds; a restored experiment's copy reaches this log too
+
+    res = spec.tune.resources
+    if spec.base.get("train", {}).get("threads") is None:  # one intra-op thread per CPU the trial holds
+        base.setdefault("train", {})["threads"] = max(1, int(res.cpu))
+    # A distributed engine's trial process only waits on its Ray Train workers: tune.resources are per worker,
+    # and the trial holds a token amount of memory (Ray refuses a request for nothing).
+    workers = _distributed_workers(spec)
+    held = {"cpu": 0, "gpu": 0, "memory": 2**20} if workers else {"cpu": res.cpu, "gpu": res.gpu}
+    gpu = max(res.gpu, float(ray.cluster_resources().get("GPU", 0) > 0)) if workers else res.gpu
+    concurrent = spec.tune.max_concurrent_trials or _max_concurrent(ray.cluster_resources(), res.cpu * max(1, workers),
+                                                                    gpu * max(1, workers))  # fmt: skip
+    what = "resuming its unfinished trials" if resume else f"{spec.num_trials} trials"
+    print(f"sweep '{spec.name}': {what}, {concurrent} at a time; MLflow {uri} "
+          f"(experiment '{experiment}', parent run {parent_id}); Ray Tune state in {path}", flush=True)  # fmt: skip
+    if spec.tune.scheduler == "asha":  # the reports before epoch 0 and of the final test have no val/*: ASHA skips them
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if resume:
+        # Errored trials continue from their checkpoints too: a lost node is worth a retry; a NaN fails fast again.
+        tuner = tune.Tuner.restore(path, tune.with_resources(trainable, held), resume_unfinished=True,
+                                   resume_errored=True)  # fmt: skip
+    else:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, held),
+            param_space=param_space(spec, base, path),
+            tune_config=tune.TuneConfig(
+                num_samples=spec.tune.num_samples,
+                max_concurrent_trials=concurrent,
+                reuse_actors=spec.tune.reuse_actors and not workers,
+                **scheduler_options(spec),
+            ),
+            run_config=tune.RunConfig(
+                name=Path(path).name,
+                storage_path=str(Path(path).parent),
+                failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures, fail_fast=False),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[callback],
+                verbose=0,
+            ),
+        )
+    status = "FINISHED"
+    try:
+        tuner.fit()
+    except BaseException:
+        status = "KILLED"  # interrupted: `--resume` continues it
+        raise
+    finally:
+        try:
+            log.drain()  # every queued write lands before the statuses are read (raises the first that failed)
+        finally:
+            detach(log)
+            counts = trial_statuses(client, exp_id, parent_id)
+            client.set_tag(parent_id, "harness.failed_trials", str(len(counts["FAILED"])))
+            client.set_terminated(parent_id, status=status)
+            ray.shutdown()
+    failed = [f"{run_label(r, spec)}: {r.data.tags.get('harness.error', '?')}" for r in counts["FAILED"]]
+    stopped = f", {len(counts['KILLED'])} stopped early" if counts["KILLED"] else ""
+    print(f"sweep '{spec.name}' done: {len(counts['FINISHED'])} finished ({log.finished} in this run){stopped}, "
+          f"{len(failed)} failed", flush=True)  # fmt: skip
+    if failed:
+        print("failed trials: " + "; ".join(failed), file=sys.stderr)
+    return len(failed)
+
+
+def start_ray(address: str | None) -> None:
+    """``ray.init`` for a sweep: an existing cluster (``--address`` / ``RAY_ADDRESS``) or a local one on all cores."""
+    import ray
+
+    # Tune's newer console output prints a configuration box and TensorBoard hints; the harness prints one line per
+    # finished trial instead. Read by Tune when the experiment starts.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # With one checkpoint kept per trial, Tune snapshots the experiment after each (what --resume needs) and warns.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Training hooks ($HARNESS_HOOKS, harness.api.TrainHook) and their settings ($HARNESS_HOOK_*) reach the trials
+    # on every node this way
+    env = {k: v for k, v in os.environ.items() if k == "HARNESS_HOOKS" or k.startswith("HARNESS_HOOK_")}
+    runtime_env = {"env_vars": env} if env else None
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False, runtime_env=runtime_env)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+
+
+def scheduler_options(spec: SweepSpec) -> dict:
+    """``TuneConfig`` arguments of ``tune.scheduler``: none for fifo; ASHA over epochs, with the metric set here only.
+
+    ASHA's time axis is ``harness_epochs`` (epochs trained, :func:`step_report`) up to the longest ``train.epochs``.
+    """
+    if spec.tune.scheduler != "asha":
+        return {}
+    from ray.tune.schedulers import ASHAScheduler
+
+    epochs = [spec.resolve(first_values(spec) | v).train.epochs for v in spec.variants]
+    if "train.epochs" in spec.axes:
+        epochs += [int(e) for e in spec.axes["train.epochs"].probe_values()]
+    a = spec.tune.asha
+    # stop_last_trials=False: a trial that reaches max_t goes on to its final test instead of being stopped there
+    asha = ASHAScheduler(time_attr="harness_epochs", max_t=max(epochs), grace_period=a.grace_period,
+                         reduction_factor=a.reduction_factor, stop_last_trials=False)  # fmt: skip
+    return {"metric": spec.tune.metric, "mode": spec.tune.mode, "scheduler": asha}
+
+
+def _distributed_workers(spec: SweepSpec) -> int:
+    """Ray Train workers per trial when the sweep's (first) trial runs on a distributed engine, else 0."""
+    run = first_trial(spec)
+    engine = ENGINES.get(choose_engine(run.engine.name))
+    return run.engine.workers if engine.distributed else 0
+
+
+def _max_concurrent(resources: dict, cpu: float, gpu: float) -> int:
+    """How many trials fit on the cluster at once, from its CPUs (and GPUs when trials use them)."""
+    fits = [int(resources.get("CPU", 1) // cpu)] if cpu else []
+    if gpu:
+        fits.append(int(resources.get("GPU", 0) // gpu))
+    return max(1, min(fits) if fits else 1)
+
+
+def sweep_file(path: str, overrides: list[str], tracking_uri: str | None = None, storage: str | None = None,
+               address: str | None = None, resume: bool = False) -> int:  # fmt: skip
+    """``harness sweep FILE [--resume]``: the number of failed trials (0 when every trial finished).
+
+    Raises:
+        ConfigError: the file is not a sweep, or has errors.
+    """
+    spec = load_config(path, overrides)
+    if not isinstance(spec, SweepSpec):
+        raise ConfigError([("search", f"{path} has no search: or tune: section; run it with `harness run {path}`")])
+    return run_sweep(spec, tracking_uri, storage, address, resume)
