@@ -1,12 +1,12 @@
 """Name -> object registries for methods, tasks, datasets, backbones, engines and dataset formats.
 
-Entries are lazy ``"module:attr"`` strings, resolved with importlib on the first :meth:`Registry.get` and cached,
-so listing names (``harness ls``) never imports torch and a Ray worker resolves names in a fresh process. A registry
-with a ``base`` checks on resolve that the entry subclasses it (methods ``harness.api.FusionMethod``, tasks
-``harness.api.Task``, engines ``harness.api.Engine``). Third-party packages add entries through entry points (group
-``harness.methods``, ...; ``docs/plugins.md``); a plug-in may not reuse a built-in name, and its description is the
-first line of its target's docstring, read from the source without importing it. Dataset names come from the YAML
-cards in ``datasets/`` (see :class:`CardRegistry`).
+Entries are lazy ``"module:attr"`` strings, resolved with importlib on the first :meth:`Registry.get` and cached, so
+listing names (``harness ls``) never imports torch and a Ray worker resolves names in a fresh process. A registry with a
+``base`` checks on resolve that the entry subclasses it (methods ``harness.api.FusionMethod``, tasks
+``harness.api.Task``, engines ``harness.api.Engine``, formats ``harness.api.Dataset``). Third-party packages add entries
+through entry points (group ``harness.methods``, ...; ``docs/plugins.md``); a plug-in may not reuse a built-in name, and
+its description is the first line of its target's docstring, read from the source without importing it. Dataset names
+come from the YAML cards in ``datasets/`` (see :class:`CardRegistry`).
 
 All built-in entries are registered at the bottom of this file, one line each: that line is the only place a
 built-in's name is spelt (its config's ``name`` is filled in from it).
@@ -281,18 +281,19 @@ def _read_card(path: Path) -> dict:
     return {**card, "path": str(path)}
 
 
-METHODS = Registry("method", "harness.methods")
-TASKS = Registry("task", "harness.tasks")
+METHODS = Registry("method", "harness.methods", base="harness.api:FusionMethod")
+TASKS = Registry("task", "harness.tasks", base="harness.api:Task")
 DATASETS = CardRegistry("dataset", "harness.datasets")
-BACKBONES = Registry("backbone", "harness.models.backbones")
-ENGINES = Registry("engine", "harness.run.engines")
-FORMATS = Registry("format", "harness.formats")
+BACKBONES = Registry("backbone", "harness.backbones")
+ENGINES = Registry("engine", "harness.engines", base="harness.api:Engine")
+FORMATS = Registry("format", "harness.formats", base="harness.api:Dataset")
 
 # fmt: off
 METHODS.register("vanilla", "methods.vanilla:Vanilla", "vanilla self-attention fusion (MBT): one shared ViT, modalities concatenated from fusion_layer on")  # noqa: E501
 METHODS.register("mbt", "methods.mbt:MBT", "Attention Bottlenecks (Nagrani et al. 2021): cross-modal flow only through bottleneck tokens")  # noqa: E501
 METHODS.register("cross", "methods.cross:Cross", "modality-specific-parameter fusion (MBT): per-modality ViTs that attend over both modalities from fusion_layer on")  # noqa: E501
 METHODS.register("late", "methods.late:Late", "late (score-level) fusion: two independent ViT streams, per-modality scores averaged")  # noqa: E501
+METHODS.register("concat", "methods.concat:Concat", "feature-level late fusion (MultiBench LF): two ViT streams' CLS embeddings concatenated for the head")  # noqa: E501
 METHODS.register("lavish", "methods.lavish:LAVISH", "LAVISH (Lin et al. 2023): frozen shared ViT + latent-token audio-visual adapters in every block")  # noqa: E501
 METHODS.register("avish", "methods.avish:AVISH", "AVISH: LAVISH without latent tokens (direct audio-visual attention in each adapter)")  # noqa: E501
 METHODS.register("lowrank", "methods.lowrank:LowRank", "shared low-rank multimodal transformer (AVBERT, Lee et al. 2021): U shared, V_k and orthogonal Q_k per modality")  # noqa: E501

@@ -5,7 +5,7 @@ Papers: Houlsby et al., "Parameter-Efficient Transfer Learning for NLP", ICML 20
 parallel form (He et al., "Towards a Unified View of Parameter-Efficient Transfer Learning", ICLR 2022,
 https://arxiv.org/abs/2110.04366), which is where LAVISH puts its adapters. LAVISH (Lin et al., CVPR 2023,
 https://arxiv.org/abs/2212.07983) compares against such a unimodal adapter on the same frozen backbone; its numbers
-are not in a reachable source (METHODS.md §2.10). Its code has the baseline as ``VisualAdapter(is_multimodal=0)``:
+are not in a reachable source (``docs/methods.md``). Its code has the baseline as ``VisualAdapter(is_multimodal=0)``:
 the same bottleneck without the latent-token cross-modal attention.
 What this follows: LAVISH's adapter with the cross-modal step removed (``is_multimodal=0``), at LAVISH's 4 positions
 per block (audio and video, beside the MHSA and beside the FFN), with all of LAVISH's adapter flags (``reduction``,

@@ -4,7 +4,7 @@ Papers: the "frozen backbone" row of parameter-efficient transfer learning (e.g.
 Tuning", ECCV 2022, https://arxiv.org/abs/2203.12119, "Linear" rows), and LAVISH's own comparison point
 (Lin et al., CVPR 2023, https://arxiv.org/abs/2212.07983): the same frozen shared ViT with the adapters removed. The
 LAVISH author reports that removing LAVISH (all frozen) costs about 4 points on AVE [ISSUE GenjiB/LAVISH#11];
-the paper's full table of baselines is not in a reachable source (METHODS.md §2.10).
+the paper's full table of baselines is not in a reachable source (``docs/methods.md``).
 What LAVISH's comparison used: the frozen Swin-V2 / ViT with its AVE head (concatenated CLS -> 2 linears).
 Differences here: the task's one shared head scores each modality's CLS and averages the logits (``per_modality``,
 as every method of the harness); the LayerNorms train by default (``train_norms: true``, the author's ViT setting

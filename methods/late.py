@@ -14,7 +14,7 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``L`` la
 
 from __future__ import annotations
 
-from harness.api import MethodConfig, attn_mask, keep_keys, present_masks
+from harness.api import MethodConfig
 from harness.models.blocks import ViTStreams, readout_cls
 
 
@@ -27,8 +27,5 @@ class Late(ViTStreams):
     Config = MethodConfig
 
     def forward(self, batch: dict) -> dict:
-        present = present_masks(batch, self.modalities)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        masks = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}
-        z = self.streams(z, masks, range(self.backbone.depth))
-        return readout_cls({m: self.norm(x) for m, x in z.items()}, present)
+        z, present = self.unimodal(batch)  # m -> (B, 1 + N_m, D) after the final norm
+        return readout_cls(z, present)

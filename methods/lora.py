@@ -4,7 +4,7 @@ Paper: Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 202
 a frozen linear W0 gets a trainable parallel update, h = W0 x + (alpha / r) B A x, A (r x in) random, B (out x r)
 zero-initialised, so the model starts as the pretrained one; the paper adapts Wq and Wv of every attention layer.
 LAVISH (Lin et al., CVPR 2023, https://arxiv.org/abs/2212.07983) compares against LoRA on the same frozen backbone;
-its numbers are not in a reachable source (METHODS.md §2.10). Its code's hook (commented out in ``net_trans_v2.py``)
+its numbers are not in a reachable source (``docs/methods.md``). Its code's hook (commented out in ``net_trans_v2.py``)
 is different: a ``loralib.Linear(D, D, r=Adapter_downsample)`` *beside* each sub-layer in place of each adapter,
 with its own zero-initialised gates, i.e. a rank-r residual branch rather than an update of the attention weights.
 What this follows: the LoRA paper's form, implemented with ``peft`` (``LoraConfig`` + ``inject_adapter_in_model``

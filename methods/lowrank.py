@@ -20,8 +20,9 @@ Paper vs official code vs here:
 - Q_k: the paper writes W = U Σ_k V_kᵀ; the code makes the private middle factor an orthogonal O×O matrix (expRNN,
   static mode: Q = expm(A - Aᵀ), Cayley-initialised) and L2-normalises V_kᵀx over its O entries. Here Q_k is
   ``torch.nn.utils.parametrizations.orthogonal`` with ``orthogonal_map`` (default ``matrix_exp``: Q = B·expm(A - Aᵀ)
-  with a fixed orthogonal base B, a random orthogonal Q at init); ``l2_normalize`` follows the code (default on).
-  The L2 normalisation is code behaviour; METHODS.md §4.2 marks the paper's notation beyond U Σ Vᵀ as unverified.
+  with a fixed orthogonal base B, a random orthogonal Q at init); ``l2_normalize`` follows the code (default on). The L2
+  normalisation is code behaviour; the paper's notation beyond U Σ Vᵀ was not checked against its text
+  (``docs/methods.md``).
 - Private groups: the code gives every factor linear 3 groups in mid fusion even in encoders that use only one
   (dead parameters without cross-modal sharing); here a layer holds the groups that run through it.
 - Layers: post-LN BERT layers (code; ``pre_norm`` for pre-LN), GELU, shared LayerNorms; attention by SDPA with the

@@ -5,7 +5,7 @@ KMnP/vpt ``src/models/vit_prompt/vit.py``): p learnable tokens are inserted afte
 block (VPT-deep); the block's outputs at the prompt positions are discarded and the next block gets fresh prompts.
 Init: U(-v, v), v = sqrt(6 / (3 * patch area + D)) (xavier-uniform over the patch embedding's fan-in and D).
 LAVISH (Lin et al., CVPR 2023, https://arxiv.org/abs/2212.07983) compares against prompt tuning on the same frozen
-backbone; its configuration and numbers are not in a reachable source (METHODS.md §2.10).
+backbone; its configuration and numbers are not in a reachable source (``docs/methods.md``).
 What this follows: VPT-deep on the harness's frozen shared ViT. The backbone is shared by the two modalities, so
 each modality has prompts of its own at every layer (VPT adapts one image model to one task); each modality's
 sequence sees only its own prompts, so nothing crosses between audio and video. The prompts are always attention

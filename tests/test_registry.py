@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -63,14 +64,16 @@ def test_bad_target_names_the_expected_form():
 
 
 def test_entry_point_plugin_is_loaded_lazily(tmp_path, monkeypatch):
-    (tmp_path / "plug_mod_a.py").write_text("VALUE = 42\n")
-    _dist(tmp_path, "plugdist", "harness_test.things", {"answer": "plug_mod_a:VALUE"})
+    documented = 'import json\n\n\nclass Gmu:\n    """Gated fusion of two streams.\n\n    More."""\n'
+    (tmp_path / "plug_mod_a.py").write_text("VALUE = 42\n\n" + documented)
+    _dist(tmp_path, "plugdist", "harness_test.things", {"answer": "plug_mod_a:VALUE", "gmu": "plug_mod_a:Gmu"})
     monkeypatch.syspath_prepend(str(tmp_path))
     reg = Registry("thing", "harness_test.things")
     reg.register("builtin", "json:dumps")
-    assert reg.names() == ["answer", "builtin"]
-    assert reg.origin("answer") == "plug-in from plugdist" and "plugdist" in reg.describe("answer")
-    assert "plug_mod_a" not in sys.modules
+    assert reg.names() == ["answer", "builtin", "gmu"]
+    assert reg.origin("answer") == "plug-in from plugdist" and reg.describe("answer") == "(plug-in from plugdist)"
+    assert reg.describe("gmu") == "Gated fusion of two streams. (plug-in from plugdist)"  # its docstring's first line
+    assert "plug_mod_a" not in sys.modules  # read from the source, not imported
     assert reg.get("answer") == 42
 
 
@@ -100,20 +103,36 @@ def test_dataset_cards_from_env_folder(tmp_path, monkeypatch):
         reg.names()
 
 
-def test_builtin_tables():
-    assert registry.METHODS.names() == sorted(
-        ["adapter", "audio_only", "avish", "cross", "frozen", "late", "lavish", "lora", "lowrank", "mbt", "prompt",
-         "vanilla", "video_only"]
-    )  # fmt: skip
-    assert registry.BACKBONES.names() == sorted(
-        ["tiny", "vit_ti16", "vit_s16", "vit_b16", "vit_l16", "swinv2_b", "swinv2_l", "swinv2_micro"]
-    )
-    assert registry.TASKS.names() == ["classification", "localization", "multihead", "multilabel"]
-    assert registry.ENGINES.names() == ["auto", "deepspeed", "torch"]
-    assert registry.FORMATS.names() == ["audioset_csv", "ave", "class_folders", "epic_csv", "synthetic", "vggsound_csv"]
+def _builtins(reg) -> list[str]:
+    return [n for n in reg.names() if reg.origin(n) == "built-in"]  # installed plug-ins are someone else's
+
+
+def test_builtin_entries_resolve_to_their_base_and_are_described():
     for reg in (registry.METHODS, registry.TASKS, registry.BACKBONES, registry.ENGINES, registry.FORMATS):
-        for name in reg.names():
+        assert _builtins(reg), f"no built-in {reg.kind}"
+        for name in _builtins(reg):
             assert reg.describe(name), f"{reg.kind} {name!r} has no description"
+            reg.get(name)  # imports, and checks the registry's base class
+
+
+def test_every_method_and_task_module_is_registered():
+    """One file per method (``methods/*.py``) and per task (``harness/tasks/*.py``), each registered."""
+    root = Path(registry.__file__).resolve().parents[1]
+    methods = {f"methods.{p.stem}" for p in (root / "methods").glob("*.py") if p.stem != "__init__"}
+    assert {registry.METHODS.get(n).__module__ for n in _builtins(registry.METHODS)} == methods
+    tasks = {f"harness.tasks.{p.stem}" for p in (root / "harness" / "tasks").glob("*.py")} - {
+        "harness.tasks.__init__", "harness.tasks.common"}  # fmt: skip
+    assert {registry.TASKS.get(n).__module__ for n in _builtins(registry.TASKS)} == tasks
+
+
+def test_a_registered_target_outside_the_base_class_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "not_a_method.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("method", base="harness.api:FusionMethod")
+    reg.register("thing", "not_a_method:Thing", "not a method")
+    with pytest.raises(TypeError, match=r"method 'thing' \(built-in, not_a_method:Thing\) must be a subclass of "
+                                        r"harness.api.FusionMethod"):  # fmt: skip
+        reg.get("thing")
 
 
 def test_listing_does_not_import_targets():

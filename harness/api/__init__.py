@@ -1,6 +1,7 @@
 """The declared contracts between the harness's parts: import what a method, task or engine needs from here.
 
-- the sample and batch, :class:`InputSpec` (``harness.api.inputs``): what every format of ``harness.data`` yields;
+- the sample and batch, :class:`InputSpec` (``harness.api.inputs``), :class:`Dataset` (``harness.api.data``): what
+  every format of ``harness.data`` (and each ``harness.formats`` plug-in) is and yields;
 - the missing-modality masks (``harness.api.modalities``): what methods and tasks honour;
 - :class:`FusionMethod`, :class:`MethodConfig` (``harness.api.method``): ``methods/`` and ``harness.methods`` plug-ins;
 - :class:`Task`, :class:`TaskConfig` (``harness.api.task``): ``harness.tasks`` and ``harness.tasks`` plug-ins;
@@ -10,6 +11,7 @@
 This package imports nothing else of the harness (``tests/test_layering.py`` holds it to that).
 """
 
+from harness.api.data import Dataset
 from harness.api.engine import Checkpoints, Engine, Reporter, TrainHook
 from harness.api.inputs import InputSpec
 from harness.api.method import CheckpointError, FusionMethod, MethodConfig
@@ -19,6 +21,7 @@ from harness.api.task import Task, TaskConfig, Tree, average_views, tree_map
 __all__ = [
     "CheckpointError",
     "Checkpoints",
+    "Dataset",
     "Engine",
     "FusionMethod",
     "InputSpec",

@@ -166,12 +166,11 @@ def _dataset(top: _TopLevel, errors: Errors) -> tuple[DatasetSpec | None, dict |
     if card is None:
         return None, None, None
     loader = lookup(FORMATS, "dataset", card["format"], errors)
-    fmt_cls = getattr(loader, "Config", None)
-    if loader is not None and fmt_cls is None:
-        errors.append(("dataset.name", f"format {card['format']!r} of card {card['path']} has no Config class"))
-    if fmt_cls is None:
-        return None, card, loader
-    params = validate(fmt_cls, {**card["params"], **{k: v for k, v in ds.items() if k != "name"}}, "dataset", errors)
+    if loader is None:
+        return None, card, None
+    params = validate(
+        loader.Config, {**card["params"], **{k: v for k, v in ds.items() if k != "name"}}, "dataset", errors
+    )
     return (DatasetSpec(ds["name"], card["format"], card, params) if params is not None else None), card, loader
 
 
@@ -236,8 +235,7 @@ def _resolve(d: dict) -> tuple[RunSpec | None, Errors]:
     task_name, task = _task(top, card, errors)
     backbone = _backbone(top, errors)
     if backbone is not None:  # against the input shapes when the format computes them without data
-        shapes = getattr(loader, "input_spec", None) if dataset is not None else None
-        errors += backbone.check(shapes(dataset.params) if callable(shapes) else None)
+        errors += backbone.check(loader.input_spec(dataset.params) if dataset is not None else None)
     method = _method(top, backbone, errors)
     train = getattr(top, "train", None)
     if isinstance(train, TrainConfig) and train.min_lr > train.lr:

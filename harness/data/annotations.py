@@ -1,8 +1,9 @@
-"""Parsers of the papers' annotation files, exactly as the datasets ship them (METHODS.md §5).
+"""Parsers of the papers' annotation files, exactly as the datasets ship them (``datasets/README.md`` names the source
+of each).
 
 Each returns plain Python (class lists, rows as dicts) with no media access; the format loaders in
 :mod:`harness.data.formats` turn rows into :class:`ClipRecord`s. Tests run them on the real files in
-``/work/shared/data/annotations``. Errors name the file and the line.
+``tests/fixtures/annotations``. Errors name the file and the line.
 """
 
 from __future__ import annotations

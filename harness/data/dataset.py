@@ -1,11 +1,11 @@
 """Datasets read from media files through the prepared cache (:mod:`harness.data.prepare`).
 
 :class:`PreparedDataset` is the base of every real-data format loader: a subclass says how to list the clips
-(``list_clips``: annotations -> :class:`ClipRecord`s with their labels) and how to batch labels
-(``label_batch``); the base prepares the cache when it is absent and serves the splits. A batch (DESIGN.md):
-``video`` float (B, T, 3, H, W) normalised with the card's pixel mean/std, ``audio`` float (B, 1, n_mels,
-n_frames) normalised log-mel, ``label`` (the format's kind), ``id`` list[str], ``audio_present`` (False where the
-file has no audio stream) and ``video_present`` bool (B,).
+(``list_clips``: annotations -> :class:`ClipRecord`s with their labels) and how to batch labels (``label_batch``); the
+base prepares the cache when it is absent and serves the splits. A batch (``harness.api.inputs``): ``video`` float (B,
+T, 3, H, W) normalised with the card's pixel mean/std, ``audio`` float (B, 1, n_mels, n_frames) normalised log-mel,
+``label`` (the format's kind), ``id`` list[str], ``audio_present`` (False where the file has no audio stream) and
+``video_present`` bool (B,).
 
 Views: every clip is cached as V = ``test_clips`` temporal windows. The test split yields all V views of a clip
 under the same id (the evaluator averages over equal ids), val the middle one, train one drawn per epoch.
@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from harness.api import InputSpec
+from harness.api import Dataset, InputSpec
 from harness.data.annotations import ClipRecord
 from harness.data.frontend import FrontEndConfig, fbank_settings, normalise
 from harness.data.prepare import prepare
@@ -121,7 +121,7 @@ class PreparedSplit:
                 yield batch
 
 
-class PreparedDataset:
+class PreparedDataset(Dataset):
     """Base of the real-data format loaders. Subclasses set ``Config`` and implement ``list_clips``/``label_batch``.
 
     Args:
@@ -136,7 +136,7 @@ class PreparedDataset:
     format: ClassVar[str] = ""
 
     def __init__(self, params: PreparedConfig, cache_dir: str | os.PathLike):
-        self.params = params
+        super().__init__(params, cache_dir)
         self.spec = self.input_spec(params)
         folder = self.cache_folder(params, cache_dir)
         records = self.list_clips(params)
@@ -156,6 +156,10 @@ class PreparedDataset:
         self.splits = {
             s: PreparedSplit(s, rs, index, folder, views, self.label_batch, params) for s, rs in by_split.items()
         }
+
+    def provenance(self) -> dict[str, str]:
+        """The fingerprint, and which subset (manifest hash) was decoded by what."""
+        return {**super().provenance(), "harness.manifest_hash": self.manifest["hash"], "harness.decoder": self.decoder}
 
     # -- what a format defines ---------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Decoding media files: frames at timestamps and mono audio at a fixed rate, with torchcodec or PyAV.
 
-torchcodec is the main path (ECOSYSTEM.md §2.9); it needs FFmpeg's shared libraries, and where they are missing
-(``RuntimeError: Could not load libtorchcodec``) PyAV, whose wheels carry FFmpeg, decodes instead. Which one ran,
-and its version, is recorded (``decoder_name()``, e.g. ``"pyav 18.1.0"``) in the prepared cache's manifest and in
-each run's tags.
+torchcodec is the main path (its ``VideoDecoder`` and ``AudioDecoder``); it needs FFmpeg's shared libraries, and where
+they are missing (``RuntimeError: Could not load libtorchcodec``) PyAV, whose wheels carry FFmpeg, decodes instead.
+Which one ran, and its version, is recorded (``decoder_name()``, e.g. ``"pyav 18.1.0"``) in the prepared cache's
+manifest and in each run's tags.
 
 Frames are those *played at* each timestamp (the last frame whose presentation time is <= t), resized so that the
 short side is ``resize`` and centre-cropped to ``size`` x ``size``. Audio is the half-open range [start, stop)

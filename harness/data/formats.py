@@ -1,7 +1,7 @@
 """One loader class per annotation format (registered in ``FORMATS``): VGGSound, AudioSet, AVE, class folders, EPIC.
 
-Each turns its dataset's annotation files (METHODS.md §5) into :class:`ClipRecord`s with the label payload of its
-default task, and batches those payloads:
+Each turns its dataset's annotation files (``datasets/README.md``) into :class:`ClipRecord`s with the label payload of
+its default task, and batches those payloads:
 
 | format | label | batch ``label`` |
 | --- | --- | --- |

@@ -1,7 +1,7 @@
 """Audio front end of the real datasets: Kaldi-compatible log-mel fbank (torchaudio) and its normalisation.
 
-Presets, selectable from a card with ``frontend:`` (METHODS.md §1.8, §2.2, §6); any key set explicitly overrides
-the preset's value:
+Presets, selectable from a card with ``frontend:`` (scenic's MBT AudioSet config, GenjiB/LAVISH ``AVE/dataloader.py``,
+YuanGongND/ast ``src/dataloader.py``); any key set explicitly overrides the preset's value:
 
 | preset | window | length / shift | mel bins | frames | normalisation |
 | --- | --- | --- | --- | --- | --- |

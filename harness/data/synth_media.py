@@ -1,10 +1,10 @@
 """``harness synth``: a synthetic dataset written as the real ones are kept on disk, so the real path is tested.
 
-Real MP4 files (H.264 video, AAC audio, written with PyAV) plus the annotation files of one dataset's layout, with
-its exact file names and columns (METHODS.md §5): VGGSound ``vggsound.csv`` + ``stat.csv``; AudioSet segment CSVs
+Real MP4 files (H.264 video, AAC audio, written with PyAV) plus the annotation files of one dataset's layout, with its
+exact file names and columns (``datasets/README.md``): VGGSound ``vggsound.csv`` + ``stat.csv``; AudioSet segment CSVs
 (``#`` comment lines, quoted MID lists) + ``class_labels_indices.csv``; AVE ``Annotations.txt`` + ``*_order.h5``;
-Kinetics-Sounds ``<split>/<class>/<clip>.mp4``; EPIC-KITCHENS-100 action CSVs + verb/noun class CSVs over long
-videos holding several segments. Class lists have the cards' sizes (309, 527, 28, 32, 97 x 300).
+Kinetics-Sounds ``<split>/<class>/<clip>.mp4``; EPIC-KITCHENS-100 action CSVs + verb/noun class CSVs over long videos
+holding several segments. Class lists have the cards' sizes (309, 527, 28, 32, 97 x 300).
 
 The clips come from a small procedural generator rather than :mod:`harness.data.synthetic`, whose clips are
 0.64-s and 4 frames long: here a clip lasts as long as the dataset's (10 s) at ``fps`` frames per second. A class

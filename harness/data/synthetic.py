@@ -37,14 +37,13 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.api import InputSpec
+from harness.api import Dataset, InputSpec
 from harness.data.base import TensorSplit
 
 SPLITS = ("train", "val", "test")
 COLOURS = torch.tensor([[1, 0.1, 0.1], [0.1, 1, 0.1], [0.2, 0.3, 1], [1, 1, 0.1], [0.1, 1, 1], [1, 0.2, 1]])
 PITCHES_HZ = (250.0, 600.0, 1400.0)  # one per shape
 TIMBRES = ((1.0,), (1.0, 2.0), (1.0, 3.0))  # partials (multiples of the pitch) of each timbre
-SHAPES = ("square", "disc", "diamond")
 
 
 class SyntheticConfig(BaseModel):
@@ -271,7 +270,7 @@ def input_spec(cfg: SyntheticConfig) -> InputSpec:
     return InputSpec(cfg.frames, cfg.image_size, cfg.n_mels, cfg.n_frames, cfg.colours * cfg.timbres)
 
 
-class SyntheticDataset:
+class SyntheticDataset(Dataset):
     """The ``synthetic`` format: generated on first use, cached by parameter hash, held in memory.
 
     Args:
@@ -282,7 +281,7 @@ class SyntheticDataset:
     Config = SyntheticConfig
 
     def __init__(self, params: SyntheticConfig, cache_dir: str | os.PathLike):
-        self.params = params
+        super().__init__(params, cache_dir)
         self.spec = input_spec(params)
         data = load_or_generate(params, cache_dir)
         self.splits = {s: TensorSplit(s, **data[s]) for s in SPLITS}

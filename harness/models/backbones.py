@@ -1,9 +1,9 @@
 """ViT backbones shared by every fusion method: config, presets, tokenisers, positional tables, blocks.
 
-The pieces follow MBT's encoder (METHODS.md §1.2-1.3): tubelet and spectrogram patch embeddings with
-kernel = stride (VALID padding, a remainder is dropped), learned positional tables per modality, zero-initialised
-CLS tokens, and pre-LN ViT blocks (timm ``Block``, LayerNorm eps 1e-6, qkv bias) whose stochastic-depth rate grows
-linearly with depth. timm 1.0.31's ``Block.forward(x, attn_mask=...)`` passes the mask to
+The pieces follow MBT's encoder (scenic ``mbt/model.py``, ``temporal_encode`` and ``EncoderBlock``): tubelet and
+spectrogram patch embeddings with kernel = stride (VALID padding, a remainder is dropped), learned positional tables per
+modality, zero-initialised CLS tokens, and pre-LN ViT blocks (timm ``Block``, LayerNorm eps 1e-6, qkv bias) whose
+stochastic-depth rate grows linearly with depth. timm 1.0.31's ``Block.forward(x, attn_mask=...)`` passes the mask to
 ``F.scaled_dot_product_attention``, so key-padding masks need no block subclass.
 
 Shapes: ``B`` batch, ``T`` frames, ``H = W`` image size, ``D`` width, ``Nv`` / ``Na`` video / audio tokens.

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.api import FusionMethod, InputSpec, MethodConfig, mean_over_modalities
+from harness.api import FusionMethod, InputSpec, MethodConfig, attn_mask, keep_keys, mean_over_modalities, present_masks
 from harness.models.backbones import (
     AudioPatchEmbed,
     BackboneConfig,
@@ -181,6 +181,18 @@ class ViTStreams(FusionMethod):
         self.tokens = Tokenizers(backbone, spec, streams)
         self.streams = Streams(backbone, streams, shared_weights=shared_weights)
         self.norm = layer_norm(backbone.embed_dim)
+
+    def unimodal(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every stream through all its blocks on its own, then the final norm: late fusion's encoder.
+
+        Returns:
+            ``{m: (B, 1 + N_m, D)}`` and the presence masks ``{m: (B,) bool}``.
+        """
+        present = present_masks(batch, self.order or self.modalities)
+        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        masks = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}
+        z = self.streams(z, masks, range(self.backbone.depth))
+        return {m: self.norm(x) for m, x in z.items()}, present
 
     def backbone_mapping(self, vit: ImageViT) -> Mapping:
         """Our parameter name -> (checkpoint value, its source); a subclass adds what it has beyond the streams."""

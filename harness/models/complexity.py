@@ -6,7 +6,7 @@ attention; element-wise ops, norms and softmax are not counted (the convention o
 torch's flop table has formulas for the CUDA fused attention kernels only. On CPU, ``F.scaled_dot_product_attention``
 (masked or not) dispatches to ``aten._scaled_dot_product_flash_attention_for_cpu``, which the table lacks, so attention
 would silently count as zero; this module registers the standard formula for it (and its backward and the
-out-of-tree ``fused_attention_overrideable`` op) on import, so counts are the same on every device.
+out-of-tree ``fused_attention_overrideable`` op) the first time it counts, so counts are the same on every device.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, o
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-def _register_missing_sdpa_formulas() -> None:
+def register_sdpa_formulas() -> None:
+    """Add the attention formulas torch's flop table lacks (idempotent); ``count_flops`` calls it."""
     forward = [
         _aten._scaled_dot_product_flash_attention_for_cpu,
         _aten._scaled_dot_product_fused_attention_overrideable,
@@ -45,9 +46,6 @@ def _register_missing_sdpa_formulas() -> None:
         missing = [op for op in ops if op not in flop_counter.flop_registry]
         if missing:
             register_flop_formula(missing)(formula)
-
-
-_register_missing_sdpa_formulas()
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -65,6 +63,7 @@ def count_flops(model_fn: Callable, *args, **kwargs) -> dict[str, float]:
     Returns:
         ``{"gflops": ..., "gmacs": ...}`` with gflops = 2 x gmacs.
     """
+    register_sdpa_formulas()
     with FlopCounterMode(display=False) as counter:
         model_fn(*args, **kwargs)
     flops = counter.get_total_flops()

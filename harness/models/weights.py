@@ -6,7 +6,7 @@ big_vision JAX layout) through timm's own ``_load_weights`` into a timm ``Vision
 file's size, whose ``state_dict`` is then used. Every format ends as a timm ViT state dict.
 
 Mapping (``image_vit`` then the ``*_kernel`` / ``*_pos`` builders) follows MBT's initialisation from an image ViT
-(METHODS.md §1.7; scenic ``mbt/model_utils.py``, ``init_embedding`` / ``init_posemb`` / ``init_encoderblock``):
+(scenic ``mbt/model_utils.py``, ``init_embedding`` / ``init_posemb`` / ``init_encoderblock``):
 - blocks: block l of the checkpoint into block l of every stream (both streams, or the one shared stack);
 - tubelet kernel (D, 3, t, p, p): ``backbone.tubelet_init`` = ``central`` (the 2-D kernel in temporal slice t // 2,
   zeros elsewhere: a static clip's tubelet embedding equals the image embedding), ``average`` (filter inflation:

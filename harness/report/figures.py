@@ -120,7 +120,7 @@ def pareto_front(x: pd.Series, y: pd.Series) -> pd.Series:
 
 
 def spec_figure(data: pd.DataFrame, fig, paths: list[Path], title: str) -> list[str]:
-    """Draw one spec figure (``report_spec.FigureSpec``) from ``report_spec.figure_data`` points; save to ``paths``.
+    """Draw one spec figure (``spec.FigureSpec``) from ``spec.figure_data`` points; save to ``paths``.
 
     Points with an x: error bars (95% CI of y); ``line`` joins a series in x order, ``scatter`` leaves points alone.
     Points without an x: horizontal reference lines with their CI band. ``pareto`` rings the front and joins it by a

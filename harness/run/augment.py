@@ -16,7 +16,7 @@ the same per-clip decisions as one process would.
 - A mixed modality is present where the clip has it, or where its partner has it and contributes (``w < 1``).
 - **modality dropout** (``train.modality_dropout`` = p): each clip that has both modalities loses one of them with
   probability p (audio or video, equally likely) by setting ``<m>_present`` False; a clip never loses both. The
-  tensor itself is untouched: methods honour the masks (DESIGN.md). Applied after mixup.
+  tensor itself is untouched: methods honour the masks (``harness.api.modalities``). Applied after mixup.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def mixup(batch: dict, weights: dict[str, float], soft_targets) -> dict:
     """The batch mixed with its reversal: inputs with their modality's weight, targets as soft labels.
 
     Args:
-        batch: a training batch (DESIGN.md contract).
+        batch: a training batch (the sample contract, ``harness.api.inputs``).
         weights: ``{modality: w}``; w = 1 leaves that modality unchanged.
         soft_targets: the task's ``soft_targets`` (hard labels -> one-hot float targets).
 

@@ -50,7 +50,7 @@ def cacheable_part(method: nn.Module) -> tuple[str, nn.Module] | tuple[None, str
     if not any(p.requires_grad for p in method.parameters()):
         name, part = "", method
     else:
-        name = getattr(method, "frozen_prefix", None)
+        name = method.frozen_prefix
         if not name:
             return None, f"{type(method).__name__} trains parameters and declares no frozen_prefix"
         part = method.get_submodule(name)
@@ -75,8 +75,8 @@ def cache_key(part: nn.Module, spec, data) -> str:
         "class": f"{type(part).__module__}.{type(part).__qualname__}",
         "method": spec.method.model_dump(mode="json"),
         "backbone": spec.backbone.model_dump(mode="json"),
-        "dataset": spec.dataset.params.model_dump(mode="json") if hasattr(spec.dataset, "params") else None,
-        "fingerprint": getattr(data, "fingerprint", ""),
+        "dataset": spec.dataset.params.model_dump(mode="json"),
+        "fingerprint": data.fingerprint,
         "input": repr(data.spec),
     }
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
@@ -171,7 +171,7 @@ def attach(
         data: the dataset (its ``fingerprint`` and ``spec`` go into the key).
         directory: where caches persist across trials (e.g. ``<cache_dir>/activations``); None = this trial only.
     """
-    if getattr(spec.train, "mixup_alpha", 0.0) > 0:
+    if spec.train.mixup_alpha > 0:
         reason = f"train.mixup_alpha={spec.train.mixup_alpha} augments the inputs"
     else:
         name, part = cacheable_part(method)

@@ -128,6 +128,27 @@ def load_profile(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
         return ProfileSpec(spec.name, spec.backbone, spec.method, spec.task_name, spec.task, shapes)
 
     errors: list[tuple[str, str]] = []
+    origins: dict[str, str] = {}
+    errors += apply_overrides(raw, _input_file_overrides(overrides, errors), origins)
+    errors += [(k, unknown_key_msg(k, list(INPUT_FILE_KEYS))) for k in raw if k not in INPUT_FILE_KEYS]
+    shapes = _section(InputConfig, raw.get("input"), "input", errors)
+    backbone, method, task_name, task = _model_sections(raw, errors)
+    extras = None
+    if raw.get("paper_extras") is not None:
+        extras = _section(PaperExtras, raw["paper_extras"], "paper_extras", errors)
+    if shapes is not None:
+        shapes = InputSpec(**shapes.model_dump())
+        if backbone is not None:
+            errors += backbone.check(shapes)
+    if method is not None and backbone is not None:
+        errors += method.check_family(backbone) or method.check(backbone)
+    if errors:
+        raise ConfigError(label_errors(errors, origins))
+    return ProfileSpec(raw.get("name", Path(path).stem), backbone, method, task_name, task, shapes, extras)
+
+
+def _input_file_overrides(overrides: list[str] | tuple[str, ...], errors: list) -> list[tuple[str, Any, str]]:
+    """The parsed ``--set`` of a file with ``input:``; an unparsable one or another top-level key is an error."""
     parsed = []
     for text in overrides:
         try:
@@ -139,11 +160,11 @@ def load_profile(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
             errors.append((f"--set {text}", unknown_key_msg(key.split(".")[0], list(INPUT_FILE_KEYS))))
         else:
             parsed.append((key, value, f"--set {text}"))
-    origins: dict[str, str] = {}
-    errors += apply_overrides(raw, parsed, origins)
-    errors += [(k, unknown_key_msg(k, list(INPUT_FILE_KEYS))) for k in raw if k not in INPUT_FILE_KEYS]
+    return parsed
 
-    shapes = _section(InputConfig, raw.get("input"), "input", errors)
+
+def _model_sections(raw: dict, errors: list) -> tuple[BaseModel | None, BaseModel | None, str, BaseModel | None]:
+    """(backbone, method, task name, task) of a file with ``input:``, each validated by its registry entry."""
     backbone = method = task = None
     bb = dict(raw.get("backbone") or {"name": "tiny"})
     preset = lookup(BACKBONES, "backbone", bb.get("name", "tiny"), errors)
@@ -158,18 +179,7 @@ def load_profile(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     task_cls = lookup(TASKS, "task", task_name, errors)
     if task_cls is not None:
         task = _section(task_cls.Config, t, "task", errors)
-    extras = None
-    if raw.get("paper_extras") is not None:
-        extras = _section(PaperExtras, raw["paper_extras"], "paper_extras", errors)
-    if shapes is not None:
-        shapes = InputSpec(**shapes.model_dump())
-        if backbone is not None:
-            errors += backbone.check(shapes)
-    if method is not None and backbone is not None:
-        errors += method.check_family(backbone) or method.check(backbone)
-    if errors:
-        raise ConfigError(label_errors(errors, origins))
-    return ProfileSpec(raw.get("name", Path(path).stem), backbone, method, task_name, task, shapes, extras)
+    return backbone, method, task_name, task
 
 
 def _section(model: type[BaseModel], data: Any, prefix: str, errors: list) -> BaseModel | None:

@@ -93,11 +93,8 @@ def run_tags(spec: RunSpec, device: torch.device, data, task: torch.nn.Module) -
     from harness.run.pretrain import pretrained_key
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    tags = {"harness.device": name, "harness.torch_version": torch.__version__,
-            "harness.dataset_fingerprint": getattr(data, "fingerprint", ""),
+    tags = {"harness.device": name, "harness.torch_version": torch.__version__, **data.provenance(),
             "harness.primary_metric": f"test/{task.primary_metric}"}  # fmt: skip
-    if hasattr(data, "manifest"):  # prepared real data: on which subset (manifest hash), decoded by what
-        tags.update({"harness.manifest_hash": data.manifest["hash"], "harness.decoder": data.decoder})
     if (key := pretrained_key(spec)) is not None:  # backbone.pretrained: the cached weights' key
         tags["harness.backbone_pretrained"] = key
     return tags

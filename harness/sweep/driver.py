@@ -41,10 +41,8 @@ def prepare_datasets(spec: SweepSpec) -> None:
         if key in seen:
             continue
         seen.add(key)
-        loader = FORMATS.get(run.dataset.format)
-        if hasattr(loader, "prepare"):  # a format that reads or generates a cache (all built-in ones)
-            print(f"preparing dataset {run.dataset.name} ...", flush=True)
-            loader.prepare(run.dataset.params, cache_dir(run))
+        print(f"preparing dataset {run.dataset.name} ...", flush=True)
+        FORMATS.get(run.dataset.format).prepare(run.dataset.params, cache_dir(run))
 
 
 def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None = None,

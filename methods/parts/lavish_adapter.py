@@ -1,7 +1,7 @@
 """The LAVISH adapter and its latent-free variant (AVISH), shared by ``methods/lavish.py`` and ``methods/avish.py``.
 
 Paper: Lin, Sung, Lei, Bansal, Bertasius, "Vision Transformers are Parameter-Efficient Audio-Visual Learners",
-CVPR 2023, https://arxiv.org/abs/2212.07983 (METHODS.md §2.3, §2.5).
+CVPR 2023, https://arxiv.org/abs/2212.07983.
 Reference implementation: GenjiB/LAVISH ``AVE/nets/net_trans.py`` ``VisualAdapter`` (``adapter_kind='bottleneck'``,
 ``is_multimodal=1``); AVISH is the direct-attention path left commented out in ``AVE/nets/net_trans_v2.py``.
 Known differences: the 1x1 grouped convs over (B, D, N, 1) are grouped linears over (B, N, D) (the same maps and
@@ -32,7 +32,7 @@ from harness.models.backbones import BackboneConfig
 
 
 class AdapterConfig(MethodConfig):
-    """Adapter fields common to LAVISH and AVISH; defaults = the README's AVE Swin flags (METHODS.md §2.7)."""
+    """Adapter fields common to LAVISH and AVISH; defaults = the AVE Swin command of GenjiB/LAVISH's README."""
 
     reduction: int = Field(8, ge=1, description="r: the bottleneck is D/r wide (Adapter_downsample); must divide D")
     groups: int = Field(2, ge=1, description="G: groups of both 1x1 convs (num_conv_group); 1 = dense; must divide D/r")

@@ -1,7 +1,7 @@
 """LAVISH and AVISH on a frozen Swin Transformer V2 shared by audio and video (the LAVISH README's default backbone).
 
 Paper: Lin, Sung, Lei, Bansal, Bertasius, "Vision Transformers are Parameter-Efficient Audio-Visual Learners",
-CVPR 2023, https://arxiv.org/abs/2212.07983 (METHODS.md §2.2-2.4, §2.6).
+CVPR 2023, https://arxiv.org/abs/2212.07983.
 Reference implementation: GenjiB/LAVISH ``AVE/nets/net_trans.py`` (``MMIL_Net.forward_swin``), timm 0.6.7's
 ``swinv2_large_window12_192_22k``.
 
@@ -25,7 +25,7 @@ update rule are LAVISH's (``methods/parts/lavish_adapter.py``), only the backbon
 - ``backbone.checkpoint`` loads a timm Swin-V2 state dict as it is (timm's own filter maps the 0.6 layout); the
   ImageNet-22k head is left out. ``backbone.pretrained: synthetic`` (a ViT) does not apply.
 
-Block update (Swin-V2 res-post-norm branches, METHODS.md §2.4), tokens flattened for the adapters:
+Block update (Swin-V2 res-post-norm branches; the code's ``forward_swin``), tokens flattened for the adapters:
     a1 = A_p1(z_a, z_v);  v1 = V_p1(z_v, z_a)
     z_m <- z_m + DropPath(LN1(WindowAttn(z_m))) + m1
     a2 = A_p2(z_a, z_v);  v2 = V_p2(z_v, z_a)

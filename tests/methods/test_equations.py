@@ -1,4 +1,5 @@
-"""The methods against their papers' update rules (MBT: METHODS.md §1.4; LAVISH, AVISH: §2-3) and each other."""
+"""The methods against their update rules (MBT: scenic ``mbt/model.py``; LAVISH, AVISH: ``net_trans.py``) and each
+other."""
 
 from __future__ import annotations
 
@@ -217,7 +218,7 @@ def test_vanilla_with_separate_weights_points_to_cross(backbone, spec):
         Vanilla(cfg, backbone, spec)
 
 
-# LAVISH / AVISH (METHODS.md §2.3-2.5, §3)
+# LAVISH / AVISH (GenjiB/LAVISH ``AVE/nets/net_trans.py``, ``VisualAdapter``)
 def lavish_reference_alone(model: LAVISH, batch: dict) -> dict[str, torch.Tensor]:
     """The frozen backbone run on each modality alone (timm's own Block.forward, no adapters, no masks)."""
     z = model.tokens(batch, {m: torch.ones(batch[m].shape[0], dtype=torch.bool) for m in model.modalities})

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_config import RUN, SWEEP, toy, toy_dirs  # noqa: F401  (fixtures)
+from toy import RUN, SWEEP
 
 from harness.cli import build_parser, main
 from harness.registry import METHODS
@@ -90,7 +90,7 @@ def test_parser_wires_handler_arguments():
 
 
 def test_the_readmes_run_file_and_shipped_sweeps_validate(capsys):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     files = [root / "run.yaml", *sorted((root / "sweeps").glob("*.yaml"))]
     assert main(["validate", *map(str, files)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"{root / 'run.yaml'}: ok (run)"

@@ -20,7 +20,7 @@ from harness.config import ConfigError, RunSpec, load_config
 from harness.run.reporting import LocalCheckpoints
 from harness.run.trial import run_trial
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAULT = {"HARNESS_HOOKS": "harness.testing.faults:from_env"}  # + HARNESS_HOOK_FAULT=EPOCH[:KEY=VALUE]
 
 

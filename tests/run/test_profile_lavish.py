@@ -1,9 +1,9 @@
 """LAVISH cost presets (``harness/run/profiles/lavish_*_ave.yaml``) against the parameter counts written out by hand.
 
-The formulas follow the modules, not the code: a ViT (patch conv, positions with the CLS row, CLS, L blocks of
-12 D² + 13 D, final norm), 4 L adapters (METHODS.md §2.3) and the heads. The paper's accounting adds the parts the
-AVE code's model has (the 21k head, a gate_tk scalar per adapter, Linear(2D, 512) and Linear(512, 29)) and leaves
-the harness's task head out.
+The formulas follow the modules, not the code: a ViT (patch conv, positions with the CLS row, CLS, L blocks of 12 D² +
+13 D, final norm), 4 L adapters (``methods/parts/lavish_adapter.py``) and the heads. The paper's accounting adds the
+parts the AVE code's model has (the 21k head, a gate_tk scalar per adapter, Linear(2D, 512) and Linear(512, 29)) and
+leaves the harness's task head out.
 """
 
 from __future__ import annotations

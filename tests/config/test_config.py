@@ -1,91 +1,18 @@
 """Run and sweep configs: include, --set, every error at once, sweep expansion, round trips.
 
-The dataset card and its format/task come from ``toyplug``, a real plug-in distribution written to a temp
-folder (dist-info + entry points), so these tests use the plug-in mechanism and the shipped methods/backbones.
+The dataset card and its format/task come from ``toyplug`` (``tests/toy.py``), a real plug-in distribution written
+to a temp folder, so these tests use the plug-in mechanism and the shipped methods/backbones.
 """
 
 from __future__ import annotations
 
 import json
-import textwrap
-from pathlib import Path
 
 import pytest
+from toy import RUN, SWEEP
 
-from harness import registry
 from harness.config import ConfigError, RunSpec, flatten, load_config, parse_override
 from harness.config.sweep import SweepSpec
-
-TOY_PLUGIN = '''
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class ToyFormat:
-    """Format loader stand-in: only its Config matters to validation."""
-
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        num_clips: int = Field(8, ge=1, description="clips per split")
-        num_classes: int = Field(3, ge=2, description="number of classes")
-
-
-class ToyTask:
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        label_smoothing: float = Field(0.0, ge=0, le=1, description="cross-entropy label smoothing")
-'''
-ENTRY_POINTS = "[harness.formats]\ntoyfmt = toyplug:ToyFormat\n\n[harness.tasks]\ntoytask = toyplug:ToyTask\n"
-CARD = "name: toy\nformat: toyfmt\ntask: toytask\ndescription: a toy card for the tests\nparams: {num_clips: 8}\n"
-
-
-def write_toy_plugin(root: Path) -> tuple[Path, Path]:
-    """Write the ``toyplug`` distribution and a ``toy`` dataset card; returns (site dir, cards dir)."""
-    site, cards = root / "site", root / "cards"
-    dist = site / "toyplug-0.1.dist-info"
-    dist.mkdir(parents=True)
-    cards.mkdir()
-    (site / "toyplug.py").write_text(TOY_PLUGIN)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toyplug\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(ENTRY_POINTS)
-    (cards / "toy.yaml").write_text(CARD)
-    return site, cards
-
-
-def refresh_all() -> None:
-    for reg in (registry.METHODS, registry.TASKS, registry.DATASETS, registry.BACKBONES, registry.ENGINES):
-        reg.refresh()
-    registry.FORMATS.refresh()
-
-
-@pytest.fixture(scope="session")
-def toy_dirs(tmp_path_factory) -> tuple[Path, Path]:
-    return write_toy_plugin(tmp_path_factory.mktemp("toy"))
-
-
-@pytest.fixture
-def toy(toy_dirs, monkeypatch, tmp_path):
-    """Activate the toy plug-in and cards; yields a helper that writes YAML files into tmp_path."""
-    site, cards = toy_dirs
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("HARNESS_DATASETS_DIR", str(cards))
-    refresh_all()
-
-    def write(name: str, text: str) -> Path:
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(text))
-        return path
-
-    yield write
-    refresh_all()  # rescanned lazily after monkeypatch restores sys.path
-
-
-RUN = """\
-seed: 1
-dataset: {name: toy, num_classes: 5}
-backbone: {name: tiny}
-method: {name: mbt, fusion_layer: 2}
-train: {epochs: 2, lr: 1.0e-3}
-"""
 
 
 def test_run_resolves_typed_sections(toy):
@@ -175,19 +102,6 @@ def test_round_trip_and_flatten(toy):
     d["method"]["fusion_layer"] = 9
     with pytest.raises(ConfigError, match=r"method.fusion_layer: 9 is out of range"):
         RunSpec.from_dict(d)
-
-
-SWEEP = """\
-name: toy_sweep
-dataset: {name: toy}
-train: {epochs: 1}
-search:
-  seed: {grid: [0, 1, 2]}
-  variants:
-    - {method.name: [vanilla, mbt], method.fusion_layer: [0, 2, 4]}
-    - {method.name: [late, audio_only, video_only]}
-tune: {num_samples: 2}
-"""
 
 
 def test_sweep_expansion_counts(toy):

@@ -1,4 +1,5 @@
-"""A real Ray Tune sweep into a temporary MLflow store: parent + child runs, a failed trial, the report."""
+"""Reports of a real sweep (the session's ``finished_sweep``: two finished trials, one failed) and the report's
+statistics and rendering on made-up runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.report.build import swept_keys
@@ -16,77 +16,8 @@ from harness.report.render import tex_escape
 from harness.report.spec import load_spec, paired_markdown, split_provenance
 from harness.report.stats import aggregate, paired_differences, t_interval
 
-pytestmark = pytest.mark.ray
 
-
-@pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory, cache):
-    """Three trials on local Ray: two finish, one (lr = 1e30) fails with a NaN loss."""
-    tmp = tmp_path_factory.mktemp("sweep")
-    sweep = {
-        "name": "t_sweep",
-        "dataset": {"name": "synthetic", "clips_train": 48, "clips_val": 16, "clips_test": 16},
-        "backbone": {"name": "tiny", "embed_dim": 16, "depth": 2, "num_heads": 2},
-        "method": {"name": "late"},
-        "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "grad_clip": None},
-        "cache_dir": str(cache),
-        "search": {"variants": [
-            {"method.name": ["late", "audio_only"], "train.lr": 1.0e-3},
-            {"method.name": "video_only", "train.lr": 1.0e30},
-        ]},
-        "tune": {"max_concurrent_trials": 2},
-    }  # fmt: skip
-    path = tmp / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    code = main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp / "ray")])
-    return code, uri, tmp
-
-
-def test_sweep_goes_on_past_a_failed_trial_and_exits_nonzero(finished_sweep):
-    code, uri, _ = finished_sweep
-    assert code == 1
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("t_sweep")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 3
-    parent = parents[0]
-    assert parent.data.tags["harness.sweep"] == "t_sweep" and len(parent.data.tags["harness.sweep_hash"]) == 64
-    assert parent.data.tags["harness.failed_trials"] == "1"
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    status = {c.data.params["method.name"]: c for c in children}
-    assert status["late"].info.status == status["audio_only"].info.status == "FINISHED"
-    failed = status["video_only"]
-    assert failed.info.status == "FAILED" and "train/loss is" in failed.data.tags["harness.error"]
-    assert "model/params_total" in failed.data.metrics  # logged before the failure, kept
-    ok = status["late"]
-    assert ok.data.params["train.lr"] == "0.001" and ok.data.tags["harness.trial_id"]
-    history = client.get_metric_history(ok.info.run_id, "val/top1")
-    assert [h.step for h in history] == [0, 1]
-    assert "test/top1:video_only" in ok.data.metrics
-
-
-def test_finished_trials_log_their_learning_curves(finished_sweep, tmp_path):
-    _, uri, _ = finished_sweep
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("t_sweep")
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
-    for run in children:
-        names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        if run.info.status != "FINISHED":
-            assert "curves.csv" not in names
-            continue
-        assert {"curves.csv", "curves.png"} <= names
-        curves = pd.read_csv(client.download_artifacts(run.info.run_id, "curves.csv", str(tmp_path)))
-        assert list(curves["epoch"]) == [0, 1] and {"train/loss", "val/top1"} <= set(curves.columns)
-        history = client.get_metric_history(run.info.run_id, "val/top1")
-        assert list(curves["val/top1"]) == pytest.approx([h.value for h in sorted(history, key=lambda h: h.step)])
-        png = Path(client.download_artifacts(run.info.run_id, "curves.png", str(tmp_path)))
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
-
-
+@pytest.mark.ray
 def test_report_from_the_sweep(finished_sweep):
     _, uri, tmp = finished_sweep
     out = tmp / "reports" / "table2.md"
@@ -98,6 +29,7 @@ def test_report_from_the_sweep(finished_sweep):
     assert set(csv["method.name"]) == {"late", "audio_only"} and (csv["n"] == 1).all()
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("suffix", ["tex", "html", "csv"])
 def test_report_format_follows_the_out_suffix(finished_sweep, suffix):
     _, uri, tmp = finished_sweep
@@ -117,6 +49,7 @@ def test_report_format_follows_the_out_suffix(finished_sweep, suffix):
         assert set(pd.read_csv(out)["method.name"]) == {"late", "audio_only"}
 
 
+@pytest.mark.ray
 def test_report_format_flag_overrides_the_suffix_and_bad_suffix_is_a_config_error(finished_sweep, capsys):
     _, uri, tmp = finished_sweep
     out = tmp / "formats" / "page.txt"
@@ -133,6 +66,7 @@ def test_tex_escape():
     )
 
 
+@pytest.mark.ray
 def test_report_unknown_sweep_says_what_exists(finished_sweep, capsys):
     _, uri, tmp = finished_sweep
     assert main(["report", "--sweep", "nope", "--out", str(tmp / "x.md"), "--tracking-uri", uri]) == 1
@@ -160,6 +94,7 @@ def test_aggregate_groups_seeds_with_a_t_interval():
     assert t_interval(pd.Series([1.0])) != t_interval(pd.Series([1.0]))  # NaN for n = 1
 
 
+@pytest.mark.ray
 def test_report_spec_beside_the_output_filters_columns_and_sorts(finished_sweep):
     _, uri, tmp = finished_sweep
     out = tmp / "spec" / "mine.md"
@@ -186,6 +121,7 @@ def test_report_spec_beside_the_output_filters_columns_and_sorts(finished_sweep)
     assert "| —" in next(r for r in body if "audio_only" in r)  # no reference for audio_only
 
 
+@pytest.mark.ray
 def test_report_spec_unknown_key_exits_2_and_names_it(finished_sweep, capsys):
     _, uri, tmp = finished_sweep
     spec = tmp / "bad.yaml"
@@ -236,4 +172,4 @@ def test_report_spec_validation_without_mlflow(tmp_path):
     spec = load_spec(path)
     assert spec.sweeps(None) == ["a", "b"] and spec.sweeps("c") == ["c"] and spec.reference == {"mbt": 71.5}
     for name in ("table2", "robustness"):  # the shipped specs are valid
-        assert load_spec(Path(__file__).parent.parent / "reports" / f"{name}.yaml").columns
+        assert load_spec(Path(__file__).resolve().parents[2] / "reports" / f"{name}.yaml").columns

@@ -24,7 +24,7 @@ from harness.report.spec import FigureSpec, figure_data, load_spec, provenance_s
 from harness.report.stats import aggregate
 from harness.tracking import MlflowReporter, code_tags, experiment_id
 
-REPORTS = Path(__file__).parent.parent / "reports"
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
 SPECS = sorted(p.stem for p in REPORTS.glob("*.yaml"))
 SEEDS = (0, 1)
 
@@ -281,10 +281,10 @@ def test_default_figure_of_one_row_per_method_is_grouped_bars_in_table_order(tmp
 def test_default_figure_is_a_fusion_layer_plot_when_a_method_spans_layers(tmp_path, monkeypatch):
     import pandas as pd
 
-    from harness.report import figures as report_render
+    from harness.report import figures
 
     table = pd.DataFrame({"method.name": ["mbt", "mbt", "late"], "method.fusion_layer": ["0", "2", "—"],
                           "test top-1": [90.0, 95.0, 50.0], "test top-1 ci95": [1.0, 1.0, 1.0]})  # fmt: skip
-    monkeypatch.setattr(report_render, "bars", lambda *a: pytest.fail("bars for a fusion-layer table"))
-    report_render.figure(table, [tmp_path / "f.png"], "f")
+    monkeypatch.setattr(figures, "bars", lambda *a: pytest.fail("bars for a fusion-layer table"))
+    figures.figure(table, [tmp_path / "f.png"], "f")
     assert (tmp_path / "f.png").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""`harness run` logs one MLflow run with DESIGN.md's names; a failure is kept as FAILED with its error."""
+"""`harness run` logs one MLflow run with the names of ``docs/internals.md``; a failure is kept FAILED with its
+error."""
 
 from __future__ import annotations
 
