@@ -2,7 +2,7 @@
 
 The method and the task are built on the meta device (``torch.device("meta")``): parameters have shapes but no
 storage and no values, so a ViT-L pair costs no memory and no init time, and ``FlopCounterMode`` counts one clip's
-forward pass from the shapes alone (the same counts as on CPU: ``tests/test_profile.py``).
+forward pass from the shapes alone (the same counts as on CPU: ``tests/run/test_profile.py``).
 
 A source is a run YAML (``harness.config.load_config``; the input shapes come from its dataset's format without
 loading or generating any data) or a preset from ``harness/run/profiles/``. A file with an ``input:`` section
