@@ -4,6 +4,7 @@ test views, short clips, sweeps without a new prepare, and the clear errors of o
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -176,3 +177,27 @@ def test_clear_errors_for_odd_settings_and_layouts(prepared, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "missing 1" in out and "hint: 1 missing files exist with another extension" in out
     assert f"but video/{video.stem}.webm exists" in out
+
+
+def test_tiny_window_sweep_trains_with_every_augmentation(prepared):
+    """MBT's sampling-window sweep in miniature (t = 2, 4 s) on real MP4s, every augmentation on, one cache."""
+    from harness.config import RunSpec
+    from harness.run.trial import run_trial
+
+    root, cache, _ = prepared
+    data = {"name": "ave", "root": str(root), "cache": str(cache), **dict(s.split("=", 1) for s in SETS),
+            "random_crop": True, "scale_jitter": [0.8, 1.25], "flip": True, "colour_jitter": 0.8, "colour_drop": 0.2,
+            "spec_freq_masks": 1, "spec_freq_width": 6, "spec_time_masks": 2, "spec_time_width": 8, "sync": False,
+            "frames": 2, "test_crops": 3, "test_clips": 2, "train_fraction": 0.9}  # fmt: skip
+    results = []
+    for window in (2.0, 4.0):
+        run = {"name": "t", "dataset": {**data, "window_seconds": window, "audio_seconds": window},
+               "backbone": {"name": "tiny", "embed_dim": 16, "depth": 2, "num_heads": 2, "audio_patch": [16, 16],
+                            "drop_path": 0.1},
+               "method": {"name": "mbt", "fusion_layer": 1},
+               "train": {"epochs": 2, "batch_size": 2, "eval_batch_size": 6, "threads": 1, "mixup_alpha": 0.5,
+                         "modality_dropout": 0.2}}  # fmt: skip
+        results.append(run_trial(RunSpec.from_dict(run)))
+    for final in results:
+        assert math.isfinite(final["train/loss"]) and 0 <= final["test/seg_acc"] <= 100
+    assert len(list(cache.glob("*/manifest.json"))) == 1  # both windows cut from the one prepared cache
