@@ -152,12 +152,16 @@ def main() -> None:
         prep = (time.perf_counter() - tick) / args.clips
         print(log.getvalue().splitlines()[0])
         ref, what = reference_decode(paths)
-        print(f"prepare: {prep:.3f} s/clip (includes the 4-clip estimate) vs {what} {ref:.3f} s/clip: {prep / ref:.2f}x")
+        print(
+            f"prepare: {prep:.3f} s/clip (includes the 4-clip estimate) vs {what} {ref:.3f} s/clip: {prep / ref:.2f}x"
+        )
         ds = cls(params, cache)
         shard_files = list((cache).glob("*/shard-*.safetensors"))
         on_disk = sum(f.stat().st_size for f in shard_files) / len(manifest["clips"])
-        print(f"on disk: {on_disk / 1e6:.3f} MB per clip; raw uint8 views of the old format "
-              f"{cls.raw_bytes(params) / 1e6:.2f} MB per clip ({cls.raw_bytes(params) / on_disk:.1f}x smaller)")
+        print(
+            f"on disk: {on_disk / 1e6:.3f} MB per clip; raw uint8 views of the old format "
+            f"{cls.raw_bytes(params) / 1e6:.2f} MB per clip ({cls.raw_bytes(params) / on_disk:.1f}x smaller)"
+        )
         # fidelity: the cached frames decoded back against the same frames from the MP4 at the stored short side
         split = ds.splits["train"]
         rec = split.records[0]
@@ -166,8 +170,10 @@ def main() -> None:
         times = [(k + 0.5) / params.cache_fps for k in range(sh.n_frames(row))]
         src = decode(str(root / rec.file), times, 0.0, 10.0, 16000, params.stored_side).video
         back = torch.stack(jpeg.decode(sh.jpeg(row, list(range(len(times))))))
-        print(f"PSNR of cached frames vs the MP4's: {psnr(back, src):.1f} dB ({len(times)} frames of "
-              f"{tuple(back.shape[-2:])})")
+        print(
+            f"PSNR of cached frames vs the MP4's: {psnr(back, src):.1f} dB ({len(times)} frames of "
+            f"{tuple(back.shape[-2:])})"
+        )
         # decode speed of one training view: from the cache vs from the MP4
         item = (0, 1, 0, 0)
         n = 5
@@ -181,13 +187,17 @@ def main() -> None:
         for _ in range(n):
             decode(str(root / rec.file), t_src, 0.0, 10.0, 16000, params.stored_side)
         from_mp4 = (time.perf_counter() - tick) / n
-        print(f"one training view: {from_cache * 1e3:.0f} ms from the cache vs {from_mp4 * 1e3:.0f} ms decoding the "
-              f"MP4 ({from_mp4 / from_cache:.1f}x)")
+        print(
+            f"one training view: {from_cache * 1e3:.0f} ms from the cache vs {from_mp4 * 1e3:.0f} ms decoding the "
+            f"MP4 ({from_mp4 / from_cache:.1f}x)"
+        )
         # loader vs model step
         step, gflops = model_step(params, args.frames, args.steps)
         gpu = GPU_TFLOPS * 1e12 / (3 * gflops * 1e9)
-        print(f"MBT ViT-B/16 step here: {step:.3f} samples/s; forward {gflops:.0f} GFLOPs/clip -> assumed GPU "
-              f"{gpu:.0f} samples/s ({GPU_TFLOPS:.0f} TFLOPS sustained)")
+        print(
+            f"MBT ViT-B/16 step here: {step:.3f} samples/s; forward {gflops:.0f} GFLOPs/clip -> assumed GPU "
+            f"{gpu:.0f} samples/s ({GPU_TFLOPS:.0f} TFLOPS sustained)"
+        )
         for workers in (1, 2):
             p = params.model_copy(update={"loader_workers": workers})
             train = cls(p, cache).splits["train"]
@@ -197,8 +207,10 @@ def main() -> None:
                 for b in train.batches(2, shuffle=True, seed=epoch):
                     seen += len(b["id"])
             rate = seen / (time.perf_counter() - tick)
-            print(f"loader, {workers} worker(s): {rate:.1f} samples/s = {rate / step:.1f}x the CPU step, "
-                  f"{rate / gpu:.3f}x the assumed GPU step ({math.ceil(gpu / (rate / workers))} workers to keep up)")
+            print(
+                f"loader, {workers} worker(s): {rate:.1f} samples/s = {rate / step:.1f}x the CPU step, "
+                f"{rate / gpu:.3f}x the assumed GPU step ({math.ceil(gpu / (rate / workers))} workers to keep up)"
+            )
         sample = grid(10.0, params.cache_fps)
         print(f"({len(sample)} cached frames per clip)")
 

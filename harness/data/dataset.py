@@ -57,8 +57,11 @@ class PreparedConfig(FrontEndConfig, RecipeConfig):
     val_fraction: float = Field(0.05, ge=0, lt=1, description="share of train held out as val where no val list exists")
     pixel_mean: tuple[float, float, float] = Field((0.5, 0.5, 0.5), description="per-channel mean of pixels in [0,1]")
     pixel_std: tuple[float, float, float] = Field((0.5, 0.5, 0.5), description="per-channel std ((0.5,)*3: [-1, 1])")
-    decoder: Literal[DECODERS] = Field("pyav", description="pyav (FFmpeg in its wheels, the same everywhere), "
-                                       "torchcodec (needs system FFmpeg), or auto: torchcodec where it loads")  # fmt: skip
+    decoder: Literal[DECODERS] = Field(
+        "pyav",
+        description="pyav (FFmpeg in its wheels, the same everywhere), torchcodec (needs system FFmpeg), or "
+        "auto: torchcodec where it loads",
+    )
     cache_fps: float = Field(12.5, gt=0, description="frames per second the cache keeps of every clip (MBT: stride 2 "
                              "of 25 fps); windows and views are cut from these")  # fmt: skip
     cache_short_side: int | None = Field(None, ge=8, description="short side of the cached frames (aspect kept); "

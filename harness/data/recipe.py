@@ -42,8 +42,11 @@ class RecipeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    temporal_jitter: bool = Field(True, description="train: a random window per epoch (or a random frame per slot "
-                                  "when window_seconds is null); eval always takes the centred/evenly spaced ones")  # fmt: skip
+    temporal_jitter: bool = Field(
+        True,
+        description="train: a random window per epoch (or a random frame per slot when window_seconds is null); "
+        "eval always takes the centred/evenly spaced ones",
+    )
     sync: bool = Field(True, description="true: the audio window is centred on the video window; false: drawn "
                        "independently in training (scenic MBT sync_random_state)")  # fmt: skip
     random_crop: bool = Field(False, description="train: the crop at a random position (false: centred)")
@@ -98,7 +101,9 @@ def draw_rng(seed: int, clip_id: str) -> random.Random:
 
 def in_fraction(clip_id: str, fraction: float) -> bool:
     """Whether a train clip is within ``train_fraction`` (a hash independent of the val holdout's)."""
-    return fraction >= 1 or int(hashlib.sha1(f"train_fraction/{clip_id}".encode()).hexdigest()[:8], 16) < fraction * 2**32
+    return (
+        fraction >= 1 or int(hashlib.sha1(f"train_fraction/{clip_id}".encode()).hexdigest()[:8], 16) < fraction * 2**32
+    )
 
 
 def frame_times(p, seconds: float, rng: random.Random | None, t_view: int, n_t: int) -> tuple[list[float], float]:

@@ -17,8 +17,8 @@ from oddmedia import SR, onset, red, write
 from harness.data.decode import CorruptMediaError, decode, decoder_name, torchcodec_usable
 from harness.data.prepare import decode_clip
 
-DECODERS = ["pyav", pytest.param("torchcodec", marks=pytest.mark.skipif(not torchcodec_usable(),
-                                                                          reason="no system FFmpeg for torchcodec"))]  # fmt: skip
+NO_FFMPEG = pytest.mark.skipif(not torchcodec_usable(), reason="no system FFmpeg for torchcodec")
+DECODERS = ["pyav", pytest.param("torchcodec", marks=NO_FFMPEG)]
 
 
 def _index(frames: torch.Tensor) -> list[int]:
@@ -110,7 +110,10 @@ def test_decoder_used_is_recorded(tmp_path):
     root, cache = tmp_path / "root", tmp_path / "cache"
     assert main(["synth", "--out", str(root), "--layout", "ave", "--clips", "3"]) == 0
     sets = ["frames=2", "image_size=32", "resize=32", "n_mels=16", "target_frames=32", "decoder=auto"]
-    assert main(["prepare", "ave", "--root", str(root), "--cache", str(cache), *[x for s in sets for x in ("--set", s)]]) == 0
+    assert (
+        main(["prepare", "ave", "--root", str(root), "--cache", str(cache), *[x for s in sets for x in ("--set", s)]])
+        == 0
+    )
     (manifest,) = cache.glob("*/manifest.json")
     m = json.loads(manifest.read_text())
     assert m["decoder"] == auto and m["settings"]["decoder"] == auto.split()[0]  # what ran, never "auto"

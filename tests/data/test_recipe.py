@@ -30,7 +30,10 @@ def prepared(tmp_path_factory):
     cls, params = resolve_params("ave", str(root), str(cache), SETS)
     short = next(r for r in cls.list_clips(params) if r.split == "train")
     write(root / short.file, n=24, fps=8, size=(48, 64))  # 3 s of a 10-s clip
-    assert main(["prepare", "ave", "--root", str(root), "--cache", str(cache), *[a for s in SETS for a in ("--set", s)]]) == 0
+    assert (
+        main(["prepare", "ave", "--root", str(root), "--cache", str(cache), *[a for s in SETS for a in ("--set", s)]])
+        == 0
+    )
     return root, cache, short.id
 
 
@@ -142,9 +145,9 @@ def test_clear_errors_for_odd_settings_and_layouts(prepared, tmp_path, capsys):
     vgg = tmp_path / "vgg"
     assert main(["synth", "--out", str(vgg), "--layout", "vggsound", "--clips", "3"]) == 0
     tiny = ["frames=2", "image_size=32", "resize=32", "n_mels=16", "target_frames=32", "val_fraction=0"]
-    run = {"name": "t", "dataset": {"name": "vggsound", "root": str(vgg), "cache": str(tmp_path / "vc"),
-           **dict(s.split("=") for s in tiny)}, "method": {"name": "vanilla"}, "train": {"epochs": 1},
-           "backbone": {"name": "tiny", "embed_dim": 16, "depth": 1, "num_heads": 2, "audio_patch": [16, 16]}}  # fmt: skip
+    backbone = {"name": "tiny", "embed_dim": 16, "depth": 1, "num_heads": 2, "audio_patch": [16, 16]}
+    dataset = {"name": "vggsound", "root": str(vgg), "cache": str(tmp_path / "vc"), **dict(s.split("=") for s in tiny)}
+    run = {"name": "t", "dataset": dataset, "method": {"name": "vanilla"}, "train": {"epochs": 1}, "backbone": backbone}
     (tmp_path / "run.yaml").write_text(json.dumps(run))
     capsys.readouterr()
     assert main(["run", str(tmp_path / "run.yaml"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 1
