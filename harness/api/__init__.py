@@ -11,7 +11,7 @@
 This package imports nothing else of the harness (``tests/test_layering.py`` holds it to that).
 """
 
-from harness.api.data import Dataset
+from harness.api.data import Dataset, DatasetError
 from harness.api.engine import Checkpoints, Engine, Reporter, TrainHook
 from harness.api.inputs import InputSpec
 from harness.api.method import CheckpointError, FusionMethod, MethodConfig
@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "Checkpoints",
     "Dataset",
+    "DatasetError",
     "Engine",
     "FusionMethod",
     "InputSpec",

@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except Exception as e:
         config = sys.modules.get("harness.config")  # a ConfigError implies it is imported; `ls` stays light
+        api = sys.modules.get("harness.api")
+        if api is not None and isinstance(e, api.DatasetError):  # an empty split, a bad annotation file: no traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         if config is None or not isinstance(e, config.ConfigError):
             raise
         print_config_error(getattr(args, "file", None) or getattr(args, "spec", None), e)

@@ -12,8 +12,10 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.api.data import DatasetError
 
-class AnnotationError(ValueError):
+
+class AnnotationError(DatasetError):
     """An annotation file that is missing or does not have the expected format."""
 
 

@@ -2,13 +2,17 @@
 
 :class:`PreparedDataset` is the base of every real-data format loader: a subclass says how to list the clips
 (``list_clips``: annotations -> :class:`ClipRecord`s with their labels) and how to batch labels (``label_batch``); the
-base prepares the cache when it is absent and serves the splits. A batch (``harness.api.inputs``): ``video`` float (B,
-T, 3, H, W) normalised with the card's pixel mean/std, ``audio`` float (B, 1, n_mels, n_frames) normalised log-mel,
-``label`` (the format's kind), ``id`` list[str], ``audio_present`` (False where the file has no audio stream) and
-``video_present`` bool (B,).
+base prepares the cache when it is absent and serves the splits through a DataLoader (:mod:`harness.data.loader`).
 
-Views: every clip is cached as V = ``test_clips`` temporal windows. The test split yields all V views of a clip
-under the same id (the evaluator averages over equal ids), val the middle one, train one drawn per epoch.
+A batch leaves the loader with ``video`` uint8 (B, T, 3, H, W) (pinned on CUDA), ``audio`` float (B, 1, n_mels,
+n_frames) normalised log-mel (SpecAugment applied), ``label`` (the format's kind), ``id`` list[str],
+``audio_present`` (False where the file has no audio stream), ``video_present`` bool (B,) and, when colour jitter is
+on, ``colour`` (B, 4); :meth:`PreparedDataset.on_device` (both engines call it after moving the batch) jitters the
+colours and normalises the pixels with the card's mean/std there, so methods see the sample contract.
+
+Views (:mod:`harness.data.recipe`): train draws one window, crop, flip, colour and masks per clip and epoch; val
+takes the centred view; test yields ``test_clips`` x ``test_crops`` views of each clip under the clip's id (the
+evaluator averages over equal ids).
 """
 
 from __future__ import annotations
@@ -16,23 +20,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from harness.api import Dataset, InputSpec
+from harness.api import Dataset, DatasetError, InputSpec
+from harness.data import jpeg
 from harness.data.annotations import ClipRecord
-from harness.data.frontend import FrontEndConfig, fbank_settings, normalise
-from harness.data.prepare import prepare
+from harness.data.decode import DECODERS, resolve_decoder
+from harness.data.frontend import FrontEndConfig, fbank_settings, fit_frames, normalise
+from harness.data.loader import SplitLoader
+from harness.data.prepare import estimate, prepare
+from harness.data.recipe import RecipeConfig, View, draw_rng, in_fraction, plan_view
 from harness.data.shards import ShardReader, settings_hash
 
 SPLITS = ("train", "val", "test")
 
 
-class PreparedConfig(FrontEndConfig):
+class PreparedConfig(FrontEndConfig, RecipeConfig):
     """Keys shared by every real-data format (under ``dataset:``); the card sets them, a run may override them."""
 
     root: str = Field(description="folder holding the dataset's annotation files and media (see datasets/README.md)")
@@ -40,15 +47,47 @@ class PreparedConfig(FrontEndConfig):
     num_classes: int = Field(ge=1, description="classes of the class list; the loader checks the file agrees")
     clip_seconds: float = Field(10.0, gt=0, description="clip length in seconds, from the clip's start")
     frames: int = Field(8, ge=1, description="video frames per view (T), at the centres of T equal slots")
-    image_size: int = Field(224, ge=8, description="frame height = width after the centre crop")
-    resize: int | None = Field(None, ge=8, description="short side before the centre crop; null = image_size")
+    image_size: int = Field(224, ge=8, description="frame height = width of a view (the crop's output size)")
+    resize: int | None = Field(None, ge=8, description="short side the centre crop of image_size is taken from "
+                               "(the crop covers image_size / resize of it); null = image_size")  # fmt: skip
     window_seconds: float | None = Field(None, gt=0, description="video window of one view; null = the whole clip")
-    audio_seconds: float | None = Field(None, gt=0, description="audio window of one view (centred on the video's)")
-    test_clips: int = Field(1, ge=1, description="views per test clip (linspace windows), averaged by the evaluator")
+    audio_seconds: float | None = Field(None, gt=0, description="audio window of one view (centred on the video's "
+                                        "when sync); null = the whole clip")  # fmt: skip
+    test_clips: int = Field(1, ge=1, description="temporal views per test clip (evenly spaced), averaged per clip")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="share of train held out as val where no val list exists")
     pixel_mean: tuple[float, float, float] = Field((0.5, 0.5, 0.5), description="per-channel mean of pixels in [0,1]")
     pixel_std: tuple[float, float, float] = Field((0.5, 0.5, 0.5), description="per-channel std ((0.5,)*3: [-1, 1])")
-    decoder: Literal["auto", "torchcodec", "pyav"] = Field("auto", description="auto: torchcodec, else PyAV")
+    decoder: Literal[DECODERS] = Field(
+        "pyav",
+        description="pyav (FFmpeg in its wheels, the same everywhere), torchcodec (needs system FFmpeg), or "
+        "auto: torchcodec where it loads",
+    )
+    cache_fps: float = Field(12.5, gt=0, description="frames per second the cache keeps of every clip (MBT: stride 2 "
+                             "of 25 fps); windows and views are cut from these")  # fmt: skip
+    cache_short_side: int | None = Field(None, ge=8, description="short side of the cached frames (aspect kept); "
+                                         "null = resize (or image_size)")  # fmt: skip
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the cached frames")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreparedConfig:
+        if self.resize is not None and self.resize < self.image_size:
+            raise ValueError(f"resize={self.resize} is smaller than image_size={self.image_size}; the crop is taken "
+                             "from a frame whose short side is resize")  # fmt: skip
+        if self.resize is not None and self.resize > 2 * self.image_size:
+            raise ValueError(
+                f"resize={self.resize} with image_size={self.image_size} would crop the central "
+                f"{self.image_size / self.resize:.0%} of the frame; set resize with image_size (the cards' ratio "
+                f"256/224: resize={round(self.image_size * 256 / 224)})"
+            )
+        if self.window_seconds is not None and self.frames / self.window_seconds > self.cache_fps * 1.001:
+            raise ValueError(f"frames={self.frames} in window_seconds={self.window_seconds} is "
+                             f"{self.frames / self.window_seconds:g} fps, more than cache_fps={self.cache_fps:g}: "
+                             "frames would repeat; raise cache_fps (a new prepare) or window_seconds")  # fmt: skip
+        return self
+
+    @property
+    def stored_side(self) -> int:
+        return self.cache_short_side or self.resize or self.image_size
 
 
 def holdout(clip_id: str, fraction: float) -> bool:
@@ -57,55 +96,85 @@ def holdout(clip_id: str, fraction: float) -> bool:
 
 
 class PreparedSplit:
-    """One split served from the cache's shards (memory-mapped safetensors), one batch read ahead in a thread."""
+    """One split served from the cache's shards through a DataLoader (:class:`harness.data.loader.SplitLoader`)."""
 
-    def __init__(self, name: str, records: list[ClipRecord], index: dict, folder: Path, n_views: int, label_batch,
+    def __init__(self, name: str, records: list[ClipRecord], index: dict, folder: Path, label_batch,
                  params: PreparedConfig):  # fmt: skip
         self.name, self.records, self.index, self.folder = name, records, index, folder
-        self.n_views, self.label_batch, self.params = n_views, label_batch, params
-        self._shard = ShardReader(folder)
-        p = params
-        self._mean = torch.tensor(p.pixel_mean).view(1, 1, 3, 1, 1) * 255
-        self._scale = 1 / (torch.tensor(p.pixel_std).view(1, 1, 3, 1, 1) * 255)
+        self.label_batch, self.params = label_batch, params
+        self.views = (params.test_clips, params.test_crops) if name == "test" else (1, 1)
+        self._shards = ShardReader(folder)
+        self._pad = torch.tensor([round(m * 255) for m in params.pixel_mean], dtype=torch.uint8).view(3, 1, 1)
+        self._loader: SplitLoader | None = None
 
     def __len__(self) -> int:
-        return len(self.records) * (self.n_views if self.name == "test" else 1)
+        return len(self.records) * self.views[0] * self.views[1]
 
-    def _items(self, shuffle: bool, seed: int) -> list[tuple[int, int]]:
-        n, v = len(self.records), self.n_views
-        if self.name == "test":
-            return [(i, j) for i in range(n) for j in range(v)]
-        g = torch.Generator().manual_seed(seed)
-        views = torch.randint(0, v, (n,), generator=g).tolist() if self.name == "train" else [v // 2] * n
-        return list(zip(range(n), views))
+    def items(self, shuffle: bool, seed: int) -> list[tuple[int, int | None, int, int]]:
+        """(record, draw seed or None for an eval view, temporal view, spatial view) of every sample of an epoch."""
+        n_t, n_s = self.views
+        if self.name == "train":
+            return [(i, seed, 0, 0) for i in range(len(self.records))]
+        return [(i, None, t, s) for i in range(len(self.records)) for t in range(n_t) for s in range(n_s)]
 
-    def _batch(self, items: list[tuple[int, int]]) -> dict:
-        video, fbank, present = [], [], []
-        for i, v in items:
-            shard, row, _ = self.index[self.records[i].id]
-            f = self._shard(shard)
-            video.append(f.get_slice("video")[row : row + 1, v])  # (1, T, 3, H, W)
-            fbank.append(f.get_slice("fbank")[row : row + 1, v])  # (1, M, F)
-            present.append(bool(f.get_slice("audio_present")[row : row + 1][0]))
-        x = torch.cat(video).float().sub_(self._mean).mul_(self._scale)  # (B, T, 3, H, W)
-        audio = normalise(torch.cat(fbank), self.params)[:, None]  # (B, 1, M, F)
-        b = len(items)
-        return {
-            "video": x,
-            "audio": audio,
-            "label": self.label_batch([self.records[i].label for i, _ in items]),
-            "id": [self.records[i].id for i, _ in items],
-            "audio_present": torch.tensor(present, dtype=torch.bool),
-            "video_present": torch.ones(b, dtype=torch.bool),
+    def plan(self, item: tuple[int, int | None, int, int]) -> View:
+        """The cut of one item (which frames, crop, flip, colour, audio window, masks), without decoding."""
+        i, seed, t, s = item
+        rec = self.records[i]
+        shard, row, _ = self.index[rec.id]
+        sh = self._shards(shard)
+        info = sh.info[row]
+        rng = draw_rng(seed, rec.id) if seed is not None else None
+        return plan_view(self.params, info["seconds"], sh.n_frames(row), tuple(info["hw"]), rng, t, self.views[0], s,
+                         self.views[1])  # fmt: skip
+
+    def sample(self, item: tuple[int, int | None, int, int]) -> dict:
+        """One sample: ``video`` uint8 (T, 3, S, S), ``audio`` (1, M, F) normalised, label payload, id, presence."""
+        from torchvision.transforms.v2.functional import resize
+
+        p, rec = self.params, self.records[item[0]]
+        shard, row, _ = self.index[rec.id]
+        sh, view = self._shards(shard), self.plan(item)
+        wanted = sorted({k for k in view.frames if k >= 0})
+        top, left, side = view.crop
+        crops = torch.stack([x[:, top : top + side, left : left + side] for x in jpeg.decode(sh.jpeg(row, wanted))])
+        if side != p.image_size:
+            crops = resize(crops, [p.image_size, p.image_size], antialias=True)  # (K, 3, S, S) uint8
+        if view.flip:
+            crops = crops.flip(-1)
+        at = {k: j for j, k in enumerate(wanted)}
+        pad = self._pad.expand(3, p.image_size, p.image_size)
+        video = torch.stack([crops[at[k]] if k >= 0 else pad for k in view.frames])
+        a, n = view.audio
+        logmel = normalise(fit_frames(sh.fbank(row)[:, a : a + n].float(), p.target_frames), p)  # (M, F)
+        for lo, w in view.freq_masks:
+            logmel[lo : lo + w] = 0.0
+        for lo, w in view.time_masks:
+            logmel[:, lo : lo + w] = 0.0
+        return {"video": video, "audio": logmel[None], "label": rec.label, "id": rec.id,
+                "audio_present": sh.present[row], "colour": view.colour}  # fmt: skip
+
+    def collate(self, samples: list[dict]) -> dict:
+        batch = {
+            "video": torch.stack([x["video"] for x in samples]),  # (B, T, 3, S, S) uint8
+            "audio": torch.stack([x["audio"] for x in samples]),  # (B, 1, M, F)
+            "label": self.label_batch([x["label"] for x in samples]),
+            "id": [x["id"] for x in samples],
+            "audio_present": torch.tensor([x["audio_present"] for x in samples], dtype=torch.bool),
+            "video_present": torch.ones(len(samples), dtype=torch.bool),
         }
+        if any(x["colour"] is not None for x in samples):
+            batch["colour"] = torch.tensor([x["colour"] or (1.0, 1.0, 1.0, 0.0) for x in samples])  # (B, 4)
+        return batch
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                 shard: tuple[int, int] | None = None):  # fmt: skip
-        """Yield batches in a seeded order (as :meth:`TensorSplit.batches`; ``shard=(rank, world)`` likewise)."""
-        items = self._items(shuffle, seed)
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)) if shuffle else None
-        if order is not None:
-            items = [items[k] for k in order.tolist()]
+        """Yield batches in a seeded order (as :meth:`TensorSplit.batches`; ``shard=(rank, world)`` likewise: the
+        rank's contiguous part of every global batch, so the ranks' parts are disjoint and together the epoch)."""
+        items = self.items(shuffle, seed)
+        if shuffle:
+            order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+            items = [items[k] for k in order]
         stop = len(items) - len(items) % batch_size if drop_last and len(items) >= batch_size else len(items)
         groups = []
         for start in range(0, stop, batch_size):
@@ -113,12 +182,10 @@ class PreparedSplit:
             if shard is not None:
                 part = [part[k] for k in torch.arange(len(part)).tensor_split(shard[1])[shard[0]].tolist()]
             groups.append(part)
-        with ThreadPoolExecutor(1) as ahead:
-            nxt = ahead.submit(self._batch, groups[0]) if groups else None
-            for k in range(len(groups)):
-                batch = nxt.result()
-                nxt = ahead.submit(self._batch, groups[k + 1]) if k + 1 < len(groups) else None
-                yield batch
+        if self._loader is None:
+            p = self.params
+            self._loader = SplitLoader(self.sample, self.collate, p.loader_workers, p.loader_prefetch, p.pin_memory)
+        return self._loader(groups)
 
 
 class PreparedDataset(Dataset):
@@ -146,16 +213,42 @@ class PreparedDataset(Dataset):
         self.decoder = self.manifest["decoder"]
         self.fingerprint = self.manifest["hash"]
         index = self.manifest["clips"]
-        by_split = {s: [r for r in records if r.split == s and r.id in index] for s in SPLITS}
+        skip = set(self.manifest["short"]) if params.short_clips == "skip" else set()
+        by_split = {s: [r for r in records if r.split == s and r.id in index and r.id not in skip] for s in SPLITS}
+        by_split["train"] = [r for r in by_split["train"] if in_fraction(r.id, params.train_fraction)]
         for s, rs in by_split.items():
             if not rs:
-                counts = self.manifest["counts"]
-                raise ValueError(f"dataset {self.format}: no prepared clip in split {s!r} under {folder} (manifest "
-                                 f"counts {counts}); check dataset.root and run `harness prepare`")  # fmt: skip
-        views = params.test_clips
-        self.splits = {
-            s: PreparedSplit(s, rs, index, folder, views, self.label_batch, params) for s, rs in by_split.items()
-        }
+                raise DatasetError(self._empty(s, folder, len([r for r in records if r.split == s])))
+        self.splits = {s: PreparedSplit(s, rs, index, folder, self.label_batch, params) for s, rs in by_split.items()}
+        self._norm: dict = {}
+
+    def _empty(self, split: str, folder: Path, listed: int) -> str:
+        p, counts = self.params, self.manifest["counts"]
+        why = f"the annotations list {listed} clips in it"
+        if listed == 0 and split == "val":
+            why = (f"no train clip hashes into val at dataset.val_fraction={p.val_fraction}; raise it (e.g. 0.1) "
+                   "or give the format a val list")  # fmt: skip
+        elif split == "train" and p.train_fraction < 1:
+            why += f", none within dataset.train_fraction={p.train_fraction}"
+        elif listed:
+            why += ", none of them prepared (missing or corrupt files; check dataset.root and `harness prepare`)"
+        return f"dataset {self.format}: split {split!r} is empty: {why} (manifest {folder}/manifest.json: {counts})"
+
+    def on_device(self, batch: dict) -> dict:
+        """uint8 video -> float: colour jitter (``colour`` factors drawn by the loader), then the card's mean/std."""
+        video = batch["video"]
+        if video.dtype != torch.uint8:
+            return batch
+        key = video.device
+        if key not in self._norm:
+            p = self.params
+            mean = torch.tensor(p.pixel_mean, device=key).view(1, 1, 3, 1, 1)
+            self._norm[key] = (mean, 1 / torch.tensor(p.pixel_std, device=key).view(1, 1, 3, 1, 1))
+        mean, inv_std = self._norm[key]
+        x = video.float().div_(255)  # (B, T, 3, H, W) in [0, 1]
+        if "colour" in batch:
+            x = colour_jitter(x, batch.pop("colour").to(x.device, x.dtype))
+        return {**batch, "video": x.sub_(mean).mul_(inv_std)}
 
     def provenance(self) -> dict[str, str]:
         """The fingerprint, and which subset (manifest hash) was decoded by what."""
@@ -181,31 +274,69 @@ class PreparedDataset(Dataset):
 
     @classmethod
     def settings(cls, params: PreparedConfig) -> dict:
-        """What decoding depends on: the cache folder's key."""
+        """What the cache depends on: the folder's key (the decoder as resolved here: pyav or torchcodec)."""
         fe = FrontEndConfig(**{k: getattr(params, k) for k in FrontEndConfig.model_fields})
-        keys = ("clip_seconds", "frames", "image_size", "resize", "window_seconds", "audio_seconds", "decoder")
-        return {"format": cls.format, **{k: getattr(params, k) for k in keys}, "views": params.test_clips,
-                "frontend": fe.model_dump()}  # fmt: skip
+        return {"format": cls.format, "clip_seconds": params.clip_seconds, "cache_fps": params.cache_fps,
+                "cache_short_side": params.stored_side, "jpeg_quality": params.jpeg_quality,
+                "decoder": resolve_decoder(params.decoder), "frontend": fbank_settings(fe)}  # fmt: skip
 
     @classmethod
     def cache_folder(cls, params: PreparedConfig, cache_dir: str | os.PathLike) -> Path:
-        s = cls.settings(params)
-        fb = {k: v for k, v in s.items() if k != "frontend"} | {
-            "fbank": fbank_settings(FrontEndConfig(**s["frontend"]))
-        }
         if params.cache:
             base = Path(params.cache)
         else:
             tag = hashlib.sha1(str(Path(params.root).resolve()).encode()).hexdigest()[:8]
             base = Path(cache_dir) / "prepared" / f"{cls.format}-{tag}"
-        return base / settings_hash(fb)
+        return base / settings_hash(cls.settings(params))
+
+    @staticmethod
+    def raw_bytes(params: PreparedConfig) -> int:
+        """Bytes per clip of the cache before issue 13 (uint8 centre crops of test_clips fixed views + their
+        fbanks), for comparison."""
+        v = params.test_clips
+        return v * params.frames * 3 * params.image_size**2 + v * params.n_mels * params.target_frames * 2 + 1
 
     @classmethod
     def prepare(cls, params: PreparedConfig, cache_dir: str | os.PathLike, workers: int = 0, strict: bool = False,
-                out=None) -> dict:  # fmt: skip
-        """Decode the listed clips into the cache (resuming), write manifest.json and return it."""
+                out=None, dry_run: bool = False) -> dict:  # fmt: skip
+        """Print the cache's bytes per clip and projected size, then (unless ``dry_run``) decode the listed clips
+        into the cache (resuming), write manifest.json and return it; ``dry_run`` returns the estimate."""
         import sys
 
+        out = out or sys.stdout
         records = cls.list_clips(params)
         folder = cls.cache_folder(params, cache_dir)
-        return prepare(records, Path(params.root), folder, cls.settings(params), workers, strict, out or sys.stdout)
+        est = estimate(records, Path(params.root), cls.settings(params))
+        raw, per = cls.raw_bytes(params), est["bytes_per_clip"]
+        est.update(listed=len(records), projected_bytes=per * len(records), raw_bytes_per_clip=raw)
+        if est["clips"]:
+            print(f"cache: {per / 1e6:.3f} MB per clip (measured on {est['clips']} clips, "
+                  f"{est['seconds_per_clip']:.2f} s each to prepare here); {len(records)} listed clips -> "
+                  f"{per * len(records) / 1e9:.2f} GB; the raw uint8 views of the old format: {raw / 1e6:.2f} MB per "
+                  f"clip ({raw / per:.1f}x)", file=out)  # fmt: skip
+        else:
+            print(f"cache: no listed file found under {params.root} to measure", file=out)
+        if dry_run:
+            return est
+        return prepare(records, Path(params.root), folder, cls.settings(params), workers, strict, out)
+
+
+def colour_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation (torchvision's ColorJitter order), then grey, per clip.
+
+    Args:
+        x: (B, T, 3, H, W) in [0, 1].
+        factors: (B, 4): brightness, contrast, saturation factors and grey (1 = grey); (1, 1, 1, 0) = unchanged.
+    """
+    f = factors.view(-1, 4, 1, 1, 1, 1)
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 1, 3, 1, 1)
+
+    def grey(y: torch.Tensor) -> torch.Tensor:
+        return (y * weights).sum(2, keepdim=True)  # (B, T, 1, H, W)
+
+    x = (x * f[:, 0]).clamp_(0, 1)
+    mean = grey(x).mean(dim=(1, 2, 3, 4), keepdim=True)
+    x = ((x - mean) * f[:, 1] + mean).clamp_(0, 1)
+    g = grey(x)
+    x = ((x - g) * f[:, 2] + g).clamp_(0, 1)
+    return torch.where(f[:, 3] > 0.5, grey(x).expand_as(x), x)

@@ -1,13 +1,21 @@
-"""Decoding media files: frames at timestamps and mono audio at a fixed rate, with torchcodec or PyAV.
+"""Decoding media files: frames at timestamps and mono audio at a fixed rate, with PyAV or torchcodec.
 
-torchcodec is the main path (its ``VideoDecoder`` and ``AudioDecoder``); it needs FFmpeg's shared libraries, and where
-they are missing (``RuntimeError: Could not load libtorchcodec``) PyAV, whose wheels carry FFmpeg, decodes instead.
-Which one ran, and its version, is recorded (``decoder_name()``, e.g. ``"pyav 18.1.0"``) in the prepared cache's
-manifest and in each run's tags.
+PyAV is the default (``decoder: pyav``): its wheels carry FFmpeg, so the same decoder runs everywhere and a cache
+does not change when system FFmpeg libraries appear. torchcodec (``decoder: torchcodec``) needs FFmpeg's shared
+libraries; ``auto`` takes it where they load and PyAV otherwise. The decoder that actually ran and its version
+(``decoder_name()``, e.g. ``"pyav 18.1.0"``) is what the manifest and each run's tags record, never ``auto``.
 
-Frames are those *played at* each timestamp (the last frame whose presentation time is <= t), resized so that the
-short side is ``resize`` and centre-cropped to ``size`` x ``size``. Audio is the half-open range [start, stop)
-resampled to mono ``sample_rate`` and zero-padded to its nominal length.
+Both decoders follow one timeline, the container's presentation times:
+- frames are those *played at* each requested time (the last frame whose presentation time is <= t, ties within
+  1 ms resolved to the later frame: 25-fps files put frame starts on a 12.5-fps grid's times), in the rotation
+  the file asks the player for (its display matrix); requested times at or after the end of the video stream get no
+  frame (:attr:`Decoded.video_end` says where it ended), so a short file is never padded with a frozen last frame;
+- audio is the half-open range [start, stop) placed by the stream's own timestamps (an audio stream that starts
+  0.476 s after the video gets 0.476 s of silence in front), resampled to ``sample_rate``, the channels averaged
+  (stereo -> mono as (L + R) / 2), zero where the stream has no samples.
+torchcodec runs in exact seek mode: approximate mode maps times to frame indices with the header's frame rate, which
+is wrong for variable-frame-rate files. ``tests/data/test_decode.py`` holds the two decoders to the same frames (mean
+absolute difference < 1.5 levels of 255: their resizers differ) and the same audio (RMS difference < 0.01).
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+DECODERS = ("auto", "torchcodec", "pyav")
+TIE = 1e-3  # a time on a frame's start shows that frame, also where the two decoders round timestamps differently
+
 
 class CorruptMediaError(RuntimeError):
     """A media file that cannot be opened or decoded (truncated, not a media file, no video stream)."""
@@ -25,10 +36,20 @@ class CorruptMediaError(RuntimeError):
 
 @dataclass
 class Decoded:
-    """One clip's decoded media: ``video`` uint8 (T, 3, H, W) and ``audio`` float (samples,) or None (no stream)."""
+    """One file's decoded range.
+
+    Attributes:
+        video: uint8 (N, 3, h, w): the frames played at the first N requested times (N < len(times) when the video
+            stream ends first).
+        video_end: seconds where the video stream ends, or None when it runs past the last requested time.
+        audio: float (samples,) of [start, stop), or None (no audio stream).
+        audio_end: seconds where the audio stream ends, or None when it runs past ``stop``.
+    """
 
     video: torch.Tensor
+    video_end: float | None
     audio: torch.Tensor | None
+    audio_end: float | None
 
 
 @functools.cache
@@ -45,69 +66,131 @@ def torchcodec_usable() -> bool:
     return True
 
 
-def decoder_name(prefer: str = "auto") -> str:
+def resolve_decoder(prefer: str = "pyav") -> str:
+    """``"torchcodec"`` or ``"pyav"``: the decoder ``prefer`` (``auto``, ``torchcodec``, ``pyav``) means here."""
+    if prefer == "pyav":
+        return "pyav"
+    if torchcodec_usable():
+        return "torchcodec"
+    if prefer == "torchcodec":
+        raise RuntimeError(
+            "dataset.decoder='torchcodec', but torchcodec's FFmpeg libraries cannot load (install FFmpeg 4-8, "
+            "e.g. `apt-get install ffmpeg`), or use dataset.decoder=pyav"
+        )
+    return "pyav"
+
+
+def decoder_name(prefer: str = "pyav") -> str:
     """``"torchcodec <version>"`` or ``"pyav <version>"``: the decoder :func:`decode` uses for ``prefer``."""
-    if prefer != "pyav" and torchcodec_usable():
+    if resolve_decoder(prefer) == "torchcodec":
         import torchcodec
 
         return f"torchcodec {torchcodec.__version__}"
-    if prefer == "torchcodec":
-        raise RuntimeError("decoder 'torchcodec' was asked for, but torchcodec or its FFmpeg libraries cannot load")
     import av
 
     return f"pyav {av.__version__}"
 
 
-def _fit(frames: torch.Tensor, size: int, resize: int) -> torch.Tensor:
-    """(T, 3, h, w) uint8 -> short side ``resize`` (bilinear, antialiased) -> centre crop (T, 3, size, size)."""
-    h, w = frames.shape[-2:]
-    scale = resize / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    if (nh, nw) != (h, w):
-        x = torch.nn.functional.interpolate(frames.float(), size=(nh, nw), mode="bilinear", antialias=True)
-        frames = x.round_().clamp_(0, 255).to(torch.uint8)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return frames[..., top : top + size, left : left + size].contiguous()
+def scaled_size(h: int, w: int, short_side: int | None) -> tuple[int, int]:
+    """(h, w) scaled so that the short side is ``short_side`` (None: unchanged), rounded, at least 1."""
+    if short_side is None:
+        return h, w
+    s = short_side / min(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
 
 
-def _pad(wave: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.nn.functional.pad(wave[:n], (0, max(0, n - wave.shape[0])))
+def decode(path: str, times: list[float], start: float, stop: float, sample_rate: int,
+           short_side: int | None = None, prefer: str = "pyav") -> Decoded:  # fmt: skip
+    """Decode the frames played at ``times`` (ascending, seconds) and the audio of [start, stop) of one file.
 
-
-def decode(path: str, times: list[float], start: float, stop: float, size: int, resize: int, sample_rate: int,
-           prefer: str = "auto") -> Decoded:  # fmt: skip
-    """Decode the frames played at ``times`` (seconds) and the audio of [start, stop) of one file.
+    Frames are resized (bilinear, antialiased) so that their short side is ``short_side`` (None: as decoded).
 
     Raises:
-        CorruptMediaError: the file cannot be opened or decoded, or has no video frame.
+        CorruptMediaError: the file cannot be opened or decoded, or has no video stream.
     """
-    use_tc = prefer != "pyav" and torchcodec_usable()
+    if any(b < a for a, b in zip(times, times[1:])):
+        raise ValueError("decode: times must be ascending")
+    times = [t + TIE for t in times]
+    use = _torchcodec if resolve_decoder(prefer) == "torchcodec" else _pyav
     try:
-        video, audio = (_torchcodec if use_tc else _pyav)(path, times, start, stop, sample_rate)
+        return use(path, times, start, stop, sample_rate, short_side)
     except CorruptMediaError:
         raise
     except Exception as e:  # av.error.*, RuntimeError of torchcodec, ValueError of odd streams
         raise CorruptMediaError(f"{path}: {type(e).__name__}: {e}") from e
+
+
+def _place(wave: torch.Tensor, first: float, start: float, stop: float, sample_rate: int) -> torch.Tensor:
+    """Samples of [start, stop) from ``wave`` whose first sample plays at ``first`` s; zeros where it has none."""
     n = round((stop - start) * sample_rate)
-    return Decoded(_fit(video, size, resize), None if audio is None else _pad(audio, n))
+    a = round((start - first) * sample_rate)  # index in wave of the range's first sample
+    out = torch.zeros(n)
+    lo, hi = max(0, a), min(wave.shape[0], a + n)
+    if hi > lo:
+        out[lo - a : hi - a] = wave[lo:hi]
+    return out
 
 
-def _torchcodec(path: str, times: list[float], start: float, stop: float, sample_rate: int):
+def _audio_end(first: float, samples: int, stop: float, sample_rate: int) -> float | None:
+    end = first + samples / sample_rate
+    return end if end < stop - 0.02 else None  # 20 ms: an AAC frame's worth of slack before calling it short
+
+
+# -- torchcodec --------------------------------------------------------------------------------------------------
+
+
+def _torchcodec(path: str, times: list[float], start: float, stop: float, sample_rate: int, short_side):
     from torchcodec.decoders import AudioDecoder, VideoDecoder
 
-    dec = VideoDecoder(path, dimension_order="NCHW", seek_mode="approximate")
-    md = dec.metadata
-    lo = md.begin_stream_seconds or 0.0
-    hi = (md.end_stream_seconds or md.duration_seconds or lo) - 1e-3
-    video = dec.get_frames_played_at([min(max(t, lo), hi) for t in times]).data  # (T, 3, h, w) uint8
     try:
-        samples = AudioDecoder(path, sample_rate=sample_rate, num_channels=1).get_samples_played_in_range(start, stop)
-    except ValueError:  # "No audio stream" (or an empty range): the clip is silent
-        return video, None
-    return video, samples.data[0]
+        dec = VideoDecoder(path, dimension_order="NCHW", seek_mode="exact", num_ffmpeg_threads=0)
+    except Exception as e:
+        if _has_audio_only(path):
+            raise CorruptMediaError(f"{path}: no video stream (an audio-only file)") from e
+        raise
+    md = dec.metadata
+    lo, end = md.begin_stream_seconds or 0.0, md.end_stream_seconds
+    kept = [t for t in times if end is None or t < end]
+    video = dec.get_frames_played_at([max(t, lo) for t in kept]).data if kept else torch.zeros(0, 3, 1, 1)
+    if video.shape[0] and short_side is not None:
+        size = scaled_size(*video.shape[-2:], short_side)
+        if size != tuple(video.shape[-2:]):
+            x = torch.nn.functional.interpolate(video.float(), size=size, mode="bilinear", antialias=True)
+            video = x.round_().clamp_(0, 255).to(torch.uint8)
+    video_end = end if len(kept) < len(times) else None
+    try:
+        samples = AudioDecoder(path, sample_rate=sample_rate).get_samples_played_in_range(start, stop)
+    except (ValueError, RuntimeError):  # no audio stream, or none of it in the range (silence)
+        silent = torch.zeros(round((stop - start) * sample_rate)) if _has_audio(path) else None
+        return Decoded(video, video_end, silent, None if silent is None else start)
+    wave = samples.data.mean(0)  # channels averaged
+    first = samples.pts_seconds  # where the returned samples start: later than `start` when the stream does
+    return Decoded(video, video_end, _place(wave, first, start, stop, sample_rate),
+                   _audio_end(first, wave.shape[0], stop, sample_rate))  # fmt: skip
 
 
-def _pyav(path: str, times: list[float], start: float, stop: float, sample_rate: int):
+def _has_audio(path: str) -> bool:
+    import av
+
+    with av.open(path) as c:
+        return bool(c.streams.audio)
+
+
+def _has_audio_only(path: str) -> bool:
+    import av
+
+    try:
+        with av.open(path) as c:
+            return bool(c.streams.audio) and not c.streams.video
+    except Exception:
+        return False
+
+
+# -- PyAV --------------------------------------------------------------------------------------------------------
+
+
+def _pyav(path: str, times: list[float], start: float, stop: float, sample_rate: int, short_side):
+    """One demuxing pass over both streams (a file is read once), from a seek before the earliest time wanted."""
     import av
 
     try:
@@ -116,58 +199,96 @@ def _pyav(path: str, times: list[float], start: float, stop: float, sample_rate:
         raise CorruptMediaError(f"{path}: cannot open: {e}") from e
     with container:
         if not container.streams.video:
-            raise CorruptMediaError(f"{path}: no video stream")
-        video = _pyav_frames(container, times)
-        audio = _pyav_audio(container, start, stop, sample_rate) if container.streams.audio else None
-    return video, audio
+            kind = "an audio-only file" if container.streams.audio else "no stream"
+            raise CorruptMediaError(f"{path}: no video stream ({kind})")
+        vs = container.streams.video[0]
+        vs.thread_type = "AUTO"
+        streams = [vs, *container.streams.audio[:1]]
+        video = _Frames(vs, times, short_side)
+        audio = _Audio(start, stop, sample_rate) if len(streams) > 1 else None
+        first = min(times[0] if times else start, start)
+        # A seek to 0 would lose the encoder-delay skip of the first AAC frame: decode from the top there.
+        if first > 1.0:  # long EPIC videos: from the keyframe before the window
+            container.seek(int((first - 0.5) / vs.time_base), stream=vs, backward=True)
+        for packet in container.demux(*streams):  # at the end, one empty packet per stream flushes its decoder
+            sink = video if packet.stream is vs else audio
+            if not sink.done:
+                for frame in packet.decode():
+                    sink.push(frame)
+            if video.done and (audio is None or audio.done):
+                break
+        frames, video_end = video.finish()
+        wave, audio_end = audio.finish() if audio is not None else (None, None)
+    return Decoded(frames, video_end, wave, audio_end)
 
 
-def _pyav_frames(container, times: list[float]) -> torch.Tensor:
-    """Frames played at sorted-or-not ``times``: one pass from a seek before the first, keeping only those picked."""
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    order = np.argsort(times)
-    first = float(times[order[0]])
-    if first > 1.0:  # seek to the keyframe before the window (long EPIC videos); decode forward from there
-        container.seek(int(first / stream.time_base), stream=stream, backward=True)
-    out: list[np.ndarray | None] = [None] * len(times)
-    k, prev = 0, None
-    for frame in container.decode(stream):
+def _rgb(frame, short_side) -> np.ndarray:
+    """(h, w, 3) uint8 of one frame, scaled by swscale (bilinear) and turned upright by its display rotation."""
+    rot = int(getattr(frame, "rotation", 0) or 0) % 360
+    h, w = (frame.width, frame.height) if rot in (90, 270) else (frame.height, frame.width)
+    nh, nw = scaled_size(h, w, short_side)
+    if rot in (90, 270):
+        nh, nw = nw, nh
+    x = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    return np.ascontiguousarray(np.rot90(x, k=rot // 90)) if rot else x
+
+
+class _Frames:
+    """Collects the frames played at ascending ``times``, converting only those picked."""
+
+    def __init__(self, stream, times: list[float], short_side):
+        self.stream, self.times, self.short_side = stream, times, short_side
+        self.out: list[np.ndarray] = []
+        self.prev = None
+        self.done = not times
+
+    def push(self, frame) -> None:
         t = frame.time if frame.time is not None else 0.0
-        while k < len(order) and t > times[order[k]] + 1e-6:  # frame starts after target k: target k shows prev
-            out[order[k]] = (prev if prev is not None else frame).to_ndarray(format="rgb24")
+        times, k = self.times, len(self.out)
+        while k < len(times) and t > times[k]:  # frame starts after target k: target k shows prev
+            self.out.append(_rgb(self.prev if self.prev is not None else frame, self.short_side))
             k += 1
-        if k == len(order):
-            break
-        prev = frame
-    if prev is None:
-        raise CorruptMediaError("no decodable video frame")
-    for j in order[k:]:  # targets after the last frame: hold the last frame
-        out[j] = prev.to_ndarray(format="rgb24")
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)  # (T, 3, h, w)
+        self.prev = frame
+        self.done = k == len(times)
+
+    def finish(self) -> tuple[torch.Tensor, float | None]:
+        end = None
+        if not self.done:  # the stream ended: its last frame plays until the end of its duration
+            if self.prev is None:
+                raise CorruptMediaError("no decodable video frame")
+            prev, rate = self.prev, self.stream.average_rate or self.stream.guessed_rate or 25
+            end = (prev.time or 0.0) + (float(prev.duration * prev.time_base) if prev.duration else 1.0 / float(rate))
+            while len(self.out) < len(self.times) and self.times[len(self.out)] < end:
+                self.out.append(_rgb(prev, self.short_side))
+            end = end if len(self.out) < len(self.times) else None
+        if not self.out:
+            return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), end
+        return torch.from_numpy(np.stack(self.out)).permute(0, 3, 1, 2), end  # (N, 3, h, w)
 
 
-def _pyav_audio(container, start: float, stop: float, sample_rate: int) -> torch.Tensor:
-    """Mono float samples of [start, stop) at ``sample_rate``, timed by the first decoded frame's pts."""
-    import av
+class _Audio:
+    """Collects [start, stop) at ``sample_rate``, channels averaged, placed by the first decoded frame's time."""
 
-    stream = container.streams.audio[0]
-    container.seek(int(max(0.0, start - 0.5) / stream.time_base), stream=stream, backward=True)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-    chunks, t0 = [], None
-    for frame in container.decode(stream):
-        if t0 is None:
-            t0 = frame.time if frame.time is not None else 0.0
-        for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray().reshape(-1))
-        if frame.time is not None and frame.time > stop:
-            break
-    for out in resampler.resample(None):
-        chunks.append(out.to_ndarray().reshape(-1))
-    if t0 is None:
-        return torch.zeros(0)
-    wave = torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros(0)
-    a, b = round((start - t0) * sample_rate), round((stop - t0) * sample_rate)
-    if a < 0:  # the stream starts after `start`: silence before it
-        wave, b, a = torch.nn.functional.pad(wave, (-a, 0)), b - a, 0
-    return wave[a:b].float()
+    def __init__(self, start: float, stop: float, sample_rate: int):
+        import av
+
+        self.start, self.stop, self.rate = start, stop, sample_rate
+        self.resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # keeps the layout: averaged below
+        self.chunks: list[np.ndarray] = []
+        self.first: float | None = None
+        self.done = False
+
+    def push(self, frame) -> None:
+        if self.first is None:
+            self.first = frame.time if frame.time is not None else 0.0
+        self.chunks += [out.to_ndarray().mean(0) for out in self.resampler.resample(frame)]
+        self.done = frame.time is not None and frame.time > self.stop
+
+    def finish(self) -> tuple[torch.Tensor, float | None]:
+        ended = not self.done
+        self.chunks += [out.to_ndarray().mean(0) for out in self.resampler.resample(None)]
+        if self.first is None:
+            return torch.zeros(round((self.stop - self.start) * self.rate)), self.start
+        wave = torch.from_numpy(np.concatenate(self.chunks)).float() if self.chunks else torch.zeros(0)
+        end = _audio_end(self.first, wave.shape[0], self.stop, self.rate) if ended else None
+        return _place(wave, self.first, self.start, self.stop, self.rate), end

@@ -16,6 +16,7 @@ A new dataset in one of these formats is a card; a new format is a class here an
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -206,13 +207,23 @@ class ClassFoldersDataset(PreparedDataset):
         classes = params.classes or sorted(d.name for d in train.iterdir() if d.is_dir())
         _check_classes(cls.format, len(classes), params, f"{train} (class folders)")
         lookup = {c: i for i, c in enumerate(classes)}
-        out = []
+        out, unknown = [], {}
         for split, folder in params.split_dirs.items():
             for f in sorted(_path(params, folder).glob("*/*")):
-                if f.suffix.lower() in params.extensions and f.parent.name in lookup:
-                    rel = f.relative_to(params.root).as_posix()
-                    out.append(ClipRecord(rel.rsplit(".", 1)[0], rel, split, 0.0, params.clip_seconds,
-                                          lookup[f.parent.name]))  # fmt: skip
+                if f.name.startswith("._") or f.suffix.lower() not in params.extensions:
+                    continue  # macOS AppleDouble sidecars (._clip.mp4) are metadata, not media
+                if f.parent.name not in lookup:
+                    unknown.setdefault(f"{split}/{f.parent.name}", 0)
+                    unknown[f"{split}/{f.parent.name}"] += 1
+                    continue
+                rel = f.relative_to(params.root).as_posix()
+                out.append(ClipRecord(rel.rsplit(".", 1)[0], rel, split, 0.0, params.clip_seconds,
+                                      lookup[f.parent.name]))  # fmt: skip
+        if unknown:
+            n, where = sum(unknown.values()), ", ".join(f"{k} ({v})" for k, v in sorted(unknown.items()))
+            warnings.warn(f"{cls.format}: {n} clips left out: their class folders are not among the "
+                          f"{len(classes)} classes of {train if not params.classes else 'dataset.classes'}: {where}",
+                          stacklevel=2)  # fmt: skip
         return out
 
 

@@ -65,12 +65,19 @@ class FrontEndConfig(BaseModel):
 
 
 def fbank_settings(fe: FrontEndConfig) -> dict:
-    """The keys that change the cached (unnormalised) fbank: part of the cache key."""
-    return {k: getattr(fe, k) for k in (*FBANK_KEYS, "target_frames")}
+    """The keys that change the cached (unnormalised, whole-clip) fbank: part of the cache key."""
+    return {k: getattr(fe, k) for k in FBANK_KEYS}
 
 
-def kaldi_fbank(wave: torch.Tensor, fe: FrontEndConfig) -> torch.Tensor:
-    """Log-mel fbank of one mono waveform, zero-padded or cut to ``target_frames``; not normalised.
+def fit_frames(logmel: torch.Tensor, frames: int) -> torch.Tensor:
+    """(M, F) -> (M, frames): cut, or zero-padded at the end (AST's and LAVISH's padding of short clips)."""
+    logmel = logmel[:, :frames]
+    return torch.nn.functional.pad(logmel, (0, frames - logmel.shape[1]))
+
+
+def kaldi_fbank(wave: torch.Tensor, fe: FrontEndConfig, fit: bool = True) -> torch.Tensor:
+    """Log-mel fbank of one mono waveform, zero-padded or cut to ``target_frames`` (``fit=False``: every frame the
+    waveform gives, what the prepared cache stores); not normalised.
 
     Args:
         wave: (samples,) float at ``fe.sample_rate``.
@@ -95,6 +102,8 @@ def kaldi_fbank(wave: torch.Tensor, fe: FrontEndConfig) -> torch.Tensor:
         frame_length=fe.frame_length_ms,
         frame_shift=fe.frame_shift_ms,
     )  # (frames, n_mels)
+    if not fit:
+        return f.T.contiguous()
     f = f[: fe.target_frames]
     return torch.nn.functional.pad(f, (0, 0, 0, fe.target_frames - f.shape[0])).T.contiguous()
 

@@ -2,24 +2,30 @@
 
 The cache of one dataset and one set of decoding settings is a folder ``<cache>/<settings hash>/``:
 
-    shard-00000.safetensors   video uint8 (n, V, T, 3, H, W), fbank float16 (n, V, n_mels, target_frames) (log-mel,
-                              not normalised: the normalisation is applied when batches are read), audio_present
-                              bool (n,); metadata: the clip ids, their files' checksums and the decoder
+    shard-00000.safetensors   every frame of each clip on the cache_fps grid as JPEG (short side cache_short_side,
+                              the aspect kept, the file's rotation applied), the log-mel of the clip's whole audio
+                              (float16, not normalised), audio_present; metadata: ids, checksums, per-clip info
+                              (seconds of media, short), the decoder (``harness.data.shards``)
     files.json                file -> [size, mtime_ns, blake2b]: checksums are computed once per file version
-    manifest.json             counts, the ids of the missing and corrupt clips, the clip -> shard index, the hash
+    manifest.json             counts, the ids of the missing, corrupt and short clips, the clip -> shard index, the
+                              decoder that ran (``pyav 18.1.0``), the hash
 
-A clip is keyed by its id and its file's checksum; the settings (frames, image size, views, front end) key the
-folder. A run reuses every shard whose clips still match, so an interrupted prepare resumes where it stopped (at
-most one shard of work is lost) and a grown dataset only decodes its new files. A file that cannot be decoded is
-skipped and counted as corrupt (``strict``: the command fails naming it); a listed file that does not exist is
-counted as missing (YouTube datasets are never complete). The manifest hash covers the settings and the
-(id, checksum) of every decoded clip, so a run's tag says exactly on which subset a number was obtained.
+What a batch is cut from a clip (the window, crops, flips, masks, views) is chosen when the batch is made
+(``harness.data.recipe``), so those keys do not select the folder; the frame grid, the stored short side, the JPEG
+quality, the decoder and the log-mel settings do. A clip is keyed by its id and its file's checksum. A run reuses
+every shard whose clips still match, so an interrupted prepare resumes where it stopped (at most one shard of work is
+lost) and a grown dataset only decodes its new files. A file that cannot be decoded is skipped and counted as corrupt
+(``strict``: the command fails naming it); a listed file that does not exist is counted as missing (YouTube datasets
+are never complete), with a hint when a file of the same stem and another extension is there. A clip whose file ends
+before the clip does is kept and counted as short. The manifest hash covers the settings and the (id, checksum) of
+every decoded clip, so a run's tag says exactly on which subset a number was obtained.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from harness.api.data import DatasetError
+from harness.data import jpeg
 from harness.data.annotations import ClipRecord
 from harness.data.decode import CorruptMediaError, decode, decoder_name
 from harness.data.frontend import kaldi_fbank
@@ -35,7 +43,7 @@ from harness.data.shards import scan_shards, settings_hash, write_shard
 SHARD_CLIPS = 64
 
 
-class PrepareError(RuntimeError):
+class PrepareError(DatasetError):
     """``--strict`` met a corrupt file, or the listing is unusable; the message names the file."""
 
 
@@ -48,42 +56,43 @@ def file_checksum(path: Path) -> str:
     return h.hexdigest()
 
 
-def views(duration: float, window: float | None, n_views: int) -> list[tuple[float, float]]:
-    """``n_views`` windows of ``window`` seconds evenly spaced over [0, duration] (one: the centred one)."""
-    w = min(window or duration, duration)
-    if n_views == 1:
-        return [((duration - w) / 2, (duration + w) / 2)]
-    return [(i * (duration - w) / (n_views - 1), i * (duration - w) / (n_views - 1) + w) for i in range(n_views)]
+def grid(duration: float, fps: float) -> list[float]:
+    """Times (s from the clip's start) of the cache's frames: the centres of 1/fps slots covering the clip."""
+    return [(k + 0.5) / fps for k in range(max(1, math.floor(duration * fps + 1e-6)))]
 
 
-def decode_clip(job: tuple[str, float, float, dict]) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Decode one clip's views: (video uint8 (V, T, 3, H, W), fbank float16 (V, M, F), audio present).
+def decode_clip(job: tuple[str, float, float, dict]) -> dict:
+    """Decode one clip into what a shard stores (``harness.data.shards.write_shard``'s clip dict).
 
     ``job`` = (path, start, stop, settings); runs in a worker process, so it takes and returns plain values.
+
+    Raises:
+        CorruptMediaError: the file does not decode, or the clip starts after its video ends.
     """
     from harness.data.frontend import FrontEndConfig
 
     path, start, stop, s = job
     fe = FrontEndConfig(**s["frontend"])
-    duration = max(stop - start, 1e-3)
-    wins = views(duration, s["window_seconds"], s["views"])
-    t = s["frames"]
-    times = [start + a + (i + 0.5) * (b - a) / t for a, b in wins for i in range(t)]  # centre of each frame slot
-    audio_len = min(s["audio_seconds"] or duration, duration)
-    spans = []
-    for a, b in wins:
-        mid = min(max((a + b) / 2, audio_len / 2), duration - audio_len / 2)
-        spans.append((mid - audio_len / 2, mid + audio_len / 2))
-    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
-    d = decode(path, times, start + lo, start + hi, s["image_size"], s["resize"] or s["image_size"],
-               fe.sample_rate, s["decoder"])  # fmt: skip
-    video = d.video.view(len(wins), t, *d.video.shape[1:])
-    wave = d.audio if d.audio is not None else torch.zeros(round((hi - lo) * fe.sample_rate))
-    fb = []
-    for a, b in spans:
-        i, j = round((a - lo) * fe.sample_rate), round((b - lo) * fe.sample_rate)
-        fb.append(kaldi_fbank(wave[i:j], fe))
-    return video, torch.stack(fb).to(torch.float16), d.audio is not None
+    times = [start + t for t in grid(stop - start, s["cache_fps"])]
+    d = decode(path, times, start, stop, fe.sample_rate, s["cache_short_side"], s["decoder"])
+    if d.video.shape[0] == 0:
+        raise CorruptMediaError(f"{path}: the clip starts at {start:.2f} s, after the video ends ({d.video_end:.2f} s)")
+    wave = d.audio if d.audio is not None else torch.zeros(round((stop - start) * fe.sample_rate))
+    seconds = min(stop, d.video_end) - start if d.video_end is not None else stop - start
+    info = {"seconds": round(seconds, 4), "short": d.video_end is not None, "hw": list(d.video.shape[-2:])}
+    if d.audio_end is not None:
+        info["audio_seconds"] = round(d.audio_end - start, 4)
+    return {
+        "jpeg": jpeg.encode(d.video, s["jpeg_quality"]),
+        "fbank": kaldi_fbank(wave, fe, fit=False).to(torch.float16),  # (M, frames of the whole clip)
+        "audio_present": d.audio is not None,
+        "info": info,
+    }
+
+
+def clip_bytes(clip: dict) -> int:
+    """Bytes a clip takes in a shard (frames, log-mel, offsets; metadata aside)."""
+    return sum(j.numel() for j in clip["jpeg"]) + 8 * len(clip["jpeg"]) + clip["fbank"].numel() * 2 + 17
 
 
 def _try(job):
@@ -139,6 +148,39 @@ def _progress(total: int, desc: str):
         return Line()
 
 
+MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".MP4")
+
+
+def other_suffix(path: Path) -> Path | None:
+    """A file of the same stem with another media suffix (a ``.webm`` where the card says ``.mp4``), or None."""
+    for suffix in MEDIA_SUFFIXES:
+        if suffix != path.suffix and path.with_suffix(suffix).is_file():
+            return path.with_suffix(suffix)
+    return None
+
+
+def estimate(records: list[ClipRecord], root: Path, settings: dict, sample: int = 4) -> dict:
+    """Bytes per clip of the cache, measured by decoding up to ``sample`` of the listed files that exist.
+
+    Returns:
+        {"clips": measured, "bytes_per_clip": mean (0 when none decoded), "seconds_per_clip": decode time}.
+    """
+    import time
+
+    sizes, took = [], 0.0
+    for r in records:
+        if len(sizes) == sample:
+            break
+        if (root / r.file).is_file():
+            tick = time.perf_counter()
+            clip, _ = _try((str(root / r.file), r.start, r.stop, settings))
+            took += time.perf_counter() - tick
+            if clip is not None:
+                sizes.append(clip_bytes(clip))
+    n = len(sizes)
+    return {"clips": n, "bytes_per_clip": sum(sizes) / n if n else 0.0, "seconds_per_clip": took / n if n else 0.0}
+
+
 def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict, workers: int = 0,
             strict: bool = False, out=sys.stdout) -> dict:  # fmt: skip
     """Decode every listed clip not yet in ``folder`` and write ``manifest.json``; returns the manifest.
@@ -147,7 +189,7 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
         records: the clips the annotations list (every split).
         root: the dataset root the records' files are relative to.
         folder: the cache folder of these settings.
-        settings: decoding settings (frames, image_size, resize, views, window_seconds, audio_seconds, decoder,
+        settings: decoding settings (format, clip_seconds, cache_fps, cache_short_side, jpeg_quality, decoder,
             frontend dict): the folder's key.
         workers: decoding processes (0 = in this process).
         strict: raise :class:`PrepareError` naming the first corrupt file instead of skipping it.
@@ -161,15 +203,17 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
     old = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
     known_corrupt = old.get("corrupt_checksums", {})
     sums = _Checksums(folder)
-    missing, todo, index, corrupt, errors = [], [], {}, {}, {}
+    missing, todo, index, corrupt, errors, hints, info = [], [], {}, {}, {}, {}, {}
     for r in records:
         path = root / r.file
         if not path.is_file():
             missing.append(r.id)
+            if (other := other_suffix(path)) is not None:
+                hints[r.id] = f"{r.file} is absent but {other.relative_to(root).as_posix()} exists"
             continue
         ck = sums.get(r.file, path)
         if r.id in have and have[r.id][2] == ck:
-            index[r.id] = have[r.id]
+            index[r.id], info[r.id] = have[r.id][:3], have[r.id][3]
         elif known_corrupt.get(r.id, [None])[0] == ck and not strict:
             corrupt[r.id], errors[r.id] = ck, known_corrupt[r.id][1]
         else:
@@ -199,20 +243,24 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
             if outs:
                 name = write_shard(folder, ids, cks, outs, decoder)
                 index.update({cid: (name, row, ck) for row, (cid, ck) in enumerate(zip(ids, cks))})
+                info.update({cid: o["info"] for cid, o in zip(ids, outs)})
     finally:
         torch.set_num_threads(threads)
         bar.close()
         if pool:
             pool.shutdown(cancel_futures=True)
+    short = {k: v["seconds"] for k, v in info.items() if k in index and v["short"]}
     counts = {"listed": len(records), "found": len(records) - len(missing), "decoded": len(index),
-              "missing": len(missing), "corrupt": len(corrupt)}  # fmt: skip
+              "missing": len(missing), "corrupt": len(corrupt), "short": len(short)}  # fmt: skip
     blob = json.dumps([settings_hash(settings), sorted((k, v[2]) for k, v in index.items())]).encode()
     manifest = {
         "counts": counts,
         "missing": missing,
+        "missing_hints": hints,
         "corrupt": sorted(corrupt),
         "errors": errors,
         "corrupt_checksums": {k: [ck, errors[k]] for k, ck in corrupt.items()},
+        "short": short,
         "decoder": decoder,
         "settings": settings,
         "root": str(root),
@@ -223,4 +271,11 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
     if reused:
         print(f"reused {reused} clips already in {folder}", file=out)
     print(", ".join(f"{k} {v}" for k, v in counts.items()), file=out, flush=True)
+    if hints:
+        first = next(iter(hints.values()))
+        print(f"hint: {len(hints)} missing files exist with another extension ({first}); point dataset.video_path "
+              "at them (e.g. end it in .webm)", file=out)  # fmt: skip
+    if short:
+        print(f"note: {len(short)} clips end before clip_seconds (listed under 'short' in the manifest; "
+              "dataset.short_clips says how they are filled)", file=out)  # fmt: skip
     return manifest

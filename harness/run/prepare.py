@@ -45,14 +45,17 @@ def resolve_params(dataset: str, root: str, cache: str | None, overrides: list[s
 
 
 def prepare_dataset(dataset: str, root: str, cache: str | None, workers: int, strict: bool,
-                    overrides: list[str]) -> int:  # fmt: skip
-    """Decode, cache, print the summary line; 1 when ``strict`` meets a corrupt file (or an annotation error)."""
+                    overrides: list[str], dry_run: bool = False) -> int:  # fmt: skip
+    """Print the size estimate, decode, cache, print the summary line (``dry_run``: the estimate only); 1 when
+    ``strict`` meets a corrupt file (or an annotation error)."""
     cls, params = resolve_params(dataset, root, cache, overrides)
     try:
-        manifest = cls.prepare(params, harness_cache(), workers=workers, strict=strict)
+        manifest = cls.prepare(params, harness_cache(), workers=workers, strict=strict, dry_run=dry_run)
     except (PrepareError, AnnotationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if dry_run:
+        return 0
     folder = cls.cache_folder(params, harness_cache())
     print(f"manifest {folder / 'manifest.json'} (hash {manifest['hash']}, decoder {manifest['decoder']})")
     return 0

@@ -37,7 +37,7 @@ def test_synth_prepare_load(tmp_path, capsys, layout):
     records = {r.id: r for s in ds.splits.values() for r in s.records}
     test = ds.splits["test"]
     assert len(test) == 2 * len(test.records)  # two views per test clip
-    b = next(test.batches(4))
+    b = ds.on_device(next(test.batches(4)))
     n = len(b["id"])
     assert b["id"][0] == b["id"][1]  # the views of one clip share its id
     assert b["video"].shape == (n, 2, 3, 32, 32) and b["video"].dtype == torch.float32
@@ -79,7 +79,7 @@ def test_missing_and_corrupt_files_are_counted_and_tagged(tmp_path, capsys):
     assert "reused 6 clips" in out
     assert "listed 8, found 7, decoded 6, missing 1, corrupt 1" in out
     manifest = json.loads((cls.cache_folder(params, tmp_path) / "manifest.json").read_text())
-    assert manifest["counts"] == {"listed": 8, "found": 7, "decoded": 6, "missing": 1, "corrupt": 1}
+    assert manifest["counts"] == {"listed": 8, "found": 7, "decoded": 6, "missing": 1, "corrupt": 1, "short": 0}
     assert manifest["missing"] == [recs[0].id] and manifest["corrupt"] == [recs[1].id]
     assert recs[1].file in manifest["errors"][recs[1].id]
 
@@ -113,8 +113,11 @@ def test_resume_keeps_prepared_shards_and_settings_key_the_folder(tmp_path, caps
     again = cls.prepare(params, tmp_path)
     assert "reused 4 clips" in capsys.readouterr().out
     assert sorted(p.name for p in folder.glob("shard-*")) == shards and again["counts"]["decoded"] == 4
-    other = params.model_copy(update={"frames": 3})
-    assert cls.cache_folder(other, tmp_path) != folder  # different decoding settings: another cache
+    for cut in ({"frames": 3}, {"window_seconds": 2.0, "audio_seconds": 2.0}, {"test_clips": 3, "test_crops": 3},
+                {"train_fraction": 0.5}, {"flip": True, "scale_jitter": (0.9, 1.33)}):  # fmt: skip
+        assert cls.cache_folder(params.model_copy(update=cut), tmp_path) == folder  # cut at load time: same cache
+    for stored in ({"cache_fps": 2.0}, {"jpeg_quality": 70}, {"cache_short_side": 40}, {"n_mels": 24}):
+        assert cls.cache_folder(params.model_copy(update=stored), tmp_path) != folder  # what is stored: another
 
 
 def test_unknown_dataset_and_bad_parameters_exit_2(tmp_path, capsys):

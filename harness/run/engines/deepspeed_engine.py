@@ -111,8 +111,9 @@ class DeepSpeedEngine(TorchEngine):
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.engine.precision]
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: (v.to(self.device, self.dtype if v.is_floating_point() else None, non_blocking=True)
-                    if torch.is_tensor(v) else v) for k, v in batch.items()}  # fmt: skip
+        batch = super()._to_device(batch)  # moved, then the dataset's on_device (uint8 video -> float)
+        return {k: (v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
+                for k, v in batch.items()}  # fmt: skip
 
     def ds_config(self) -> dict[str, Any]:
         """The DeepSpeed config dict: batch split, ZeRO stage, precision, clipping; no optimiser block."""
@@ -216,6 +217,7 @@ class DeepSpeedEngine(TorchEngine):
         import torch.distributed as dist
 
         t, e = self.spec.train, self.spec.engine
+        self.on_device = data.on_device
         rank, world = dist.get_rank(), dist.get_world_size()
         if world != e.workers:
             raise RuntimeError(f"engine.workers={e.workers} but the process group has {world} ranks")

@@ -78,7 +78,14 @@ class TorchEngine(Engine):
         return train.batches(self.spec.train.batch_size, shuffle=True, seed=seed, drop_last=True, **kwargs)
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        """The batch on the device, then through the dataset's ``on_device`` hook (uint8 video -> normalised)."""
+        moved = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return self.on_device(moved)
+
+    @staticmethod
+    def on_device(batch: dict) -> dict:
+        """Replaced by the dataset's ``harness.api.Dataset.on_device`` when training starts."""
+        return batch
 
     @torch.no_grad()
     def evaluate(self, method: nn.Module, task: nn.Module, split, mask: str | None = None) -> dict[str, float]:
@@ -116,6 +123,7 @@ class TorchEngine(Engine):
             NonFiniteLossError: the loss became NaN or infinite.
         """
         t = self.spec.train
+        self.on_device = data.on_device
         method.to(self.device)
         task.to(self.device)
         model = nn.ModuleDict({"method": method, "task": task})
