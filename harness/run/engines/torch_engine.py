@@ -1,4 +1,4 @@
-"""The ``torch`` engine: one process, AdamW + linear warmup + cosine decay, seeded and deterministic on CPU.
+"""The ``torch`` engine: one process, AdamW or SGD + linear warmup + cosine decay, seeded and deterministic on CPU.
 
 Every epoch: train over the shuffled train split, evaluate on val, report ``train/loss``, ``val/<metric>`` and
 ``lr``. At the end: test with both modalities, then with one masked (``test/<metric>:audio_only`` has the video
@@ -25,6 +25,7 @@ from torch import nn
 from harness.api import Checkpoints, Engine, TrainHook, tree_map
 from harness.config import EngineConfig, RunSpec
 from harness.run.augment import augment
+from harness.run.optim import param_groups
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,14 +49,13 @@ class TorchEngine(Engine):
     # -- pieces ------------------------------------------------------------------------------------------------
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters; no weight decay on biases and norms (1-D parameters)."""
+        """``train.optimizer`` (AdamW, or SGD with momentum) over the trainable parameters, in the groups of
+        ``train.lr_groups``; no weight decay on biases and norms (1-D parameters); ``harness.run.optim``."""
         t = self.spec.train
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": t.weight_decay},
-            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr)
+        groups = param_groups(model, t)
+        if t.optimizer == "sgd":  # scenic's 'momentum' (optax.sgd): buf = m buf + g; p -= lr buf, as torch's SGD
+            return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
+        return torch.optim.AdamW(groups, lr=t.lr)
 
     def schedule(self, opt: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
         """Per-step learning rate: linear warmup to ``lr``, then cosine decay to ``min_lr``."""
