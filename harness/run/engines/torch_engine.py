@@ -13,6 +13,7 @@ learning rate as if it had never stopped. The last checkpoint also holds the fin
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -185,10 +186,11 @@ class TorchEngine(Engine):
               wall_s: float, final: dict | None = None) -> dict:  # fmt: skip
         """The training state after ``epoch``: what :meth:`fit` needs to continue exactly (``torch.load``-able with
         ``weights_only=True``: tensors, numbers, strings, containers). ``final`` holds the test/perf metrics once the
-        trial has finished."""
+        trial has finished; ``spec`` is the resolved run as JSON, what ``harness eval`` rebuilds the model from."""
         return {"format": 1, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": rng_state(), "history": dict(history), "seen": seen,
-                "train_time": train_time, "wall_s": wall_s, "final": final}  # fmt: skip
+                "train_time": train_time, "wall_s": wall_s, "final": final,
+                "spec": json.dumps(self.spec.to_dict())}  # fmt: skip
 
     def final_metrics(self, method, task, data, samples_per_s: float, start: float) -> dict[str, float]:
         """``test/*`` with both modalities and with each masked, and the ``perf/*`` figures of the run."""
