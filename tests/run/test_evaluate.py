@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
@@ -123,6 +124,7 @@ def test_eval_of_a_sweep_trial_reproduces_its_test_metrics(finished_sweep):
     exp = client.get_experiment_by_name("t_sweep")
     trials = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.`harness.trial_id` != ''")
     trial = next(r for r in trials if "harness.checkpoint" in r.data.tags)
+    assert trial.data.tags["harness.ray_version"] == ray.__version__  # the trial's versions reach its run too
     assert _same(run_eval(trial.info.run_id, uri=uri), _test_metrics(trial))
     child = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{trial.info.run_id}'")
     assert len(child) == 1 and child[0].data.tags["harness.eval_of"] == trial.info.run_id
