@@ -105,3 +105,16 @@ def test_every_recipe_trains_at_tiny_size_on_its_layout(recipe, layouts, tmp_pat
     task = spec.task_name
     primary = {"multilabel": "map", "localization": "seg_acc", "multihead": "action_top1"}.get(task, "top1")
     assert final["train/loss"] == final["train/loss"] and 0 <= final[f"test/{primary}"] <= 100
+
+
+def test_every_recipe_has_a_report_spec_with_its_reported_number():
+    """reports/papers/<recipe>.yaml reads the recipe's sweep and names the reported number for its method's row."""
+    from harness.report.spec import load_spec
+
+    for path in RECIPES:
+        raw, spec = load_yaml(path), load_spec(ROOT / "reports" / "papers" / f"{path.stem}.yaml")
+        assert spec.sweep == raw["name"] and spec.rows == ["method.name"], path.stem
+        ((row, number),) = spec.reference.items()
+        assert row == raw["method"]["name"] and f"{number}" in path.read_text().split("\nname:")[0], path.stem
+        primary = {"multilabel": "map", "localization": "seg_acc", "multihead": "action_top1"}.get(raw["task"]["name"])
+        assert "metric" in spec.columns and raw["tune"]["metric"] == f"val/{primary or 'top1'}", path.stem
