@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,10 @@ def _same(a: dict[str, float], b: dict[str, float]) -> bool:
 @pytest.fixture(scope="module")
 def finished_run(cache, tmp_path_factory):
     """`harness run` of the tiny synthetic default (2 epochs), in a fresh working directory: (uri, run, file)."""
-    from conftest import TINY_BACKBONE, TINY_DATA
-
     tmp = tmp_path_factory.mktemp("eval")
-    run = {"name": "tiny", "seed": 0, "dataset": dict(TINY_DATA), "backbone": dict(TINY_BACKBONE),
+    data = {"name": "synthetic", "clips_train": 48, "clips_val": 16, "clips_test": 16}  # the tiny_run fixture's
+    backbone = {"name": "tiny", "embed_dim": 16, "depth": 2, "num_heads": 2}
+    run = {"name": "tiny", "seed": 0, "dataset": data, "backbone": backbone,
            "method": {"name": "mbt", "fusion_layer": 1, "bottleneck_tokens": 2}, "cache_dir": str(cache),
            "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "threads": 1}}  # fmt: skip
     path = tmp / "run.yaml"
@@ -117,9 +118,12 @@ def test_eval_reproduces_a_multi_view_multilabel_run_on_decoded_files(tmp_path, 
     assert child.data.tags["harness.primary_metric"] == "test/map"
 
 
-def test_eval_of_a_sweep_trial_reproduces_its_test_metrics(finished_sweep):
+def test_eval_of_a_sweep_trial_reproduces_its_test_metrics(finished_sweep, tmp_path):
     """A sweep trial's run names its Tune checkpoint; eval scores it into a child of the trial's run."""
     _, uri, _ = finished_sweep
+    copy = tmp_path / "mlflow.db"  # a copy of the session's store: the other tests count its runs
+    shutil.copy(uri.removeprefix("sqlite:///"), copy)
+    uri = f"sqlite:///{copy}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("t_sweep")
     trials = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.`harness.trial_id` != ''")
