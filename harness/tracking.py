@@ -37,6 +37,26 @@ def tracking_uri(explicit: str | None = None) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+# Distributions a number depends on besides torch: the model code (timm, peft), the training (ray, deepspeed), the
+# audio and video decoding (torchaudio, torchcodec, av), arrays and weights files (numpy, safetensors). Every run is
+# tagged harness.<name>_version, as peft's method_comparison records its environment with each result.
+VERSIONED = ("timm", "peft", "ray", "deepspeed", "torchaudio", "torchcodec", "av", "numpy", "safetensors")
+
+
+def package_versions() -> dict[str, str]:
+    """``harness.<name>_version`` of every :data:`VERSIONED` distribution, from its installed metadata (nothing is
+    imported); ``not installed`` where it is absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {}
+    for name in VERSIONED:
+        try:
+            tags[f"harness.{name}_version"] = version(name)
+        except PackageNotFoundError:
+            tags[f"harness.{name}_version"] = "not installed"
+    return tags
+
+
 def code_tags() -> dict[str, str]:
     """Git SHA and dirty flag of the harness checkout, and the versions of what a number depends on."""
     import mlflow
@@ -46,7 +66,7 @@ def code_tags() -> dict[str, str]:
 
     root = Path(harness.__file__).resolve().parent.parent
     tags = {"harness.version": harness.__version__, "harness.torch_version": torch.__version__,
-            "harness.mlflow_version": mlflow.__version__}  # fmt: skip
+            "harness.mlflow_version": mlflow.__version__, **package_versions()}  # fmt: skip
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

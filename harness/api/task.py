@@ -92,6 +92,11 @@ class Task(nn.Module):
     Config: ClassVar[type[TaskConfig]] = TaskConfig
     # The metric (a key of :meth:`metrics`) that reports sort and compare by: test/<primary_metric>.
     primary_metric: ClassVar[str] = "top1"
+    # Whether a clip's loss has one term per class (a sigmoid loss), which ``train.loss_reduction`` averages or sums
+    # (:meth:`reduce_classes`); the config refuses ``loss_reduction: sum`` for a task without such terms.
+    per_class_loss: ClassVar[bool] = False
+    # ``train.loss_reduction``, set by ``harness.run.trial.build_model``; "mean" for a task built on its own.
+    loss_reduction: str = "mean"
 
     def __init__(self, cfg: TaskConfig, num_classes: int, embed_dim: int):
         super().__init__()
@@ -115,6 +120,10 @@ class Task(nn.Module):
     def metrics(self, scores: Tree, labels: Tree) -> dict[str, float]:
         """The task's metrics (in %) over one split, from per-clip ``scores`` (views already averaged)."""
         raise NotImplementedError
+
+    def reduce_classes(self, loss: Tensor) -> Tensor:
+        """Per-class loss terms (..., C) -> (...): their mean, or their sum with ``loss_reduction == "sum"``."""
+        return loss.sum(-1) if self.loss_reduction == "sum" else loss.mean(-1)
 
     def scores(self, out: dict, batch: dict | None = None) -> Tree:
         """Per-clip scores that evaluation averages over views: the logits (``multilabel``: probabilities)."""

@@ -14,7 +14,7 @@ import sys
 from harness import __version__
 from harness.cli.common import print_config_error
 
-COMMANDS = ("ls", "validate", "run", "sweep", "report", "profile", "ui", "prepare", "synth")
+COMMANDS = ("ls", "validate", "run", "sweep", "report", "profile", "ui", "prepare", "synth", "eval")
 
 EPILOG = """\
 examples:
@@ -24,6 +24,7 @@ examples:
   harness sweep sweeps/fusion_layer.yaml --set tune.num_samples=3
   harness sweep sweeps/fusion_layer.yaml --address auto --storage /shared/ray_results
   harness report --sweep fusion_layer --out reports/fusion_layer.md
+  harness eval RUN_ID --set dataset.test_clips=4
   harness profile --preset mbt_b16_audioset
   harness ui --port 5000
 

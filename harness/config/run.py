@@ -8,7 +8,7 @@ others (``train``, ``tracking``) by the models here. Every problem is collected 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,14 +20,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LrGroup(_Strict):
+    """A parameter group of ``train.lr_groups``: the trainable parameters whose names match, with their own peak lr."""
+
+    match: str | list[str] = Field(
+        description="glob pattern(s) over parameter names, which start with 'method.' (the fusion method) or 'task.' "
+        "(the shared head), e.g. 'task.*' or 'method.adapters.*' (fnmatch; see `harness run` errors for the names)"
+    )
+    lr: float = Field(gt=0, description="peak learning rate of the group; warmup and cosine decay scale it as train.lr")
+    weight_decay: float | None = Field(None, ge=0, description="weight decay of the group; null = train.weight_decay "
+                                       "(biases and norms never decay)")  # fmt: skip
+
+    def patterns(self) -> list[str]:
+        return [self.match] if isinstance(self.match, str) else list(self.match)
+
+
 class TrainConfig(_Strict):
-    """Optimisation and loop settings shared by every method (AdamW + warmup + cosine decay)."""
+    """Optimisation and loop settings shared by every method (AdamW or SGD + warmup + cosine decay)."""
 
     epochs: int = Field(10, ge=1, description="number of passes over the training split")
     batch_size: int = Field(32, ge=1, description="training clips per optimiser step (all workers together)")
     eval_batch_size: int = Field(128, ge=1, description="clips per forward pass when evaluating")
     lr: float = Field(1.0e-3, gt=0, description="peak learning rate, reached at the end of warmup")
-    weight_decay: float = Field(0.05, ge=0, description="AdamW decoupled weight decay")
+    weight_decay: float = Field(0.05, ge=0, description="weight decay of matrices (biases and norms: none); adamw: "
+                                "decoupled, sgd: L2 in the gradient")  # fmt: skip
     warmup_epochs: float = Field(1.0, ge=0, description="linear warmup length in epochs (0 = none)")
     min_lr: float = Field(0.0, ge=0, description="learning rate at the end of the cosine decay")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null disables clipping")
@@ -44,10 +60,35 @@ class TrainConfig(_Strict):
     modality_dropout: float = Field(0.0, ge=0, le=1, description="probability that a training clip loses one "
                                     "modality (audio or video, 50/50; never both); 0 = off")  # fmt: skip
 
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw: torch AdamW, decoupled weight decay; "
+                                               "sgd: SGD with momentum (scenic's 'momentum', MBT's recipe), weight "
+                                               "decay as L2 in the gradient")  # fmt: skip
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only: momentum (scenic's default 0.9; 0 = plain SGD)")
+    nesterov: bool = Field(False, description="sgd only: Nesterov momentum (scenic's default: false)")
+    lr_groups: list[LrGroup] = Field(
+        default_factory=list,
+        description="parameter groups with their own peak lr (LAVISH: adapters at lr, head at lr_mlp), matched by "
+        "name; a parameter takes the first group that matches, the others train at train.lr",
+    )
+    loss_reduction: Literal["mean", "sum"] = Field(
+        "mean",
+        description="how a clip's per-class loss terms combine where the task's loss has one per class (multilabel's "
+        "sigmoid BCE): mean (torch, AST) or sum (scenic/MBT, C times larger); the batch is always averaged",
+    )
+
     @model_validator(mode="after")
     def _mixup_needs_alpha(self) -> TrainConfig:
         if self.modality_mixup and self.mixup_alpha <= 0:
             raise ValueError("modality_mixup=true needs mixup_alpha > 0 (it is mixup with one weight per modality)")
+        return self
+
+    @model_validator(mode="after")
+    def _nesterov_needs_sgd(self) -> TrainConfig:
+        # momentum is ignored by adamw (its default is always there: resolved specs round-trip every key)
+        if self.nesterov and self.optimizer != "sgd":
+            raise ValueError(f"nesterov=true applies to optimizer: sgd only (optimizer is {self.optimizer!r})")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=true needs momentum > 0")
         return self
 
 
@@ -222,6 +263,15 @@ def _engine(top: _TopLevel, errors: Errors) -> EngineConfig | None:
     return engine
 
 
+def _loss_reduction_fits(train: TrainConfig, task_name: str) -> Errors:
+    """``train.loss_reduction: sum`` only where the task's loss has one term per class (``Task.per_class_loss``)."""
+    cls = TASKS.get(task_name)
+    if train.loss_reduction == "sum" and not getattr(cls, "per_class_loss", False):
+        why = "its loss has one term per clip or segment (softmax CE); it applies to per-class losses (multilabel)"
+        return [("train.loss_reduction", f"'sum' has no effect with task {task_name!r}: {why}; use mean")]
+    return []
+
+
 def _resolve(d: dict) -> tuple[RunSpec | None, Errors]:
     errors: Errors = []
     top = validate(_TopLevel, d, "", errors)
@@ -240,6 +290,8 @@ def _resolve(d: dict) -> tuple[RunSpec | None, Errors]:
     train = getattr(top, "train", None)
     if isinstance(train, TrainConfig) and train.min_lr > train.lr:
         errors.append(("train.min_lr", f"must be <= train.lr = {train.lr} (got {train.min_lr})"))
+    if isinstance(train, TrainConfig) and task is not None:
+        errors += _loss_reduction_fits(train, task_name)
     engine = _engine(top, errors)
     if errors:
         return None, errors

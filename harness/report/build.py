@@ -2,9 +2,11 @@
 
 Reads the FINISHED child runs of the latest sweep (or ``--sweep NAME``), groups them by method and the swept keys,
 aggregates the seeds as mean ± 95% t-interval with n, and writes the table in the format of ``--out`` (Markdown,
-CSV, a LaTeX tabular, or one self-contained HTML page), the raw aggregates as CSV, and the figure of top-1 against the
-fusion layer as PNG and SVG (``harness.report.render`` formats). A spec (``reports/X.yaml``, ``harness.report.spec``)
-picks the sweeps, rows, columns and figures instead. The files are also logged as artifacts of the sweep's parent run.
+CSV, a LaTeX tabular, or one self-contained HTML page), the raw aggregates as CSV, and the figure of the primary
+metric against the fusion layer as PNG and SVG (``harness.report.render`` formats). A spec (``reports/X.yaml``,
+``harness.report.spec``) picks the sweeps, rows, columns and figures instead. The files are also logged as artifacts
+of the sweep's parent run. Tables, sorting, paired differences, figures and the Δ vs paper are in the primary metric
+of the runs' task (``harness.report.stats.primary_metric``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from harness.report.spec import (
     spec_table,
     split_provenance,
 )
-from harness.report.stats import aggregate, paired_differences
+from harness.report.stats import aggregate, metric_label, paired_differences, primary_metric
 from harness.tracking import tracking_uri as resolve_uri
 
 # Params that never define a row: they differ between seeds or only say where things were stored.
@@ -141,7 +143,8 @@ def _rows(runs: pd.DataFrame, spec, sweep: str | None, names: list[str]) -> tupl
 def _figures(table: pd.DataFrame, keys: list[str], spec, out: Path, name: str, paths: dict[str, Path]) -> list:
     """Draw the report's figures into ``paths`` (kind -> file); returns the spec figures' (title, PNG, caption)."""
     if "method.name" in keys and not (spec and spec.figures):
-        figure(table, [paths["png"], paths["svg"]], f"{name}: test top-1 vs fusion layer")
+        label = metric_label(table.attrs["primary"])
+        figure(table, [paths["png"], paths["svg"]], f"{name}: test {label} vs fusion layer")
     else:
         del paths["png"], paths["svg"]
     figs = _spec_figures(table, keys, spec, out, name) if spec else []
@@ -160,7 +163,8 @@ def _write(out: Path, fmt: str, show: pd.DataFrame, title: str, note: str, notes
     elif fmt == "tex":
         out.write_text(to_latex(show, title, " ".join([note, *notes])))
     elif fmt == "html":
-        out.write_text(to_html(show, title, " ".join([note, *notes]), png=paths.get("png"), figures=figs))
+        out.write_text(to_html(show, title, " ".join([note, *notes]), png=paths.get("png"), figures=figs,
+                               metric=metric_label(show.attrs.get("primary", "top1"))))  # fmt: skip
 
 
 def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None, spec=None) -> dict[str, Path]:
@@ -185,11 +189,13 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None,
     name = " + ".join(dict.fromkeys(names))
     runs, keys, notes = _rows(runs, spec, sweep, names)
     extra = {c.removeprefix("metrics."): c for c in spec.metric_columns()} if spec else {}
-    table = aggregate(runs, keys, extra)
+    primary = primary_metric(runs)  # the tasks' own (harness.primary_metric): mAP, seg_acc, action_top1, top1
+    table = aggregate(runs, keys, extra, primary)
     out.parent.mkdir(parents=True, exist_ok=True)
     ids = [(p.info.run_id, p.data.tags.get("harness.sweep_hash", "?")[:12]) for p in parents]
     where = ", ".join(f"`{n}` (parent run `{r}`, sweep hash `{h}`)" for n, (r, h) in zip(names, ids))
-    note = (f"Sweep {where}: {len(runs)} finished trials. Accuracies are "
+    note = (f"Sweep {where}: {len(runs)} finished trials, compared by the task's primary metric, test "
+            f"{metric_label(primary)} (`{primary}`). Metrics are "
             "mean ± 95% t-interval over seeds (n per row); GFLOPs = 2 × multiply-adds of one clip's forward pass; "
             "\"audio only\" masks the video at test time and vice versa.")  # fmt: skip
     title = spec.title if spec and spec.title else f"{name}: method comparison"
@@ -198,8 +204,9 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None,
     table.to_csv(paths["csv"], index=False)
     figs = _figures(table, keys, spec, out, name, paths)
     show = spec_table(table, runs, keys, spec) if spec else display_table(table, keys)
+    show.attrs["primary"] = primary
     after = "".join(f"Note: {n}\n" for n in notes)
-    pairs = paired_markdown(paired_differences(runs, keys))
+    pairs = paired_markdown(paired_differences(runs, keys, f"metrics.{primary}"))
     after += ("\n" if after and pairs else "") + pairs
     _write(out, fmt, show, title, note, notes, after, paths, figs)
     paths[fmt] = out

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report.spec import AXIS_LABELS
+from harness.report.stats import metric_label, table_columns
 
 
 def colours(n: int) -> list:
@@ -26,23 +27,30 @@ def save(plt, fig, paths: list[Path]) -> None:
     plt.close(fig)
 
 
-BARS = {"test top-1": "both modalities", "top-1 audio only": "audio only", "top-1 video only": "video only"}
+BARS = ("both modalities", "audio only", "video only")  # the legend of the primary metric's three columns
+
+
+def bars_of(table: pd.DataFrame) -> dict[str, str]:
+    """The table's primary-metric columns -> their legend entries (``{"test mAP": "both modalities", ...}``)."""
+    return dict(zip(table_columns(table), BARS))
 
 
 def bar_data(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per table row, in the table's order: ``label`` and, per :data:`BARS` column present, its mean and CI."""
+    """One row per table row, in the table's order: ``label`` and, per primary-metric column present (with both
+    modalities, audio only, video only), its mean and CI."""
     label = table["method.name"].astype(str)
     layer = table.get("method.fusion_layer", pd.Series("—", index=table.index)).astype(str)
     out = pd.DataFrame({"label": [m if lf == "—" else f"{m} (Lf {lf})" for m, lf in zip(label, layer, strict=True)]})
-    for col in (c for c in BARS if c in table):
+    for col in (c for c in bars_of(table) if c in table):
         out[col] = table[col].to_numpy()
         out[f"{col} ci95"] = table.get(f"{col} ci95", pd.Series(float("nan"), index=table.index)).to_numpy()
     return out
 
 
 def bars(table: pd.DataFrame, paths: list[Path], title: str):
-    """Grouped bars per row (the table's order): top-1 with both modalities and, where the table has them, with one
-    masked; 95% CI as error bars where a row has more than one seed. Saved to each of ``paths``; returns the Axes."""
+    """Grouped bars per row (the table's order): the primary metric with both modalities and, where the table has
+    them, with one masked; 95% CI as error bars where a row has more than one seed. Saved to each of ``paths``;
+    returns the Axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,16 +59,17 @@ def bars(table: pd.DataFrame, paths: list[Path], title: str):
     import seaborn as sns
 
     data = bar_data(table)
-    cols = [c for c in BARS if c in data]
+    legend = bars_of(table)
+    cols = [c for c in legend if c in data]
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(data) + 2), 4.5))
     x, width = np.arange(len(data)), 0.8 / len(cols)
     for i, (col, colour) in enumerate(zip(cols, colours(len(cols)), strict=True)):
         ci = data[f"{col} ci95"].fillna(0).to_numpy()
-        ax.bar(x + (i - (len(cols) - 1) / 2) * width, data[col], width, yerr=ci, capsize=2, label=BARS[col],
+        ax.bar(x + (i - (len(cols) - 1) / 2) * width, data[col], width, yerr=ci, capsize=2, label=legend[col],
                color=colour)  # fmt: skip
     ax.set_xticks(x, data["label"], rotation=35, ha="right")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(f"{cols[0]} (%)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper right")
     save(plt, fig, paths)
@@ -70,7 +79,8 @@ def bars(table: pd.DataFrame, paths: list[Path], title: str):
 def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
     """The default figure of a method table, saved to each of ``paths`` (PNG, SVG, ...).
 
-    When some method was run at several fusion layers: top-1 (mean ± 95% CI) against the fusion layer per method,
+    When some method was run at several fusion layers: the primary metric (mean ± 95% CI) against the fusion layer
+    per method,
     methods without one as horizontal bands (mean, CI). Otherwise (one row per method, e.g. the all-methods table):
     grouped bars per row (:func:`bars`).
     """
@@ -86,22 +96,23 @@ def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
 
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    both = next(iter(table_columns(table)))  # "test top-1", "test mAP", ...
     palette = dict(zip(table["method.name"].unique(), colours(table["method.name"].nunique())))
     layered = table[table["method.fusion_layer"] != "—"]
     methods = list(layered["method.name"].unique())
     for i, (method, g) in enumerate(layered.groupby("method.name", sort=False)):
         dodge = 0.06 * (i - (len(methods) - 1) / 2)  # methods at the same Lf side by side
         g = g.assign(lf=g["method.fusion_layer"].astype(int) + dodge).sort_values("lf")
-        ax.errorbar(g["lf"], g["test top-1"], yerr=g["test top-1 ci95"].fillna(0), marker="o", capsize=3,
+        ax.errorbar(g["lf"], g[both], yerr=g[f"{both} ci95"].fillna(0), marker="o", capsize=3,
                     label=method, color=palette[method])  # fmt: skip
     flat = table.drop(layered.index)
     for _, r in flat.iterrows():
-        c, m, ci = palette[r["method.name"]], r["test top-1"], r["test top-1 ci95"]
+        c, m, ci = palette[r["method.name"]], r[both], r[f"{both} ci95"]
         ax.axhline(m, ls="--", color=c, label=r["method.name"])
         if not pd.isna(ci):
             ax.axhspan(m - ci, m + ci, color=c, alpha=0.12)
     ax.set_xlabel("fusion layer Lf (0 = early, L = late)")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(f"{both} (%)")
     ax.set_title(title)
     if not layered.empty:
         lfs = sorted(layered["method.fusion_layer"].astype(int).unique())
@@ -174,9 +185,9 @@ def spec_figure(data: pd.DataFrame, fig, paths: list[Path], title: str) -> list[
         ax.set_xticks(xs)
         ax.set_xticklabels([f"{v:g}" for v in xs])
         ax.minorticks_off()
-    key = fig.x.removeprefix("params.")
-    ax.set_xlabel(fig.xlabel or AXIS_LABELS.get(key, key.removeprefix("metrics.")))
-    ax.set_ylabel(fig.ylabel or AXIS_LABELS.get(fig.y, fig.y.removeprefix("metrics.")))
+    key, m = fig.x.removeprefix("params."), metric_label(data.attrs.get("primary", "test/top1"))
+    ax.set_xlabel(fig.xlabel or AXIS_LABELS.get(key, key.removeprefix("metrics.")).format(m=m))
+    ax.set_ylabel(fig.ylabel or AXIS_LABELS.get(fig.y, fig.y.removeprefix("metrics.")).format(m=m))
     ax.set_title(title, fontsize=11)
     ax.margins(x=0.12 if fig.labels else 0.05)  # room for the labels of the outermost points
     ax.legend(fontsize=8, loc="best")

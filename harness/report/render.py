@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report.stats import METRICS
+from harness.report.stats import metric_label, table_columns
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -25,7 +25,8 @@ def pm(mean: float, ci: float) -> str:
 
 
 def display_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The aggregated ``table`` as strings: method, fusion layer, other swept keys, cost, mean ± CI, n."""
+    """The aggregated ``table`` as strings: method, fusion layer, other swept keys, cost, the primary metric with
+    both modalities and with one masked as mean ± CI, n."""
     show = pd.DataFrame({"method": table["method.name"], "fusion layer": table["method.fusion_layer"]})
     for k in keys[1:]:
         if k != "method.fusion_layer":
@@ -33,7 +34,7 @@ def display_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     show["trainable params"] = table["trainable params"].map(lambda v: f"{v / 1e6:.3f} M")
     show["total params"] = table["total params"].map(lambda v: f"{v / 1e6:.3f} M")
     show["GFLOPs"] = table["GFLOPs"].map(lambda v: f"{v:.4f}")
-    for col in METRICS:
+    for col in table_columns(table):
         show[col] = [pm(m, c) for m, c in zip(table[col], table[f"{col} ci95"])]
     show["n"] = table["n"]
     return show.astype(str)
@@ -50,7 +51,8 @@ def to_markdown(show: pd.DataFrame, title: str, note: str, figure: str | None = 
     text = f"# {title}\n\n{note}\n\n{table}\n" + (f"\n{after}" if after else "")
     for head, name, caption in figures:
         text += f"\n## {head}\n\n![{head}]({name})\n" + (f"\n{caption}\n" if caption else "")
-    return text + (f"\n![top-1]({figure})\n" if figure else "")
+    alt = f"test {metric_label(show.attrs.get('primary', 'test/top1'))}"
+    return text + (f"\n![{alt}]({figure})\n" if figure else "")
 
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
@@ -85,14 +87,14 @@ figcaption{color:#555;font-size:.9em}"""
 
 
 def to_html(show: pd.DataFrame, title: str, note: str, png: Path | None = None,
-            figures: list[tuple[str, Path, str]] = ()) -> str:  # fmt: skip
+            figures: list[tuple[str, Path, str]] = (), metric: str = "top-1") -> str:  # fmt: skip
     """One self-contained page: the table and each figure inlined as a base64 PNG; no external asset.
 
     ``png`` is the one generic figure; ``figures`` holds (title, PNG path, caption) per spec figure.
     """
     body = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(note))
     table = show.to_html(index=False, border=0, table_id="results", escape=True)
-    imgs = [("test top-1 against the fusion layer", png, "")] if png is not None else []
+    imgs = [(f"test {metric} against the fusion layer", png, "")] if png is not None else []
     parts = []
     for head, path, caption in [*figures, *imgs]:
         data = base64.b64encode(path.read_bytes()).decode("ascii")

@@ -19,20 +19,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.config import ConfigError, load_yaml
 from harness.config.errors import unknown_key_msg
 from harness.report.render import pm
-from harness.report.stats import METRICS, row_labels
+from harness.report.stats import metric_label, row_labels, table_columns
 
-# Spec column -> (header, how it is computed from the aggregated table).
+# Spec column -> its header; {m} is the task's primary metric as a header spells it (top-1, mAP, segment acc., ...).
+# ``metric*`` are the primary metric with both modalities and with one masked; ``top1*`` are their older names.
 COLUMNS = {
     "trainable_params": "trainable params",
     "total_params": "total params",
     "gflops": "GFLOPs",
-    "top1": "test top-1",
-    "top1_audio_only": "top-1 audio only",
-    "top1_video_only": "top-1 video only",
+    "metric": "test {m}",
+    "metric_audio_only": "{m} audio only",
+    "metric_video_only": "{m} video only",
+    "top1": "test {m}",
+    "top1_audio_only": "{m} audio only",
+    "top1_video_only": "{m} video only",
     "delta_vs_best": "Δ vs best",
     "drop_audio_only": "drop audio only",
     "drop_video_only": "drop video only",
 }
+
+
+def header(col: str, table: pd.DataFrame) -> str:
+    """The aggregated ``table``'s column (and the shown header) of spec column ``col``."""
+    head = COLUMNS.get(col, col.removeprefix("metrics.").removeprefix("params."))
+    return head.format(m=metric_label(table.attrs.get("primary", "top1")))
+
+
 HEADERS = {"method.name": "method", "method.fusion_layer": "fusion layer", "method.bottleneck_tokens": "Nb"}
 # Tag -> the word a note uses for it. Runs that differ in any of these are never aggregated into one row.
 PROVENANCE = {"tags.harness.git_sha": "git", "tags.harness.dataset_fingerprint": "data",
@@ -49,8 +61,10 @@ def _short(tag: str, value: str) -> str:
 PLOTTABLE = [c for c in COLUMNS if not c.startswith(("delta", "drop"))]
 # Figure axis label of a plotted column (the cost columns are shown in the units of the table).
 AXIS_LABELS = {"trainable_params": "trainable params (M)", "total_params": "total params (M)", "gflops": "GFLOPs",
-               "top1": "test top-1 (%)", "top1_audio_only": "top-1, audio only (%)",
-               "top1_video_only": "top-1, video only (%)", "method.fusion_layer": "fusion layer Lf (0 = early)",
+               "metric": "test {m} (%)", "metric_audio_only": "{m}, audio only (%)",
+               "metric_video_only": "{m}, video only (%)", "top1": "test {m} (%)", "top1_audio_only":
+               "{m}, audio only (%)", "top1_video_only": "{m}, video only (%)",
+               "method.fusion_layer": "fusion layer Lf (0 = early)",
                "method.bottleneck_tokens": "bottleneck tokens Nb"}  # fmt: skip
 
 
@@ -65,7 +79,10 @@ class FigureSpec(BaseModel):
         "line", description="line: each series' points joined in x order; scatter: one labelled point per row"
     )
     x: str = Field(description="a row key (method.fusion_layer), a cost/accuracy column (gflops) or metrics.<name>")
-    y: str = Field(description="a cost/accuracy column (top1, gflops, ...) or metrics.<name>; error bars = 95% CI")
+    y: str = Field(
+        description="a cost/metric column (metric = the task's primary one, gflops, ...) or "
+        "metrics.<name>; error bars = 95% CI"
+    )
     hue: str = Field("method.name", description="row key that picks a series' colour")
     references: list[str] | None = Field(
         None,
@@ -118,9 +135,9 @@ class ReportSpec(BaseModel):
     filters: dict[str, str | int | float | bool | list[str | int | float | bool]] = {}
     rows: list[str] | None = None  # param keys; default: method.name + the swept keys
     columns: list[str] | None = None  # default: the generic table's columns
-    sort_by: str | list[str] = "top1"  # several: sorted by the first, ties by the next
+    sort_by: str | list[str] = "metric"  # the primary metric; several: sorted by the first, ties by the next
     descending: bool = True
-    reference: dict[str, float] = {}  # row label ("mbt", or "mbt, 4" for several row keys) -> published top-1
+    reference: dict[str, float] = {}  # row label ("mbt", or "mbt, 4" for several row keys) -> published primary metric
     mixed_provenance: Literal["split", "refuse"] = "split"  # a row's runs from different code/data: split or error
     figures: list[FigureSpec] = []  # none: the generic top-1 vs fusion layer figure (when rows include method.name)
 
@@ -239,7 +256,8 @@ def paired_markdown(pairs: pd.DataFrame) -> str:
     """The "paired differences" section for the Markdown report ('' when there is nothing to compare)."""
     if pairs.empty:
         return ""
-    lines = [f"## Paired differences (test top-1, `{pairs['best'].iloc[0]}` minus each row, over shared seeds)", ""]
+    what = f"test {pairs['metric'].iloc[0]}" if "metric" in pairs else "test top-1"
+    lines = [f"## Paired differences ({what}, `{pairs['best'].iloc[0]}` minus each row, over shared seeds)", ""]
     for r in pairs.itertuples(index=False):
         mark = " ≈ (CIs overlap)" if r.overlap else ""
         lines.append(f"- vs `{r.row}`: {r.mean:+.1f} ± {0.0 if pd.isna(r.ci95) else r.ci95:.1f} (n = {r.n}){mark}")
@@ -257,20 +275,22 @@ def _numeric_first(col: pd.Series) -> pd.Series:
 def spec_table(table: pd.DataFrame, runs: pd.DataFrame, keys: list[str], spec: ReportSpec) -> pd.DataFrame:
     """The aggregated ``table`` as the strings of the spec's columns (row keys first, ``n`` last), sorted."""
     t = table.copy()
-    top = t["test top-1"]
+    both, audio, video = table_columns(table)
+    top = t[both]
     t["Δ vs best"] = top - top.max()
-    t["drop audio only"], t["drop video only"] = top - t["top-1 audio only"], top - t["top-1 video only"]
+    t["drop audio only"], t["drop video only"] = top - t[audio], top - t[video]
     label = row_labels(t.rename(columns={k: f"params.{k}" for k in keys}), keys)  # as the runs' labels
     paper = t[[k for k in keys if k != "provenance"]].astype(str).agg(", ".join, axis=1).map(spec.reference)
     by = [spec.sort_by] if isinstance(spec.sort_by, str) else spec.sort_by
-    sort = [c for c in (COLUMNS.get(b, b.removeprefix("params.")) for b in by) if c in t.columns]
+    sort = [c for c in (header(b, table) for b in by) if c in t.columns]
     if sort:
         t = t.assign(_label=label, _paper=paper)
         t = t.sort_values(sort, ascending=not spec.descending, kind="stable", key=_numeric_first)
         label, paper = t.pop("_label"), t.pop("_paper")
     show = pd.DataFrame({HEADERS.get(k, k): t[k].astype(str) for k in keys})
-    for col in spec.columns or list(COLUMNS)[:7]:
-        head = COLUMNS.get(col, col.removeprefix("metrics.").removeprefix("params."))
+    for col in spec.columns or ["trainable_params", "total_params", "gflops", "metric", "metric_audio_only",
+                                "metric_video_only", "delta_vs_best"]:  # fmt: skip
+        head = header(col, table)
         if col.startswith("params."):
             if col not in runs.columns:
                 show[head] = "—"
@@ -281,13 +301,14 @@ def spec_table(table: pd.DataFrame, runs: pd.DataFrame, keys: list[str], spec: R
             show[head] = t[head].map(lambda v: f"{v / 1e6:.3f} M")
         elif col == "gflops":
             show[head] = t[head].map(lambda v: f"{v:.4f}")
-        elif head in METRICS or col.startswith("metrics."):
+        elif head in table_columns(table) or col.startswith("metrics."):
             show[head] = [pm(m, c) for m, c in zip(t[head], t[f"{head} ci95"])]
         else:
             show[head] = t[head].map(lambda v: "—" if pd.isna(v) else f"{v:+.1f}")
     if spec.reference:
-        show["paper top-1"] = paper.map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
-        show["Δ vs paper"] = (t["test top-1"] - paper).map(lambda v: "—" if pd.isna(v) else f"{v:+.1f}")
+        show[f"paper {metric_label(table.attrs.get('primary', 'top1'))}"] = paper.map(
+            lambda v: "—" if pd.isna(v) else f"{v:.1f}")  # fmt: skip
+        show["Δ vs paper"] = (t[both] - paper).map(lambda v: "—" if pd.isna(v) else f"{v:+.1f}")
     show["n"] = t["n"].astype(str)
     return show.reset_index(drop=True)
 
@@ -302,7 +323,7 @@ def figure_data(table: pd.DataFrame, keys: list[str], fig: FigureSpec) -> pd.Dat
     """
 
     def column(name: str) -> tuple[pd.Series, pd.Series]:
-        head = COLUMNS.get(name, name.removeprefix("metrics."))
+        head = header(name, table)
         if fig.is_row_key(name):
             key = name.removeprefix("params.")
             if key not in table.columns:
@@ -327,6 +348,7 @@ def figure_data(table: pd.DataFrame, keys: list[str], fig: FigureSpec) -> pd.Dat
     if "provenance" in table.columns:  # split rows stay apart in the figure too
         hues = hues.where(table["provenance"].fillna("") == "", hues + " [" + table["provenance"].astype(str) + "]")
     data = pd.DataFrame({"series": series, "hue": hues, "label": label, "x": x, "y": y, "yerr": yerr})
+    data.attrs["primary"] = table.attrs.get("primary", "test/top1")  # what the axis labels name
     data = data[data["y"].notna()]
     if fig.references is not None:  # rows without x: only the listed hues become reference lines
         data = data[data["x"].notna() | table.loc[data.index, hue].astype(str).isin(fig.references)]

@@ -1,7 +1,11 @@
 """Statistics of a report: seeds are the replicates; a row is mean, 95% t-interval and n over its seeds.
 
 ``aggregate`` groups runs by the report's keys; ``paired_differences`` compares the best row with every other row
-seed by seed (the paired t-interval of the difference).
+seed by seed (the paired t-interval of the difference). Both are in the task's own primary metric, which every run
+carries as its ``harness.primary_metric`` tag (``test/map`` for multilabel, ``test/seg_acc`` for localisation,
+``test/action_top1`` for EPIC's multihead, ``test/top1`` for classification and runs without the tag):
+``primary_metric`` reads it, ``metric_columns`` names the columns, and the aggregated table keeps it in
+``table.attrs["primary"]`` for the renderers and figures.
 """
 
 from __future__ import annotations
@@ -10,12 +14,45 @@ import math
 
 import pandas as pd
 
-# Report column -> MLflow metric; the order of the accuracy columns in every format.
-METRICS = {
-    "test top-1": "metrics.test/top1",
-    "top-1 audio only": "metrics.test/top1:audio_only",
-    "top-1 video only": "metrics.test/top1:video_only",
-}
+DEFAULT_PRIMARY = "test/top1"  # runs logged before the tag existed were all top-1 classification
+PRIMARY_TAG = "tags.harness.primary_metric"
+# Metric name -> how a column header spells it.
+LABELS = {"top1": "top-1", "top5": "top-5", "map": "mAP", "auc": "AUC", "seg_acc": "segment acc.",
+          "action_top1": "action top-1", "verb_top1": "verb top-1", "noun_top1": "noun top-1"}  # fmt: skip
+
+
+def metric_label(metric: str) -> str:
+    """``test/map`` -> ``mAP``; a metric without a label is shown by its name."""
+    name = metric.removeprefix("metrics.").removeprefix("test/")
+    return LABELS.get(name, name)
+
+
+def metric_columns(primary: str = DEFAULT_PRIMARY) -> dict[str, str]:
+    """Report column -> MLflow metric of the primary metric with both modalities and with one masked, in order."""
+    label = metric_label(primary)
+    return {f"test {label}": f"metrics.{primary}", f"{label} audio only": f"metrics.{primary}:audio_only",
+            f"{label} video only": f"metrics.{primary}:video_only"}  # fmt: skip
+
+
+METRICS = metric_columns()  # the top-1 columns (classification)
+
+
+def primary_metric(runs: pd.DataFrame) -> str:
+    """The primary metric the runs' tasks declare (``harness.primary_metric``); ``test/top1`` if no run has the tag.
+
+    Raises:
+        LookupError: the runs come from tasks with different primary metrics (a row would mix mAP and top-1).
+    """
+    values = sorted(runs[PRIMARY_TAG].dropna().unique()) if PRIMARY_TAG in runs.columns else []
+    if len(values) > 1:
+        raise LookupError(f"the runs of this report have different primary metrics ({', '.join(values)}): "
+                          "report one task at a time (filters: {tags.harness.primary_metric: ...})")  # fmt: skip
+    return values[0] if values else DEFAULT_PRIMARY
+
+
+def table_columns(table: pd.DataFrame) -> dict[str, str]:
+    """:func:`metric_columns` of the primary metric an aggregated table was made for."""
+    return metric_columns(table.attrs.get("primary", DEFAULT_PRIMARY))
 
 
 def t_interval(values: pd.Series) -> float:
@@ -28,11 +65,14 @@ def t_interval(values: pd.Series) -> float:
     return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
-def aggregate(runs: pd.DataFrame, keys: list[str], extra: dict[str, str] | None = None) -> pd.DataFrame:
-    """One row per group of ``keys``: cost (mean over seeds) and metrics as mean, CI half-width and n.
+def aggregate(runs: pd.DataFrame, keys: list[str], extra: dict[str, str] | None = None,
+              primary: str = DEFAULT_PRIMARY) -> pd.DataFrame:  # fmt: skip
+    """One row per group of ``keys``: cost (mean over seeds) and metrics as mean, CI half-width and n, sorted by the
+    ``primary`` metric (best first; kept in ``attrs["primary"]``).
 
     ``extra`` maps more columns to MLflow metric columns (``{"val/top1": "metrics.val/top1"}``), aggregated alike.
     """
+    columns = metric_columns(primary)
     df = runs.copy()
     for k in keys:
         df[f"params.{k}"] = df[f"params.{k}"].fillna("—")
@@ -46,12 +86,14 @@ def aggregate(runs: pd.DataFrame, keys: list[str], extra: dict[str, str] | None 
         for col, metric in (("trainable params", "params_trainable"), ("total params", "params_total"),
                             ("GFLOPs", "gflops")):  # fmt: skip
             row[col] = g.get(f"metrics.model/{metric}", pd.Series(dtype=float)).mean()
-        for col, metric in {**METRICS, **(extra or {})}.items():
+        for col, metric in {**columns, **(extra or {})}.items():
             values = g.get(metric, pd.Series(dtype=float))
             row[col], row[f"{col} ci95"] = values.mean(), t_interval(values)
         rows.append(row)
     out = pd.DataFrame(rows)
-    return out.sort_values("test top-1", ascending=False, kind="stable").reset_index(drop=True)
+    out = out.sort_values(next(iter(columns)), ascending=False, kind="stable").reset_index(drop=True)
+    out.attrs["primary"] = primary
+    return out
 
 
 def row_labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -61,8 +103,9 @@ def row_labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
     return label.str.removesuffix(", ") if keys[-1] == "provenance" else label
 
 
-def paired_differences(runs: pd.DataFrame, keys: list[str], metric: str = "metrics.test/top1") -> pd.DataFrame:
-    """The best row (highest mean ``metric``) minus each other row over the seeds both have.
+def paired_differences(runs: pd.DataFrame, keys: list[str], metric: str = f"metrics.{DEFAULT_PRIMARY}") -> pd.DataFrame:
+    """The best row (highest mean ``metric``, the primary one's MLflow column) minus each other row over the seeds
+    both have.
 
     One line per other row with at least two shared seeds: ``row``, ``mean`` and ``ci95`` of the paired difference,
     ``n`` shared seeds, and ``overlap`` (the two rows' own 95% CIs overlap). Empty when no pair qualifies.
@@ -82,4 +125,4 @@ def paired_differences(runs: pd.DataFrame, keys: list[str], metric: str = "metri
         gap = abs(stats.loc[best, "mean"] - stats.loc[row, "mean"])
         overlap = bool(gap <= stats.loc[best, "t_interval"] + stats.loc[row, "t_interval"])
         out.append({"row": row, "mean": diff.mean(), "ci95": t_interval(diff), "n": len(diff), "overlap": overlap})
-    return pd.DataFrame(out, columns=cols).assign(best=best)
+    return pd.DataFrame(out, columns=cols).assign(best=best, metric=metric_label(metric))

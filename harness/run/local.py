@@ -26,7 +26,8 @@ def run_local(spec: RunSpec, tracking_uri: str | None = None, resume: bool = Fal
             raise ConfigError([("--resume", f"{where}; run it without --resume")])
         run_id = state["mlflow_run_id"]
         print(f"resuming MLflow run {run_id} after epoch {state['epoch']} from {folder}", flush=True)
-    with MlflowReporter.open(spec, tracking_uri, run_id=run_id) as mlflow_reporter:
+    tags = {"harness.checkpoint": str(folder)}  # where `harness eval RUN_ID` finds the trained model
+    with MlflowReporter.open(spec, tracking_uri, run_id=run_id, tags=tags) as mlflow_reporter:
         reporter = LocalCheckpoints(mlflow_reporter, folder, {"mlflow_run_id": mlflow_reporter.run_id}, resume)
         final = run_trial(spec, reporter)
     print(" ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("test/")))

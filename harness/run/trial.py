@@ -70,6 +70,7 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
 
         apply_pretrained(method, spec, cache_dir(spec))
     task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
+    task.loss_reduction = spec.train.loss_reduction  # over a clip's per-class loss terms (Task.reduce_classes)
     return method, task
 
 
@@ -88,13 +89,15 @@ def model_cost(method: torch.nn.Module, task: torch.nn.Module, input_spec) -> di
 
 
 def run_tags(spec: RunSpec, device: torch.device, data, task: torch.nn.Module) -> dict[str, str]:
-    """Tags a trial adds: where it ran, on which data (fingerprint; a prepared set's manifest hash and decoder),
+    """Tags a trial adds: where it ran, with which package versions (those of the trial's own process: a sweep's
+    workers may differ from its driver), on which data (fingerprint; a prepared set's manifest hash and decoder),
     which pretrained backbone, and the task's primary metric (what reports sort by)."""
     from harness.run.pretrain import pretrained_key
+    from harness.tracking import package_versions
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    tags = {"harness.device": name, "harness.torch_version": torch.__version__, **data.provenance(),
-            "harness.primary_metric": f"test/{task.primary_metric}"}  # fmt: skip
+    tags = {"harness.device": name, "harness.torch_version": torch.__version__, **package_versions(),
+            **data.provenance(), "harness.primary_metric": f"test/{task.primary_metric}"}  # fmt: skip
     if (key := pretrained_key(spec)) is not None:  # backbone.pretrained: the cached weights' key
         tags["harness.backbone_pretrained"] = key
     return tags

@@ -148,6 +148,7 @@ class SweepLog:
         history, label, seconds = dict(self.history.get(trial.trial_id, {})), self._label(trial), time.time()
         seconds -= self.t0[trial.trial_id]
         stopped = not any(k.startswith("test/") for k in m)  # ended before its final test: the scheduler stopped it
+        checkpoint = trial.checkpoint.path if getattr(trial, "checkpoint", None) is not None else None
         if not stopped:
             self.finished += 1
 
@@ -158,6 +159,8 @@ class SweepLog:
                 self.client.set_terminated(run_id, status="KILLED")
                 print(f"  stop  {label}: stopped early at epoch {int(m.get('epoch', -1)) + 1}", flush=True)
                 return
+            if checkpoint is not None:  # the trial's last Tune checkpoint: what `harness eval RUN_ID` scores
+                self.client.set_tag(run_id, "harness.checkpoint", checkpoint)
             self.client.set_terminated(run_id, status="FINISHED")
             shown = " ".join(f"{k}={m[k]:.1f}" for k in ("test/top1", "test/top1:audio_only", "test/top1:video_only")
                              if k in m)  # fmt: skip

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import model_validator
 from torch import Tensor, nn
 
 from harness.api.task import Task, TaskConfig
@@ -57,13 +59,15 @@ def roc_auc(scores: Tensor, targets: Tensor) -> Tensor:
 
 
 class MultilabelConfig(TaskConfig):
-    """Keys under ``task:`` for ``multilabel``."""
+    """Keys under ``task:`` for ``multilabel``. Whether a clip's per-class BCE terms are averaged (torch, AST) or
+    summed (scenic's ``weighted_sigmoid_cross_entropy``, MBT) is ``train.loss_reduction``."""
 
-    sum_over_classes: bool = Field(
-        False,
-        description="sum the per-class BCE of a clip (scenic/MBT) instead of averaging it (torch, AST); "
-        "the sum scales the loss by C",
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "sum_over_classes" in data:
+            raise ValueError("sum_over_classes was replaced by train.loss_reduction (sum: scenic/MBT, mean: default)")
+        return data
 
 
 class MultilabelTask(Task):
@@ -71,6 +75,7 @@ class MultilabelTask(Task):
 
     Config = MultilabelConfig
     primary_metric = "map"
+    per_class_loss = True  # train.loss_reduction: the mean (default) or the sum (scenic) over the C classes
 
     def __init__(self, cfg: MultilabelConfig, num_classes: int, embed_dim: int):
         super().__init__(cfg, num_classes, embed_dim)
@@ -82,7 +87,7 @@ class MultilabelTask(Task):
     def example_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         y = smooth(target.to(logits.device, logits.dtype), self.cfg.label_smoothing)
         loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none")  # (B, C)
-        return loss.sum(1) if self.cfg.sum_over_classes else loss.mean(1)
+        return self.reduce_classes(loss)  # (B,)
 
     def soft_targets(self, label: Tensor) -> Tensor:
         return label.float()

@@ -68,7 +68,7 @@ def test_config_error_from_a_handler_exits_2(tmp_path, capsys):
     assert "include cycle: cycle.yaml -> cycle.yaml" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["ls", "validate", "run", "sweep", "report", "ui"])
+@pytest.mark.parametrize("command", ["ls", "validate", "run", "sweep", "report", "ui", "eval"])
 def test_every_subcommand_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([command, "--help"])

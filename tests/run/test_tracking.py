@@ -3,10 +3,15 @@ error."""
 
 from __future__ import annotations
 
+from importlib import metadata
+
+import mlflow
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from harness import tracking
 from harness.cli import main
 from harness.tracking import tracking_uri
 
@@ -34,6 +39,9 @@ def test_harness_run_logs_params_metrics_and_tags(tmp_path, tiny_run):
     t = run.data.tags
     assert t["harness.device"] == "cpu" and "harness.torch_version" in t and t["harness.git_dirty"] in ("true", "false")
     assert len(t["harness.git_sha"]) == 40
+    for name in ("timm", "peft", "ray", "deepspeed", "torchaudio", "torchcodec", "av", "numpy", "safetensors"):
+        assert t[f"harness.{name}_version"] == metadata.version(name), name  # what a number depends on
+    assert t["harness.torch_version"] == torch.__version__ and t["harness.mlflow_version"] == mlflow.__version__
     history = client.get_metric_history(run.info.run_id, "val/top1")
     assert [h.step for h in history] == [0]
 
@@ -57,3 +65,9 @@ def test_tracking_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri() == "http://127.0.0.1:5000"
     assert tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_package_that_is_not_installed_is_tagged_so(monkeypatch):
+    monkeypatch.setattr(tracking, "VERSIONED", ("timm", "no-such-distribution-xyz"))
+    assert tracking.package_versions() == {"harness.timm_version": metadata.version("timm"),
+                                           "harness.no-such-distribution-xyz_version": "not installed"}  # fmt: skip

@@ -122,7 +122,8 @@ def test_multilabel_loss_and_scores():
     t = y * 0.8 + 0.2 / 4  # scenic's apply_label_smoothing
     by_hand = -(t * F.logsigmoid(z) + (1 - t) * F.logsigmoid(-z)).mean(1)
     torch.testing.assert_close(task.example_loss(z, y), by_hand)
-    summed = _task(MultilabelTask, 4, label_smoothing=0.2, sum_over_classes=True)
+    summed = _task(MultilabelTask, 4, label_smoothing=0.2)
+    summed.loss_reduction = "sum"  # train.loss_reduction: sum (scenic); set by the trial's build_model
     torch.testing.assert_close(summed.example_loss(z, y), by_hand * 4)
     out = {"embedding": torch.randn(3, 4)}
     torch.testing.assert_close(task.scores(out), task.logits(out).sigmoid())  # views average probabilities

@@ -1,4 +1,4 @@
-"""The ``torch`` engine: one process, AdamW + linear warmup + cosine decay, seeded and deterministic on CPU.
+"""The ``torch`` engine: one process, AdamW or SGD + linear warmup + cosine decay, seeded and deterministic on CPU.
 
 Every epoch: train over the shuffled train split, evaluate on val, report ``train/loss``, ``val/<metric>`` and
 ``lr``. At the end: test with both modalities, then with one masked (``test/<metric>:audio_only`` has the video
@@ -13,6 +13,7 @@ learning rate as if it had never stopped. The last checkpoint also holds the fin
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -25,6 +26,7 @@ from torch import nn
 from harness.api import Checkpoints, Engine, TrainHook, tree_map
 from harness.config import EngineConfig, RunSpec
 from harness.run.augment import augment
+from harness.run.optim import param_groups
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,14 +50,13 @@ class TorchEngine(Engine):
     # -- pieces ------------------------------------------------------------------------------------------------
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters; no weight decay on biases and norms (1-D parameters)."""
+        """``train.optimizer`` (AdamW, or SGD with momentum) over the trainable parameters, in the groups of
+        ``train.lr_groups``; no weight decay on biases and norms (1-D parameters); ``harness.run.optim``."""
         t = self.spec.train
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": t.weight_decay},
-            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr)
+        groups = param_groups(model, t)
+        if t.optimizer == "sgd":  # scenic's 'momentum' (optax.sgd): buf = m buf + g; p -= lr buf, as torch's SGD
+            return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
+        return torch.optim.AdamW(groups, lr=t.lr)
 
     def schedule(self, opt: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
         """Per-step learning rate: linear warmup to ``lr``, then cosine decay to ``min_lr``."""
@@ -193,10 +194,11 @@ class TorchEngine(Engine):
               wall_s: float, final: dict | None = None) -> dict:  # fmt: skip
         """The training state after ``epoch``: what :meth:`fit` needs to continue exactly (``torch.load``-able with
         ``weights_only=True``: tensors, numbers, strings, containers). ``final`` holds the test/perf metrics once the
-        trial has finished."""
+        trial has finished; ``spec`` is the resolved run as JSON, what ``harness eval`` rebuilds the model from."""
         return {"format": 1, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": rng_state(), "history": dict(history), "seen": seen,
-                "train_time": train_time, "wall_s": wall_s, "final": final}  # fmt: skip
+                "train_time": train_time, "wall_s": wall_s, "final": final,
+                "spec": json.dumps(self.spec.to_dict())}  # fmt: skip
 
     def final_metrics(self, method, task, data, samples_per_s: float, start: float) -> dict[str, float]:
         """``test/*`` with both modalities and with each masked, and the ``perf/*`` figures of the run."""
