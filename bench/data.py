@@ -53,7 +53,7 @@ def main() -> None:
         method, task = build_model(spec, data.spec)
         train = data.splits["train"]
         opt = torch.optim.AdamW([p for m in (method, task) for p in m.parameters()], lr=1e-4)
-        held = [data.on_device(b) for b in train.batches(args.batch_size, drop_last=True)]
+        held = [train.on_device(b) for b in train.batches(args.batch_size, drop_last=True)]
         n = sum(len(b["id"]) for b in held)
 
         def load() -> None:

@@ -19,9 +19,12 @@ class Dataset:
 
     Attributes:
         spec: the input shapes it yields.
-        splits: ``{"train" | "val" | "test": split}``; a split has ``len()`` and ``batches(batch_size, shuffle=False,
-            seed=0, drop_last=False, shard=None)`` (``shard=(rank, world)``: that rank's part of every batch), whose
-            batches become the sample contract after :meth:`on_device`.
+        splits: ``{"train" | "val" | "test": split}``; a split has ``len()``, ``batches(batch_size, shuffle=False,
+            seed=0, drop_last=False, shard=None)`` (``shard=(rank, world)``: that rank's part of every batch) and
+            ``on_device(batch)``: a batch right after an engine moved it to the device, made into the sample contract
+            there. The loaders may hand over cheaper forms than the contract's (the prepared datasets: ``video``
+            uint8, pinned, and per-clip colour factors), so the per-pixel work runs on the accelerator; the in-memory
+            splits' ``on_device`` is the identity.
         fingerprint: what the data is (a hash), for the runs' tags and the reports' provenance split.
     """
 
@@ -45,14 +48,6 @@ class Dataset:
     def provenance(self) -> dict[str, str]:
         """Tags that say which data a run used (``harness.dataset_fingerprint``; a prepared set adds more)."""
         return {"harness.dataset_fingerprint": self.fingerprint}
-
-    def on_device(self, batch: dict) -> dict:
-        """A batch right after both engines moved it to the device, made into the sample contract there.
-
-        The loaders may hand over cheaper forms than the contract's (the prepared datasets: ``video`` uint8, pinned,
-        and per-clip colour factors), so the per-pixel work runs on the accelerator; the default is the identity.
-        """
-        return batch
 
 
 class DatasetError(ValueError):

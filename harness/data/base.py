@@ -22,6 +22,11 @@ class TensorSplit:
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
+    @staticmethod
+    def on_device(batch: dict) -> dict:
+        """Its batches are the sample contract already (``harness.api.Dataset``: a split's ``on_device``)."""
+        return batch
+
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                 shard: tuple[int, int] | None = None):  # fmt: skip
         """Yield batches (the sample contract of ``harness.api.inputs``, stacked) in a seeded order.

@@ -106,9 +106,26 @@ class PreparedSplit:
         self._shards = ShardReader(folder)
         self._pad = torch.tensor([round(m * 255) for m in params.pixel_mean], dtype=torch.uint8).view(3, 1, 1)
         self._loader: SplitLoader | None = None
+        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (mean, 1 / std)
 
     def __len__(self) -> int:
         return len(self.records) * self.views[0] * self.views[1]
+
+    def on_device(self, batch: dict) -> dict:
+        """uint8 video -> float: colour jitter (``colour`` factors drawn by the loader), then the card's mean/std."""
+        video = batch["video"]
+        if video.dtype != torch.uint8:
+            return batch
+        key = video.device
+        if key not in self._norm:
+            p = self.params
+            mean = torch.tensor(p.pixel_mean, device=key).view(1, 1, 3, 1, 1)
+            self._norm[key] = (mean, 1 / torch.tensor(p.pixel_std, device=key).view(1, 1, 3, 1, 1))
+        mean, inv_std = self._norm[key]
+        x = video.float().div_(255)  # (B, T, 3, H, W) in [0, 1]
+        if "colour" in batch:
+            x = colour_jitter(x, batch.pop("colour").to(x.device, x.dtype))
+        return {**batch, "video": x.sub_(mean).mul_(inv_std)}
 
     def items(self, shuffle: bool, seed: int) -> list[tuple[int, int | None, int, int]]:
         """(record, draw seed or None for an eval view, temporal view, spatial view) of every sample of an epoch."""
@@ -220,7 +237,6 @@ class PreparedDataset(Dataset):
             if not rs:
                 raise DatasetError(self._empty(s, folder, len([r for r in records if r.split == s])))
         self.splits = {s: PreparedSplit(s, rs, index, folder, self.label_batch, params) for s, rs in by_split.items()}
-        self._norm: dict = {}
 
     def _empty(self, split: str, folder: Path, listed: int) -> str:
         p, counts = self.params, self.manifest["counts"]
@@ -233,22 +249,6 @@ class PreparedDataset(Dataset):
         elif listed:
             why += ", none of them prepared (missing or corrupt files; check dataset.root and `harness prepare`)"
         return f"dataset {self.format}: split {split!r} is empty: {why} (manifest {folder}/manifest.json: {counts})"
-
-    def on_device(self, batch: dict) -> dict:
-        """uint8 video -> float: colour jitter (``colour`` factors drawn by the loader), then the card's mean/std."""
-        video = batch["video"]
-        if video.dtype != torch.uint8:
-            return batch
-        key = video.device
-        if key not in self._norm:
-            p = self.params
-            mean = torch.tensor(p.pixel_mean, device=key).view(1, 1, 3, 1, 1)
-            self._norm[key] = (mean, 1 / torch.tensor(p.pixel_std, device=key).view(1, 1, 3, 1, 1))
-        mean, inv_std = self._norm[key]
-        x = video.float().div_(255)  # (B, T, 3, H, W) in [0, 1]
-        if "colour" in batch:
-            x = colour_jitter(x, batch.pop("colour").to(x.device, x.dtype))
-        return {**batch, "video": x.sub_(mean).mul_(inv_std)}
 
     def provenance(self) -> dict[str, str]:
         """The fingerprint, and which subset (manifest hash) was decoded by what."""

@@ -12,7 +12,7 @@ centred on the video's (``sync: true``, scenic MBT's ``sync_random_state``) or d
 scale jitter (dmvr's: the frame scaled by s ~ U(scale_jitter) before the crop, so the crop covers 1/s of the centre
 crop's side), a random crop position, a horizontal flip, colour jitter (brightness, contrast, saturation by factors
 in 1 ± ``colour_strength``, with probability ``colour_jitter``; grey with probability ``colour_drop``; applied on the
-device, :meth:`harness.data.dataset.PreparedDataset.on_device`) and SpecAugment (``spec_freq_masks`` masks of at most
+device, :meth:`harness.data.dataset.PreparedSplit.on_device`) and SpecAugment (``spec_freq_masks`` masks of at most
 ``spec_freq_width`` mel bins, ``spec_time_masks`` of at most ``spec_time_width`` frames, set to 0, the dataset mean,
 after normalisation). Every draw comes from ``random.Random(hash(seed, clip id))`` where ``seed`` is the epoch's
 shuffling seed (``(run seed, epoch)``), so a run is reproduced by its seed and data-parallel ranks draw what one

@@ -37,7 +37,7 @@ def test_synth_prepare_load(tmp_path, capsys, layout):
     records = {r.id: r for s in ds.splits.values() for r in s.records}
     test = ds.splits["test"]
     assert len(test) == 2 * len(test.records)  # two views per test clip
-    b = ds.on_device(next(test.batches(4)))
+    b = test.on_device(next(test.batches(4)))
     n = len(b["id"])
     assert b["id"][0] == b["id"][1]  # the views of one clip share its id
     assert b["video"].shape == (n, 2, 3, 32, 32) and b["video"].dtype == torch.float32

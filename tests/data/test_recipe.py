@@ -63,7 +63,7 @@ def test_epochs_differ_a_seed_reproduces_them_and_eval_is_untouched(prepared):
     one = {i: torch.cat([v["video"][k : k + 1] for v in _epoch(train, s) for k, j in enumerate(v["id"]) if j == cid])
            for i, s in enumerate((1, 2))}  # fmt: skip
     assert not torch.equal(one[0], one[1])  # two epochs see different windows/crops of the same clip
-    on = ds.on_device(a[0])
+    on = ds.splits["train"].on_device(a[0])
     assert on["video"].dtype == torch.float32 and "colour" not in on and torch.isfinite(on["video"]).all()
     plain = _data(prepared)  # no augmentation: eval is the same with and without the recipe
     for split in ("val", "test"):
@@ -120,7 +120,7 @@ def test_short_clip_is_flagged_and_padded_not_frozen(prepared):
     i = next(k for k, r in enumerate(train.records) if r.id == short_id)
     v = train.plan((i, None, 0, 0))
     assert v.frames == [2, 6, 10, -1, -1, -1]  # 3 s of media in a 6-s window (frames at 0.5, 1.5, ... s): padding
-    x = ds.on_device({"video": train.sample((i, None, 0, 0))["video"][None]})["video"]
+    x = train.on_device({"video": train.sample((i, None, 0, 0))["video"][None]})["video"]
     assert x[0, 3:].abs().max() < 0.01 and x[0, :3].abs().max() > 0.1  # padded with the mean, not the last frame
     loop = _data(prepared, "window_seconds=6.0", "audio_seconds=6.0", "frames=6", "short_clips=loop")
     assert loop.splits["train"].plan((i, None, 0, 0)).frames == [2, 6, 10, 2, 6, 10]

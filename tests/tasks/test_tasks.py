@@ -214,6 +214,10 @@ class _ViewSplit:
         self.label = torch.randint(0, spec.num_classes, (n,), generator=g).repeat(2)
         self.ids = [f"clip-{i}" for i in range(n)] * 2
 
+    @staticmethod
+    def on_device(batch: dict) -> dict:
+        return batch
+
     def batches(self, batch_size: int, **_):
         for s in range(0, len(self.ids), batch_size):
             b = len(self.ids[s : s + batch_size])

@@ -110,8 +110,8 @@ class DeepSpeedEngine(TorchEngine):
         super().__init__(spec, device)
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.engine.precision]
 
-    def _to_device(self, batch: dict) -> dict:
-        batch = super()._to_device(batch)  # moved, then the dataset's on_device (uint8 video -> float)
+    def _to_device(self, batch: dict, split) -> dict:
+        batch = super()._to_device(batch, split)  # moved, then the split's on_device (uint8 video -> float)
         return {k: (v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
                 for k, v in batch.items()}  # fmt: skip
 
@@ -217,7 +217,6 @@ class DeepSpeedEngine(TorchEngine):
         import torch.distributed as dist
 
         t, e = self.spec.train, self.spec.engine
-        self.on_device = data.on_device
         rank, world = dist.get_rank(), dist.get_world_size()
         if world != e.workers:
             raise RuntimeError(f"engine.workers={e.workers} but the process group has {world} ranks")
@@ -245,7 +244,7 @@ class DeepSpeedEngine(TorchEngine):
                 for hook in hooks:
                     hook.on_step(epoch, i)
                 batch = augment(
-                    self._to_device(batch), task, t, key=(self.spec.seed, epoch, i)
+                    self._to_device(batch, train), task, t, key=(self.spec.seed, epoch, i)
                 )  # harness/run/augment.py
                 for micro in _chunks(batch, e.grad_accum):
                     loss = engine(micro)

@@ -78,15 +78,10 @@ class TorchEngine(Engine):
         seed = self.spec.seed * 100_003 + epoch
         return train.batches(self.spec.train.batch_size, shuffle=True, seed=seed, drop_last=True, **kwargs)
 
-    def _to_device(self, batch: dict) -> dict:
-        """The batch on the device, then through the dataset's ``on_device`` hook (uint8 video -> normalised)."""
+    def _to_device(self, batch: dict, split) -> dict:
+        """The batch on the device, then through its split's ``on_device`` (uint8 video -> normalised there)."""
         moved = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        return self.on_device(moved)
-
-    @staticmethod
-    def on_device(batch: dict) -> dict:
-        """Replaced by the dataset's ``harness.api.Dataset.on_device`` when training starts."""
-        return batch
+        return split.on_device(moved)
 
     @torch.no_grad()
     def evaluate(self, method: nn.Module, task: nn.Module, split, mask: str | None = None) -> dict[str, float]:
@@ -100,7 +95,7 @@ class TorchEngine(Engine):
         for batch in split.batches(self.spec.train.eval_batch_size):
             if mask is not None:
                 batch[f"{mask}_present"] = torch.zeros_like(batch[f"{mask}_present"])
-            batch = self._to_device(batch)
+            batch = self._to_device(batch, split)
             scores.append(tree_map(lambda s: s.float().cpu(), task.scores(method(batch), batch)))
             labels.append(tree_map(lambda y: y.cpu(), batch["label"]))
             ids.extend(batch["id"])
@@ -124,7 +119,6 @@ class TorchEngine(Engine):
             NonFiniteLossError: the loss became NaN or infinite.
         """
         t = self.spec.train
-        self.on_device = data.on_device
         method.to(self.device)
         task.to(self.device)
         model = nn.ModuleDict({"method": method, "task": task})
@@ -163,7 +157,7 @@ class TorchEngine(Engine):
             for i, batch in enumerate(self.train_batches(train, epoch)):
                 for hook in hooks:
                     hook.on_step(epoch, i)
-                batch = augment(self._to_device(batch), task, t, key=(self.spec.seed, epoch, i))
+                batch = augment(self._to_device(batch, train), task, t, key=(self.spec.seed, epoch, i))
                 loss = task.loss(method(batch), batch)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
