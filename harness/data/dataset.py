@@ -154,13 +154,17 @@ class PreparedSplit:
         sh, view = self._shards(shard), self.plan(item)
         wanted = sorted({k for k in view.frames if k >= 0})
         top, left, side = view.crop
-        crops = torch.stack([x[:, top : top + side, left : left + side] for x in jpeg.decode(sh.jpeg(row, wanted))])
-        if side != p.image_size:
-            crops = resize(crops, [p.image_size, p.image_size], antialias=True)  # (K, 3, S, S) uint8
-        if view.flip:
-            crops = crops.flip(-1)
-        at = {k: j for j, k in enumerate(wanted)}
         pad = self._pad.expand(3, p.image_size, p.image_size)
+        if wanted:
+            decoded = jpeg.decode(sh.jpeg(row, wanted))
+            crops = torch.stack([x[:, top : top + side, left : left + side] for x in decoded])
+            if side != p.image_size:
+                crops = resize(crops, [p.image_size, p.image_size], antialias=True)  # (K, 3, S, S) uint8
+            if view.flip:
+                crops = crops.flip(-1)
+        else:  # a window with no frame of the clip in it (a segment past the video's end): all padding
+            crops = pad[None]
+        at = {k: j for j, k in enumerate(wanted)}
         video = torch.stack([crops[at[k]] if k >= 0 else pad for k in view.frames])
         a, n = view.audio
         logmel = normalise(fit_frames(sh.fbank(row)[:, a : a + n].float(), p.target_frames), p)  # (M, F)
