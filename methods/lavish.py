@@ -10,8 +10,12 @@ Known differences:
   channels and goes through the video patch embedding's 2-D kernel (the central frame t//2 of a tubelet kernel, as
   MBT's central-frame inflation puts the image kernel there) with no resizing; the video positional table is 1-D
   linearly interpolated over the token index to the audio token count, and the one CLS is prepended to both. Our
-  tables hold no CLS row (MBT's convention), so only the patch rows are interpolated; our spectrogram is
-  (mel x time), the AVE code's (time x mel), so tokens are frequency-major here. ``audio_embed: spectrogram`` uses
+  tables hold no CLS row (MBT's convention), so only the patch rows are interpolated (the AVE code's ``my_vit``
+  interpolates the whole 1 + 196 table, CLS row included, to 1 + Na: a remaining difference). The image is the AVE
+  code's (time x mel) one (``audio_orientation: time_mel``, default; ``AVE/dataloader.py`` keeps Kaldi's (frames,
+  mel) fbank, the paper does not say), so audio tokens are time-major; ``mel_time`` feeds our (mel x time) array as
+  it is (the harness before; with a pretrained ViT the two give different frozen features for the same sound,
+  ``tests/models/test_weights.py``). ``audio_embed: spectrogram`` uses
   the backbone's own 1-channel audio patch embedding, audio positional table and audio CLS (``Tokenizers``), which
   a 1-channel checkpoint (AST-style) fills.
 - Head: LAVISH's AVE head concatenates [a_cls; v_cls] -> Linear(2D, 512) -> Linear(512, 29) (no nonlinearity) under
@@ -78,9 +82,10 @@ class LAVISH(FrozenBackbone):
 
     contract_variants = (
         {"audio_embed": "spectrogram", "latent_init": "zeros"},
+        {"audio_orientation": "mel_time"},
         {"bn": False, "ln_before": False, "ln_post": False, "gate_audio": False, "train_norms": True, "groups": 1},
         {"backbone": "swinv2"},
-        {"backbone": "swinv2", "train_norms": True, "bn": False},
+        {"backbone": "swinv2", "train_norms": True, "bn": False, "audio_orientation": "mel_time"},
     )
 
     @classmethod

@@ -283,8 +283,9 @@ def test_lavish_audio_is_an_image_through_the_video_kernel(backbone, spec, make_
     model = build(LAVISH, backbone, spec).eval()
     batch = make_batch(spec, [True] * 2, [True] * 2)
     z = model.tokens(batch, {m: torch.ones(2, dtype=torch.bool) for m in ("audio", "video")})
-    clip = torch.zeros(2, backbone.tubelet, 3, spec.n_mels, spec.n_frames)
-    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None]
+    # the AVE code's (time x mel) image (audio_orientation: time_mel, the default)
+    clip = torch.zeros(2, backbone.tubelet, 3, spec.n_frames, spec.n_mels)
+    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None].transpose(-1, -2)
     patches = model.tokens.patch["video"](clip)  # (B, Na, D)
     pos = z["audio"][:, 1:] - patches  # the interpolated table, (B, Na, D)
     table = model.tokens.pos["video"][0]  # (Nv, D)
@@ -296,8 +297,8 @@ def test_lavish_audio_is_an_image_through_the_video_kernel(backbone, spec, make_
     same = build(LAVISH, backbone, dataclasses.replace(spec, n_mels=16, n_frames=32)).eval()
     batch = make_batch(same.spec, [True], [True])
     tokens = same.tokens(batch, {m: torch.ones(1, dtype=torch.bool) for m in ("audio", "video")})["audio"]
-    clip = torch.zeros(1, backbone.tubelet, 3, 16, 32)
-    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None]
+    clip = torch.zeros(1, backbone.tubelet, 3, 32, 16)
+    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None].transpose(-1, -2)
     torch.testing.assert_close(tokens[0, 1:] - same.tokens.patch["video"](clip)[0], same.tokens.pos["video"][0])
 
 
