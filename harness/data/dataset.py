@@ -25,7 +25,7 @@ from pydantic import Field
 
 from harness.api import Dataset, InputSpec
 from harness.data.annotations import ClipRecord
-from harness.data.frontend import FrontEndConfig, fbank_settings, normalise
+from harness.data.frontend import FrontEndConfig, fbank_settings, normalise, spectrogram_frames
 from harness.data.prepare import prepare
 from harness.data.shards import ShardReader, settings_hash
 
@@ -175,7 +175,9 @@ class PreparedDataset(Dataset):
 
     @classmethod
     def input_spec(cls, params: PreparedConfig) -> InputSpec:
-        return InputSpec(params.frames, params.image_size, params.n_mels, params.target_frames, params.num_classes)
+        return InputSpec(
+            params.frames, params.image_size, params.n_mels, spectrogram_frames(params), params.num_classes
+        )
 
     # -- shared ------------------------------------------------------------------------------------------------
 

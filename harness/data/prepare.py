@@ -2,8 +2,9 @@
 
 The cache of one dataset and one set of decoding settings is a folder ``<cache>/<settings hash>/``:
 
-    shard-00000.safetensors   video uint8 (n, V, T, 3, H, W), fbank float16 (n, V, n_mels, target_frames) (log-mel,
-                              not normalised: the normalisation is applied when batches are read), audio_present
+    shard-00000.safetensors   video uint8 (n, V, T, 3, H, W), fbank float16 (n, V, n_mels, F) (log-mel, not
+                              normalised: the normalisation is applied when batches are read; padded frames NaN;
+                              F = target_frames, x segment_windows for LAVISH's per-second windows), audio_present
                               bool (n,); metadata: the clip ids, their files' checksums and the decoder
     files.json                file -> [size, mtime_ns, blake2b]: checksums are computed once per file version
     manifest.json             counts, the ids of the missing and corrupt clips, the clip -> shard index, the hash
@@ -29,7 +30,7 @@ import torch
 
 from harness.data.annotations import ClipRecord
 from harness.data.decode import CorruptMediaError, decode, decoder_name
-from harness.data.frontend import kaldi_fbank
+from harness.data.frontend import audio_features
 from harness.data.shards import scan_shards, settings_hash, write_shard
 
 SHARD_CLIPS = 64
@@ -82,7 +83,7 @@ def decode_clip(job: tuple[str, float, float, dict]) -> tuple[torch.Tensor, torc
     fb = []
     for a, b in spans:
         i, j = round((a - lo) * fe.sample_rate), round((b - lo) * fe.sample_rate)
-        fb.append(kaldi_fbank(wave[i:j], fe))
+        fb.append(audio_features(wave[i:j], fe))  # padded frames NaN: normalise() fills them
     return video, torch.stack(fb).to(torch.float16), d.audio is not None
 
 

@@ -41,7 +41,8 @@ def test_synth_prepare_load(tmp_path, capsys, layout):
     n = len(b["id"])
     assert b["id"][0] == b["id"][1]  # the views of one clip share its id
     assert b["video"].shape == (n, 2, 3, 32, 32) and b["video"].dtype == torch.float32
-    assert b["audio"].shape == (n, 1, 16, 32) and torch.isfinite(b["audio"]).all()
+    # AVE's card uses LAVISH's front end: 10 one-second windows of target_frames each, side by side
+    assert b["audio"].shape == (n, 1, 16, 320 if layout == "ave" else 32) and torch.isfinite(b["audio"]).all()
     assert b["audio_present"].all() and b["video_present"].all()
     assert b["audio"].std() > 0.05 and b["video"].std() > 0.05  # decoded content, not zeros
     label = b["label"]
