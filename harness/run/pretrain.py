@@ -16,10 +16,10 @@ clip of the run's splits is seen, and the labels of the downstream task (colour 
 are never a target. Its prediction heads are discarded.
 
 Cache: ``<cache_dir>/pretrained/<key>.safetensors`` with ``key`` a hash of the backbone config, the tokenisation
-(``method.audio_embed``, with ``audio_orientation`` for the image path), the generator's parameters and the pretraining settings. Two trials that ask at once
-serialise on a file lock; the file is written under a temporary name and renamed, so a reader never sees half of
-it. Pretraining runs under its own seeds in a forked RNG, so a trial draws the same numbers with a cold or a warm
-cache.
+(``method.audio_embed``, with ``audio_orientation`` for the image path), the generator's parameters and the
+pretraining settings. Two trials that ask at once serialise on a file lock; the file is written under a temporary
+name and renamed, so a reader never sees half of it. Pretraining runs under its own seeds in a forked RNG, so a
+trial draws the same numbers with a cold or a warm cache.
 
 Shapes: ``B`` batch, ``N_m`` tokens of modality m (CLS included), ``D`` width, ``C`` colours, ``S`` shapes.
 """
@@ -44,7 +44,7 @@ from harness.data.base import TensorSplit
 from harness.data.synthetic import SyntheticConfig, generate, input_spec
 from harness.models.backbones import BackboneConfig, audio_grid, video_grid
 
-VERSION = 2  # 2: the image path's audio is a (time x mel) image by default; bump when the objectives or the loop change: it is part of the cache key
+VERSION = 2  # bump when the objectives or the loop change: it is part of the cache key (2: (time x mel) audio images)
 
 
 class PretrainConfig(BaseModel):

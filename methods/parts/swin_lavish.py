@@ -14,9 +14,10 @@ update rule are LAVISH's (``methods/parts/lavish_adapter.py``), only the backbon
   stages 1-3 where timm 0.6 merged at the end of stages 0-2: the same operations in the same order.
 - Both modalities go through the same patch embedding: the log-mel repeated to 3 channels, no resizing, no
   positional table (Swin-V2 has none), as a (time x mel) image by default (``audio_orientation: time_mel``, the AVE
-  code's ``dataloader.py`` + ``forward_swin``; ``mel_time`` is the harness's former (mel x time) image). Frame t of a clip is paired with audio window t, the spectrogram cut into
-  ``frames`` equal windows along time (the AVE code's 10 frames and 10 one-second windows, folded into the batch);
-  each pair runs through the backbone as one (image, spectrogram) pair.
+  code's ``dataloader.py`` + ``forward_swin``; ``mel_time`` is the harness's former (mel x time) image). Frame t
+  of a clip is paired with audio window t, the spectrogram cut into ``frames`` equal windows along time (the AVE
+  code's 10 frames and 10 one-second windows, folded into the batch); each pair runs through the backbone as one
+  (image, spectrogram) pair.
 - Every block of every stage gets LAVISH's 4 adapters at that stage's width (192/384/768/1536 for Swin-V2-L), and
   the cross-modal attention of a pair runs over the other modality's tokens of the same pair and stage.
 - Read-out: after the backbone's final LayerNorm each modality's tokens are mean-pooled (the code's Swin read-out),
