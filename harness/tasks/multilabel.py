@@ -62,7 +62,8 @@ class MultilabelConfig(TaskConfig):
     sum_over_classes: bool = Field(
         False,
         description="sum the per-class BCE of a clip (scenic/MBT) instead of averaging it (torch, AST); "
-        "the sum scales the loss by C",
+        "the sum scales the loss by C. Over classes only: the clips of a batch are averaged, as scenic's "
+        "weighted_sigmoid_cross_entropy divides by them (a batch-level reduction is the trainer's business)",
     )
 
 

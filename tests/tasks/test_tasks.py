@@ -128,6 +128,20 @@ def test_multilabel_loss_and_scores():
     torch.testing.assert_close(task.scores(out), task.logits(out).sigmoid())  # views average probabilities
 
 
+def test_sum_over_classes_is_scenics_weighted_sigmoid_cross_entropy():
+    """scenic ``model_utils.weighted_sigmoid_cross_entropy`` written out (MBT's AudioSet loss): label smoothing, then
+    -(t log σ(z) + (1 - t) log σ(-z)) summed over every class and clip, divided by the number of clips."""
+    task = _task(MultilabelTask, 527, label_smoothing=0.3, sum_over_classes=True)
+    emb, y = torch.randn(5, 4), (torch.rand(5, 527) < 0.02).float()
+    z = task.head(emb).detach()
+    t = y * (1 - 0.3) + 0.3 / 527  # apply_label_smoothing
+    scenic = (-(t * F.logsigmoid(z) + (1 - t) * F.logsigmoid(-z))).sum() / (5 + 1e-8)
+    torch.testing.assert_close(task.loss({"embedding": emb}, {"label": y}), scenic)
+    mean = _task(MultilabelTask, 527, label_smoothing=0.3)  # the default: torch's / AST's mean over classes
+    mean.load_state_dict(task.state_dict())
+    torch.testing.assert_close(mean.loss({"embedding": emb}, {"label": y}) * 527, scenic)
+
+
 # --- localization -----------------------------------------------------------------------------------------------
 
 
