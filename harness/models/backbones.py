@@ -4,8 +4,8 @@ The pieces follow MBT's encoder (scenic ``mbt/model.py``, ``temporal_encode`` an
 spectrogram patch embeddings with kernel = stride (VALID padding, a remainder is dropped), learned positional tables per
 modality, zero-initialised CLS tokens, and pre-LN ViT blocks (timm ``Block``, LayerNorm eps 1e-6, qkv bias) whose
 stochastic-depth rate grows linearly with depth. Their GELU is the exact one by default (timm's; scenic's flax
-``nn.gelu`` is the tanh approximation: ``backbone.gelu: tanh``). timm 1.0.31's ``Block.forward(x, attn_mask=...)`` passes the mask to
-``F.scaled_dot_product_attention``, so key-padding masks need no block subclass.
+``nn.gelu`` is the tanh approximation: ``backbone.gelu: tanh``). timm 1.0.31's ``Block.forward(x, attn_mask=...)``
+passes the mask to ``F.scaled_dot_product_attention``, so key-padding masks need no block subclass.
 
 Shapes: ``B`` batch, ``T`` frames, ``H = W`` image size, ``D`` width, ``Nv`` / ``Na`` video / audio tokens.
 """
