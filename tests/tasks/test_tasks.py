@@ -166,6 +166,35 @@ def test_localization_broadcasts_clip_embeddings_and_takes_per_segment_ones():
         task.example_loss(seg, y[:, :5])
 
 
+def test_lavish_ave_head_and_loss_equal_the_code():
+    """GenjiB/LAVISH ``AVE/nets/net_trans.py`` ``forward_vit`` + ``AVE/main_trans.py`` written out: out_av =
+    cat((a_cls, v_cls), -1) over the (b t) pairs, p = softmax(mlp_class_2(mlp_class(out_av))), nn.BCELoss()(p, GT)."""
+    d, classes = 8, 29
+    task = _task(LocalizationTask, classes, dim=d, segments=10, hidden=512, head_input="concat", loss="bce_softmax")
+    fc1, fc2 = task.head[0], task.head[1]
+    assert (fc1.in_features, fc1.out_features, fc2.out_features) == (2 * d, 512, classes)
+    a, v = torch.randn(3, 10, d), torch.randn(3, 10, d)
+    out = {"embedding": (a + v) / 2, "per_modality": {"audio": a, "video": v}}
+    gt = torch.randint(0, classes, (3, 10))
+    out_av = torch.cat((a, v), dim=-1).reshape(30, 2 * d)  # rearrange(out_av, 'b t p -> (b t) p')
+    p_av = F.softmax(fc2(fc1(out_av)), dim=-1)
+    torch.testing.assert_close(task.logits(out).reshape(30, classes).softmax(-1), p_av)
+    official = torch.nn.BCELoss()(p_av, F.one_hot(gt, classes).float().reshape(30, classes))
+    clips = {"label": gt, "audio": torch.zeros(3, 1, 4, 4), "video": torch.zeros(3, 1, 3, 4, 4)}  # both present
+    torch.testing.assert_close(task.loss(out, clips), official)
+    # an absent modality's half of [a; v] is 0; a method without per-modality embeddings is refused
+    batch = {
+        "label": gt,
+        "audio": torch.zeros(3),
+        "video": torch.zeros(3),
+        "audio_present": torch.tensor([1, 0, 1]).bool(),
+    }
+    masked = task.logits(out, batch)
+    torch.testing.assert_close(masked[1], fc2(fc1(torch.cat((torch.zeros_like(a[1]), v[1]), dim=-1))))
+    with pytest.raises(ValueError, match="head_input=concat needs per-modality"):
+        task.logits({"embedding": a})
+
+
 # --- multihead --------------------------------------------------------------------------------------------------
 
 
