@@ -22,8 +22,12 @@ update rule are LAVISH's (``methods/parts/lavish_adapter.py``), only the backbon
   the cross-modal attention of a pair runs over the other modality's tokens of the same pair and stage.
 - Read-out: after the backbone's final LayerNorm each modality's tokens are mean-pooled (the code's Swin read-out),
   then averaged over the clip's pairs; the task's shared head scores each modality's vector (``per_modality``), as
-  for every method here. The AVE code instead concatenates [v; a] into Linear(2C, 512) -> Linear(512, 29) per pair
-  (counted on the preset's ``paper`` line, ``harness/run/profiles/lavish_swinv2l_ave.yaml``).
+  for every method here. With the ``localization`` task's ``scoring: segment`` each (frame, 1-s window) pair is a
+  clip of its own (``harness.api.segments``), so nothing is averaged and every pair is scored, as in the AVE code.
+  The code's head (Linear(2C, 512) -> Linear(512, 29) on [v; a] per pair, BCE on the softmax) is the task's
+  ``head_input: concat``, ``hidden: 512``, ``loss: bce_softmax`` (it concatenates [a; v], as ``forward_vit``: a
+  permutation of the first layer's inputs); its parameters are counted on the preset's ``paper`` line
+  (``harness/run/profiles/lavish_swinv2l_ave.yaml``).
 - ``backbone.checkpoint`` loads a timm Swin-V2 state dict as it is (timm's own filter maps the 0.6 layout); the
   ImageNet-22k head is left out. ``backbone.pretrained: synthetic`` (a ViT) does not apply.
 
