@@ -6,7 +6,9 @@ Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`
 ``use_bottleneck=False`` (``get_context`` / ``combine_context``).
 Known differences:
 - An image-ViT checkpoint (``backbone.checkpoint``) initialises both streams as in MBT (``harness/models/weights.py``).
-- With ``readout='gap'`` the CLS tokens stay in the sequences but are left out of the pool (scenic has none).
+- ``readout='gap'`` is scenic's GAP model: no CLS tokens, the mean of the present modalities' tokens; an absent
+  modality's placeholder tokens stay keys of its own stream (never of the other's). ``gap_cls``: the former GAP,
+  CLS tokens kept as keys and left out of the pool.
 - A missing modality's tokens (its CLS included) are never keys of the other stream; scenic always has both.
 - Like scenic, each fusion layer runs Block_m over the full ``[context ‖ z_m]`` sequence and drops the context's
   outputs: two full-length passes per fusion layer, so the FLOPs are those of the reference, not of a
@@ -28,16 +30,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.api import MethodConfig, attn_mask, keep_keys, present_masks
+from harness.api import InputSpec, MethodConfig, attn_mask, present_masks
 from harness.models.backbones import BackboneConfig
-from harness.models.blocks import (
-    Readout,
-    ViTStreams,
-    check_fusion_layer,
-    readout_cls,
-    readout_field,
-    readout_gap,
-)
+from harness.models.blocks import MBTReadout, ViTStreams, check_fusion_layer, own_keys, read_out, readout_field
 
 
 class CrossConfig(MethodConfig):
@@ -48,7 +43,7 @@ class CrossConfig(MethodConfig):
         description="Lf, first layer whose streams attend over both modalities; 0 = early fusion, "
         "L (backbone depth) = late fusion",
     )
-    readout: Readout = readout_field()
+    readout: MBTReadout = readout_field(gap_cls=True)
 
     def check(self, backbone: BackboneConfig) -> list[tuple[str, str]]:
         return check_fusion_layer(self.fusion_layer, backbone.depth)
@@ -58,19 +53,23 @@ class Cross(ViTStreams):
     """Per-modality blocks; from Lf on each stream's queries attend over [other modality ‖ own tokens]."""
 
     Config = CrossConfig
-    contract_variants = ({"readout": "gap"}, {"fusion_layer": 1})
+    contract_variants = ({"readout": "gap"}, {"readout": "gap", "fusion_layer": 1}, {"readout": "gap_cls"},
+                         {"fusion_layer": 1})  # fmt: skip
+
+    def __init__(self, cfg: CrossConfig, backbone: BackboneConfig, spec: InputSpec):
+        super().__init__(cfg, backbone, spec, cls_tokens=cfg.readout != "gap")
 
     def forward(self, batch: dict) -> dict:
         cfg: CrossConfig = self.cfg
         depth, lf = self.backbone.depth, cfg.fusion_layer
         present = present_masks(batch, self.modalities)
         z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        own = {m: keep_keys(present[m], x.shape[1] - 1) for m, x in z.items()}  # m -> (B, 1 + N_m)
+        own = {m: own_keys(present[m], x.shape[1], self.tokens.has_cls) for m, x in z.items()}  # m -> (B, N)
         z = self.streams(z, {m: attn_mask(k) for m, k in own.items()}, range(lf))
 
         if lf < depth:
             # As context, a modality's CLS is a key only when it is present: an absent modality adds no key at all.
-            ctx = {m: keep_keys(present[m], x.shape[1] - 1, keep_cls=present[m]) for m, x in z.items()}
+            ctx = {m: present[m][:, None].expand(-1, x.shape[1]) for m, x in z.items()}
             others = {m: [o for o in self.modalities if o != m] for m in self.modalities}
             masks = {m: attn_mask(torch.cat([*(ctx[o] for o in others[m]), own[m]], dim=1)) for m in z}
             for layer in range(lf, depth):
@@ -81,4 +80,4 @@ class Cross(ViTStreams):
                 z = new  # every stream read the layer-l inputs
 
         z = {m: self.norm(x) for m, x in z.items()}
-        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)
+        return read_out(z, present, cfg.readout)

@@ -4,19 +4,27 @@ Paper: Lin, Sung, Lei, Bansal, Bertasius, "Vision Transformers are Parameter-Eff
 CVPR 2023, https://arxiv.org/abs/2212.07983.
 Reference implementation: GenjiB/LAVISH ``AVE/nets/net_trans.py`` (``MMIL_Net.forward_vit``, ``VisualAdapter``).
 Known differences:
-- Video: the harness tokenises a clip's frames jointly (tubelets over (T, H, W), one sequence per clip), where the
-  AVE code runs each of 10 frames as an image paired with its own 1-s spectrogram and classifies each pair.
+- Segments: the AVE code runs each of a video's 10 frames as an image paired with its own 1-s spectrogram and
+  classifies each pair. Here that is the ``localization`` task's ``scoring: segment`` (default;
+  ``harness.api.segments``: the clip's (frame, window) pairs folded into the batch, as the code's ``rearrange``) with
+  the ``lavish_vit`` / ``lavish_swin`` front end (10 one-second windows at the code's starts, normalised then
+  zero-padded, ``harness/data/frontend.py``). Several frames per segment are tokenised jointly (tubelets).
 - Audio (``audio_embed: image``, the default, the paper's way): the (1, n_mels, n_frames) log-mel is repeated to 3
   channels and goes through the video patch embedding's 2-D kernel (the central frame t//2 of a tubelet kernel, as
   MBT's central-frame inflation puts the image kernel there) with no resizing; the video positional table is 1-D
   linearly interpolated over the token index to the audio token count, and the one CLS is prepended to both. Our
-  tables hold no CLS row (MBT's convention), so only the patch rows are interpolated; our spectrogram is
-  (mel x time), the AVE code's (time x mel), so tokens are frequency-major here. ``audio_embed: spectrogram`` uses
-  the backbone's own 1-channel audio patch embedding, audio positional table and audio CLS (``Tokenizers``), which
-  a 1-channel checkpoint (AST-style) fills.
+  tables hold no CLS row (MBT's convention), so only the patch rows are interpolated (the AVE code's ``my_vit``
+  interpolates the whole 1 + 196 table, CLS row included, to 1 + Na: a remaining difference). The image is the AVE
+  code's (time x mel) one (``audio_orientation: time_mel``, default; ``AVE/dataloader.py`` keeps Kaldi's (frames,
+  mel) fbank, the paper does not say), so audio tokens are time-major; ``mel_time`` feeds our (mel x time) array as
+  it is (the harness before; with a pretrained ViT the two give different frozen features for the same sound,
+  ``tests/models/test_weights.py``). ``audio_embed: spectrogram`` uses the backbone's own 1-channel audio patch
+  embedding, audio positional table and audio CLS (``Tokenizers``), which a 1-channel checkpoint (AST-style) fills.
 - Head: LAVISH's AVE head concatenates [a_cls; v_cls] -> Linear(2D, 512) -> Linear(512, 29) (no nonlinearity) under
-  a softmax + BCE loss. Here the task's one shared head scores each modality's CLS (``per_modality``, as MBT), so all
-  methods are compared under the same head; a cost preset may add the paper's head later.
+  nn.BCELoss on the softmax. By default the task's one shared head scores each modality's CLS (``per_modality``, as
+  MBT), so all methods are compared under the same head; the code's head and loss are the ``localization`` task's
+  ``head_input: concat``, ``hidden: 512``, ``loss: bce_softmax`` (tested against the code written out,
+  ``tests/tasks/test_tasks.py``), and the paper's parameter accounting is the cost presets' ``paper`` line.
 - Weights: ``backbone.checkpoint`` loads an image ViT (timm layout, e.g. ``vit_base_patch16_224_in21k``) into the
   frozen backbone (``harness/models/weights.py``): its 2-D patch kernel goes into the tubelet's central frame (which the
   audio path reads, so it meets exactly the image kernel), the positional grid is resized/tiled to the video grid,
@@ -78,9 +86,10 @@ class LAVISH(FrozenBackbone):
 
     contract_variants = (
         {"audio_embed": "spectrogram", "latent_init": "zeros"},
+        {"audio_orientation": "mel_time"},
         {"bn": False, "ln_before": False, "ln_post": False, "gate_audio": False, "train_norms": True, "groups": 1},
         {"backbone": "swinv2"},
-        {"backbone": "swinv2", "train_norms": True, "bn": False},
+        {"backbone": "swinv2", "train_norms": True, "bn": False, "audio_orientation": "mel_time"},
     )
 
     @classmethod

@@ -6,7 +6,12 @@ Learning", ICLR 2021, https://arxiv.org/abs/2012.04124 (reported: Transformer pa
 Init and step size (the paper is silent on both; docs/methods.md has the measurements):
 - ``init: matched`` (default): V_k xavier, U xavier rescaled (:func:`matched_gain`) so that the whole map's output has
   the variance of a xavier-initialised full N -> M matrix. With the L2 normalisation, per-factor xavier (``xavier``)
-  starts each map about sqrt(N) times too small; ``bert`` is the code's N(0, 0.02) for U and V_k.
+  starts each map about sqrt(N) times too small. ``code`` is what the AVBERT code runs: its classifier calls
+  ``utils/weight_init_helper.py``'s ``init_weights(self, cfg.MODEL.FC_INIT_STD)`` over the whole model, N(0, 0.01)
+  for every ``nn.Linear`` (U, V_k) and ``nn.Embedding`` (positional and token-type tables), biases 0; BERT's own
+  ``_init_weights`` (N(0, INITIALIZER_RANGE = 0.02)) is defined in ``bert.py`` / ``albert.py`` but never called
+  (``Bert.__init__`` comments out ``self.init_weights()``). ``bert`` is that uncalled N(0, 0.02), kept because the
+  measurements in docs/methods.md used it.
 - ``factor_lr_scale: 1/3`` (default): under Adam each of the three factors moves about lr per entry and step, so
   U·Q_k·V_kᵀ moved 2.4× as far per step as one xavier matrix (rank = D, no L2) and trained like a full-rank model at
   3× lr (stuck near chance). Each factor is stored divided by the scale (:class:`StepScale`): equations, init and
@@ -25,9 +30,12 @@ Paper vs official code vs here:
   (``docs/methods.md``).
 - Private groups: the code gives every factor linear 3 groups in mid fusion even in encoders that use only one
   (dead parameters without cross-modal sharing); here a layer holds the groups that run through it.
-- Layers: post-LN BERT layers (code; ``pre_norm`` for pre-LN), GELU, shared LayerNorms; attention by SDPA with the
+- Layers: post-LN BERT layers (code; ``pre_norm`` for pre-LN), GELU (exact erf, the code's ``gelu``), shared
+  LayerNorms with the code's eps 1e-12 (``layer_norm_eps``; the harness's ViTs use 1e-6); attention by SDPA with the
   harness's key-padding masks. BERT's embedding LayerNorm opens every encoder; the multimodal stream adds a
-  token-type embedding (video 0, audio 1) but, unlike the code, no second positional table.
+  token-type embedding (video 0, audio 1) and, as the code's ``multi_embeddings``, its own positional table indexed
+  by the position within each modality (``position_ids`` = [0..Nv, 0..Na], CLS = 0; ``multimodal_positions``). The
+  unimodal encoders' tables are the harness tokenisers' (the code gives each its own ``BertEmbeddings``).
 - Dropout 0.1 in the code; 0 by default here, as in the harness's other methods. Stochastic depth per position.
 - Read-out: the code's Kinetics-Sounds head concatenates BOS and per-clip outputs of the multimodal stream; here
   ``cls`` = each modality's CLS from the last encoder it passes (multimodal in early/mid, its own in late) and
@@ -58,10 +66,11 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
 from harness.api import FusionMethod, InputSpec, MethodConfig, attn_mask, keep_keys, present_masks
-from harness.models.backbones import BackboneConfig, drop_path_rate, layer_norm
+from harness.models.backbones import BackboneConfig, drop_path_rate
 from harness.models.blocks import Readout, Tokenizers, readout_cls, readout_field, readout_gap
 
 Sharing = Literal["none", "layers", "modalities", "all"]
+INIT_STD = {"code": 0.01, "bert": 0.02}  # normal inits: AVBERT's init_weights(FC_INIT_STD); BERT's uncalled one
 ORDER = ("video", "audio")  # the multimodal sequence is [video ‖ audio], token types 0 / 1, as AVBERT's
 
 
@@ -93,11 +102,19 @@ class LowRankConfig(MethodConfig):
     l2_normalize: bool = Field(True, description="L2-normalise V_kᵀx over its r entries before Q_k (AVBERT code)")
     pre_norm: bool = Field(False, description="pre-LN layers + a final LayerNorm; False = post-LN BERT (AVBERT)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention and layer outputs (code: 0.1)")
-    init: Literal["matched", "xavier", "bert"] = Field(
+    init: Literal["matched", "xavier", "code", "bert"] = Field(
         "matched",
         description="matched: xavier-uniform V_k and U, U rescaled so that the whole map's output has the variance of "
         "a xavier full-rank N->M map (the paper is silent); xavier: xavier-uniform U and V_k each, as every other "
-        "method's ViT blocks (MBT/JAX init); bert: normal(0, 0.02) (the AVBERT code's _init_weights)",
+        "method's ViT blocks (MBT/JAX init); code: normal(0, 0.01) for every linear map and embedding table, what the "
+        "AVBERT code runs (init_weights(model, FC_INIT_STD)); bert: normal(0, 0.02), BERT's _init_weights, which the "
+        "AVBERT code defines but never calls",
+    )
+    layer_norm_eps: float = Field(1e-12, gt=0, description="eps of every LayerNorm (AVBERT code: 1e-12; ViT: 1e-6)")
+    multimodal_positions: bool = Field(
+        True,
+        description="a positional table of the multimodal stream, indexed by the position within each modality "
+        "(the code's multi_embeddings); False: only the tokenisers' tables (the harness before)",
     )
     factor_lr_scale: float = Field(
         1 / 3,
@@ -208,8 +225,8 @@ class FactorLinear(nn.Module):
             self.down = nn.ModuleDict({k: nn.Linear(d_in, rank, bias=False) for k in groups})  # V_kᵀ
             self.mix = nn.ModuleDict({k: orthogonal_square(rank, orthogonal_map, step) for k in groups})  # Q_k
         for lin in [self.shared, *(self.down.values() if self.down is not None else ())]:
-            if init == "bert":
-                nn.init.normal_(lin.weight, std=0.02)  # the AVBERT code's _init_weights
+            if init in INIT_STD:
+                nn.init.normal_(lin.weight, std=INIT_STD[init])
             else:
                 nn.init.xavier_uniform_(lin.weight)  # timm's init_weights_vit_jax, as the other methods' blocks
         if init == "matched" and rank is not None:
@@ -239,7 +256,7 @@ class FactorLayer(nn.Module):
         )
         self.q, self.k, self.v, self.out = make(d, d), make(d, d), make(d, d), make(d, d)
         self.ffn_in, self.ffn_out = make(d, hidden), make(hidden, d)
-        self.norm1, self.norm2 = layer_norm(d), layer_norm(d)
+        self.norm1, self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps), nn.LayerNorm(d, eps=cfg.layer_norm_eps)
 
     def forward(self, x: Tensor, group: str, mask: Tensor, p_drop_path: float = 0.0) -> Tensor:
         b, n, d = x.shape
@@ -296,6 +313,7 @@ class LowRank(FusionMethod):
         {"rank": 4, "pre_norm": True, "orthogonal_map": "cayley", "l2_normalize": False, "dropout": 0.1},
         {"init": "xavier", "factor_lr_scale": 1.0},  # plain parameters (no StepScale), as before the matched defaults
         {"init": "bert", "factor_lr_scale": 2.0, "sharing": "none"},
+        {"init": "code", "factor_lr_scale": 1.0, "multimodal_positions": False, "layer_norm_eps": 1e-6},
     )
 
     def __init__(self, cfg: LowRankConfig, backbone: BackboneConfig, spec: InputSpec):
@@ -307,12 +325,22 @@ class LowRank(FusionMethod):
         self.lu, self.lm = cfg.layers(backbone.depth)
         self.tokens = Tokenizers(backbone, spec, ORDER)
         self.encoders = Encoders(backbone, cfg, {"video": self.lu, "audio": self.lu, "multimodal": self.lm})
-        # BERT's embedding LayerNorm opens every encoder; token types only in the multimodal stream.
-        self.embed_norm = nn.ModuleDict({e: layer_norm(d) for e in self.encoders.depths})
+        eps = cfg.layer_norm_eps
+        # BERT's embedding LayerNorm opens every encoder; token types and (the code's multi_embeddings) a positional
+        # table indexed by the position within each modality only in the multimodal stream.
+        self.embed_norm = nn.ModuleDict({e: nn.LayerNorm(d, eps=eps) for e in self.encoders.depths})
         self.token_type = nn.Parameter(torch.empty(len(ORDER), d)) if self.lm else None
-        if self.token_type is not None:
-            nn.init.trunc_normal_(self.token_type, std=0.02)
-        self.norm = layer_norm(d) if cfg.pre_norm else nn.Identity()
+        n_pos = max(self.tokens.pos[m].shape[1] for m in ORDER) + 1  # + the CLS (AVBERT's BOS) at position 0
+        self.mm_pos = nn.Parameter(torch.empty(1, n_pos, d)) if self.lm and cfg.multimodal_positions else None
+        for table in (self.token_type, self.mm_pos):
+            if table is not None and cfg.init == "code":
+                nn.init.normal_(table, std=INIT_STD["code"])  # nn.Embedding under init_weights(FC_INIT_STD)
+            elif table is not None:
+                nn.init.trunc_normal_(table, std=0.02)
+        if cfg.init == "code":
+            for table in self.tokens.pos.values():  # the unimodal encoders' positional tables, likewise
+                nn.init.normal_(table, std=INIT_STD["code"])
+        self.norm = nn.LayerNorm(d, eps=eps) if cfg.pre_norm else nn.Identity()
 
     def forward(self, batch: dict) -> dict:
         cfg: LowRankConfig = self.cfg
@@ -329,7 +357,8 @@ class LowRank(FusionMethod):
                 none = ~(present["video"] | present["audio"])  # (B,)
                 keep = [keep_keys(present[m], z[m].shape[1] - 1, keep_cls=present[m] | none) for m in ORDER]
                 sizes = [z[m].shape[1] for m in ORDER]
-                joint = torch.cat([z[m] + self.token_type[i] for i, m in enumerate(ORDER)], dim=1)  # (B, 2+Nv+Na, D)
+                pos = {m: 0 if self.mm_pos is None else self.mm_pos[:, : z[m].shape[1]] for m in ORDER}  # ids 0..N_m
+                joint = torch.cat([z[m] + pos[m] + self.token_type[i] for i, m in enumerate(ORDER)], dim=1)  # (B, N, D)
                 joint = self.embed_norm["multimodal"](joint)
                 joint = self.encoders("multimodal", joint, attn_mask(torch.cat(keep, dim=1)), rates[self.lu :])
                 z = dict(zip(ORDER, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)

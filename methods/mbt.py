@@ -10,7 +10,9 @@ Known differences:
   the spectrogram, as scenic ``model_utils.py``. scenic also overwrites the bottlenecks with the resized positional
   grid on every checkpoint load; here that is ``bottleneck_init: pos`` and the default keeps their normal(0.02)
   init (the paper does not mention it).
-- With ``readout='gap'`` the CLS tokens stay in the sequences but are left out of the pool (scenic has none).
+- ``readout='gap'`` is scenic's GAP model: no CLS tokens, the mean of the present modalities' tokens (bottlenecks
+  excluded); an absent modality's placeholder tokens stay keys of its own stream. ``gap_cls``: the former GAP, CLS
+  tokens kept as keys and left out of the pool.
 - A missing modality's bottleneck update is left out of the mean (scenic always has both modalities).
 
 Update rule, l = 0..L-1 (Block_m: modality m's block, or one shared block when ``shared_weights``):
@@ -33,16 +35,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.api import InputSpec, MethodConfig, attn_mask, keep_keys, mean_over_modalities, present_masks
+from harness.api import InputSpec, MethodConfig, attn_mask, mean_over_modalities, present_masks
 from harness.models.backbones import BackboneConfig
-from harness.models.blocks import (
-    Readout,
-    ViTStreams,
-    check_fusion_layer,
-    readout_cls,
-    readout_field,
-    readout_gap,
-)
+from harness.models.blocks import MBTReadout, ViTStreams, check_fusion_layer, own_keys, read_out, readout_field
 from harness.models.weights import ImageViT, Mapping, bottleneck_factors, bottleneck_pos
 
 
@@ -58,7 +53,7 @@ class MBTConfig(MethodConfig):
     shared_weights: bool = Field(
         False, description="one block stack for both modalities (scenic share_encoder); False = weights per modality"
     )
-    readout: Readout = readout_field()
+    readout: MBTReadout = readout_field(gap_cls=True)
     test_with_bottlenecks: bool = Field(
         True, description="False: in eval mode every layer runs unimodally, with no cross-modal exchange"
     )
@@ -88,10 +83,11 @@ class MBT(ViTStreams):
     """Per-modality streams that exchange information only through Nb shared bottleneck tokens."""
 
     Config = MBTConfig
-    contract_variants = ({"readout": "gap"}, {"shared_weights": True}, {"fusion_layer": 0, "bottleneck_tokens": 1})
+    contract_variants = ({"readout": "gap"}, {"readout": "gap_cls"}, {"shared_weights": True},
+                         {"fusion_layer": 0, "bottleneck_tokens": 1, "readout": "gap"})  # fmt: skip
 
     def __init__(self, cfg: MBTConfig, backbone: BackboneConfig, spec: InputSpec):
-        super().__init__(cfg, backbone, spec, shared_weights=cfg.shared_weights)
+        super().__init__(cfg, backbone, spec, shared_weights=cfg.shared_weights, cls_tokens=cfg.readout != "gap")
         # Only allocated when used, so that Lf = L has exactly late fusion's parameters.
         self.bottleneck = None
         if cfg.fusion_layer < backbone.depth:
@@ -112,7 +108,7 @@ class MBT(ViTStreams):
         lf = cfg.fusion_layer if fuse else depth
         present = present_masks(batch, self.modalities)
         z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        keep = {m: keep_keys(present[m], x.shape[1] - 1) for m, x in z.items()}  # m -> (B, 1 + N_m)
+        keep = {m: own_keys(present[m], x.shape[1], self.tokens.has_cls) for m, x in z.items()}  # m -> (B, N)
         z = self.streams(z, {m: attn_mask(k) for m, k in keep.items()}, range(lf))
 
         if fuse:
@@ -127,4 +123,4 @@ class MBT(ViTStreams):
                 b = mean_over_modalities(b_new, present)  # (B, Nb, D)
 
         z = {m: self.norm(x) for m, x in z.items()}
-        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)
+        return read_out(z, present, cfg.readout)

@@ -6,8 +6,10 @@ Reference implementation: google-research/scenic ``scenic/projects/mbt/model.py`
 ``use_bottleneck=False``.
 Known differences: an image-ViT checkpoint (``backbone.checkpoint``) initialises the shared stack as in MBT
 (``harness/models/weights.py``: blocks copied, central-frame tubelets, resized/tiled positional tables).
-With ``readout='gap'`` the CLS tokens stay in the sequence (so every attention row keeps a key when a modality is
-missing) but are left out of the pool; scenic has no CLS tokens in ``gap`` mode.
+``readout='gap'`` is scenic's GAP model: no CLS tokens at all, the mean of the present modalities' tokens (checked
+against scenic's rule written out, ``tests/methods/test_equations.py``); an absent modality's placeholder tokens
+stay keys of their own sequence below Lf, so no attention row is empty, and are never keys of the joint sequence
+nor pooled. ``gap_cls`` is the harness's former GAP: CLS tokens kept as keys, left out of the pool.
 Weights: MBT's vanilla fusion is defined with one shared stack only (scenic ``share_encoder=True``). Neither the
 paper nor scenic defines a vanilla fusion with separate weights: scenic's ``share_encoder=False`` without
 bottlenecks is the modality-specific-parameter rule (each modality's own block over [other ‖ own] tokens), which
@@ -26,15 +28,16 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.api import InputSpec, MethodConfig, attn_mask, keep_keys, present_masks
+from harness.api import InputSpec, MethodConfig, attn_mask, present_masks
 from harness.models.backbones import BackboneConfig
 from harness.models.blocks import (
-    Readout,
+    MBTReadout,
     ViTStreams,
     check_fusion_layer,
-    readout_cls,
+    joint_keys,
+    own_keys,
+    read_out,
     readout_field,
-    readout_gap,
 )
 
 # Why vanilla has no per-modality weights (the config check and the constructor say the same).
@@ -50,7 +53,7 @@ class VanillaConfig(MethodConfig):
     fusion_layer: int = Field(
         0, description="Lf, first layer over the joint sequence; 0 = early fusion, L (backbone depth) = late fusion"
     )
-    readout: Readout = readout_field()
+    readout: MBTReadout = readout_field(gap_cls=True)
     shared_weights: bool = Field(
         True,
         description="one block stack for both modalities (scenic share_encoder=True); False is not a vanilla "
@@ -68,29 +71,29 @@ class Vanilla(ViTStreams):
     """Shared blocks; per-modality passes below Lf, one joint sequence from Lf on."""
 
     Config = VanillaConfig
-    contract_variants = ({"readout": "gap"}, {"fusion_layer": 1})
+    contract_variants = ({"readout": "gap"}, {"readout": "gap", "fusion_layer": 2}, {"readout": "gap_cls"},
+                         {"fusion_layer": 1})  # fmt: skip
     # Concatenation order of the joint sequence: MBT's z = [z_rgb ‖ z_spec].
     order = ("video", "audio")
 
     def __init__(self, cfg: VanillaConfig, backbone: BackboneConfig, spec: InputSpec):
         if not cfg.shared_weights:
             raise ValueError(f"method.shared_weights={cfg.shared_weights}: {SEPARATE_WEIGHTS}")
-        super().__init__(cfg, backbone, spec, shared_weights=True)
+        super().__init__(cfg, backbone, spec, shared_weights=True, cls_tokens=cfg.readout != "gap")
 
     def forward(self, batch: dict) -> dict:
         cfg: VanillaConfig = self.cfg
         depth, lf = self.backbone.depth, cfg.fusion_layer
         present = present_masks(batch, self.order)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        masks = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}
+        cls = self.tokens.has_cls
+        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D); (B, N_m, D) without CLS tokens (gap)
+        masks = {m: attn_mask(own_keys(present[m], x.shape[1], cls)) for m, x in z.items()}
         z = self.streams(z, masks, range(lf))
 
         if lf < depth:
-            # In the joint sequence a CLS is a key only when its modality is present; a clip with neither present
-            # keeps both CLS keys so no attention row is empty.
-            none = ~(present["video"] | present["audio"])  # (B,)
-            keep = [keep_keys(present[m], z[m].shape[1] - 1, keep_cls=present[m] | none) for m in self.order]
-            mask = attn_mask(torch.cat(keep, dim=1))  # (B, 1, 1, 2 + Nv + Na)
+            # In the joint sequence only a present modality's tokens (its CLS included) are keys; a clip with neither
+            # present keeps the CLS keys (without CLS tokens: all), so no attention row is empty.
+            mask = attn_mask(joint_keys(present, {m: z[m] for m in self.order}, cls))  # (B, 1, 1, 2 + Nv + Na)
             sizes = [z[m].shape[1] for m in self.order]
             joint = torch.cat([z[m] for m in self.order], dim=1)  # (B, 2 + Nv + Na, D)
             for layer in range(lf, depth):
@@ -98,4 +101,4 @@ class Vanilla(ViTStreams):
             z = dict(zip(self.order, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
 
         z = {m: self.norm(x) for m, x in z.items()}
-        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)
+        return read_out(z, present, cfg.readout)

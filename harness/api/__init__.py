@@ -3,6 +3,7 @@
 - the sample and batch, :class:`InputSpec` (``harness.api.inputs``), :class:`Dataset` (``harness.api.data``): what
   every format of ``harness.data`` (and each ``harness.formats`` plug-in) is and yields;
 - the missing-modality masks (``harness.api.modalities``): what methods and tasks honour;
+- per-segment scoring (``harness.api.segments``): a clip of S (frame(s), audio window) pairs run as S mini-clips;
 - :class:`FusionMethod`, :class:`MethodConfig` (``harness.api.method``): ``methods/`` and ``harness.methods`` plug-ins;
 - :class:`Task`, :class:`TaskConfig` (``harness.api.task``): ``harness.tasks`` and ``harness.tasks`` plug-ins;
 - :class:`Engine`, :class:`Reporter`, :class:`Checkpoints`, :class:`TrainHook` (``harness.api.engine``): the
@@ -16,6 +17,7 @@ from harness.api.engine import Checkpoints, Engine, Reporter, TrainHook
 from harness.api.inputs import InputSpec
 from harness.api.method import CheckpointError, FusionMethod, MethodConfig
 from harness.api.modalities import attn_mask, keep_keys, mean_over_modalities, modality_weights, present_masks
+from harness.api.segments import check_segments, score_per_segment, segment_spec
 from harness.api.task import Task, TaskConfig, Tree, average_views, tree_map
 
 __all__ = [
@@ -34,9 +36,12 @@ __all__ = [
     "Tree",
     "attn_mask",
     "average_views",
+    "check_segments",
     "keep_keys",
     "mean_over_modalities",
     "modality_weights",
     "present_masks",
+    "score_per_segment",
+    "segment_spec",
     "tree_map",
 ]

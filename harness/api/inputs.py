@@ -4,7 +4,9 @@ A sample: ``video`` float (T, 3, H, W) normalised; ``audio`` float (1, n_mels, n
 single-label; multi-hot float (C,) for multi-label; (S,) ints per segment for localisation; a dict of heads for a
 multi-head task); ``id`` str. A batch stacks them (``id`` a list) and adds ``audio_present`` / ``video_present`` bool
 (B,) masks, which every method honours (:mod:`harness.api.modalities`). The views of one clip in a multi-view test
-split share its ``id``. ``docs/internals.md`` has the whole table.
+split share its ``id``. A clip with ``segments`` S > 0 is S consecutive (frame(s), audio window) pairs, each labelled:
+frames [s T/S, (s + 1) T/S) and spectrogram columns [s F/S, (s + 1) F/S) are segment s; a per-segment task runs the
+method on each pair (:mod:`harness.api.segments`). ``docs/internals.md`` has the whole table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ class InputSpec:
         n_mels: frequency bins of the log-mel spectrogram (its height).
         n_frames: time frames of the spectrogram (its width).
         num_classes: number of classes of the dataset's default task (for a multi-head task: all heads' together).
-        segments: S, labels per clip for localisation (AVE: 10 one-second segments); 0 = one label per clip.
+        segments: S, labels per clip for localisation (AVE: 10 one-second segments), each for frames T/S and
+            n_frames/S of the clip in order; 0 = one label per clip.
         heads: ``(("verb", 97), ("noun", 300))``: name and classes of each head of a multi-head task; () = one.
     """
 

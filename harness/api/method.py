@@ -7,7 +7,9 @@ core reads of a method is declared here and nowhere else:
 
 - ``build(cfg, backbone, spec)``: the constructor the core calls (a method with several implementations, e.g.
   LAVISH on a ViT or a Swin-V2, picks one here);
-- ``forward(batch) -> {"embedding": (B, D) or (B, S, D), "per_modality": {m: (B, D)} (optional)}``;
+- ``forward(batch) -> {"embedding": (B, D) or (B, S, D), "per_modality": {m: (B, D)} (optional)}``; a method
+  need not localise itself: for a per-segment task it is built on one segment's spec and run on every segment of a
+  clip (``harness.api.segments``), its (B·S, D) outputs read as (B, S, D);
 - ``embed_dim``: D of the embeddings;
 - ``modalities``: which streams it consumes; ``frozen_prefix``: the frozen submodule whose output
   ``harness.run.frozen_cache`` may cache;

@@ -76,6 +76,11 @@ class TaskConfig(BaseModel):
         description="with per-modality embeddings, train each modality's logits (MBT); False: the loss of their mean",
     )
 
+    def method_segments(self) -> int:
+        """S when the method is to run on each of a clip's S segments and return (B, S, D) embeddings
+        (``harness.api.segments``); 0: on whole clips (the default)."""
+        return 0
+
 
 class Task(nn.Module):
     """The base of every task: per-modality read-out, soft targets and split-level evaluation.

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from harness.api import check_segments, segment_spec
 from harness.config.errors import TOP_KEYS, ConfigError, Errors, label_errors, validate
 from harness.registry import BACKBONES, DATASETS, ENGINES, FORMATS, METHODS, TASKS, Registry, UnknownNameError
 
@@ -285,7 +286,12 @@ def _resolve(d: dict) -> tuple[RunSpec | None, Errors]:
     task_name, task = _task(top, card, errors)
     backbone = _backbone(top, errors)
     if backbone is not None:  # against the input shapes when the format computes them without data
-        errors += backbone.check(loader.input_spec(dataset.params) if dataset is not None else None)
+        shapes = loader.input_spec(dataset.params) if dataset is not None else None
+        if shapes is not None and task is not None and (segments := task.method_segments()):  # one segment's shapes
+            split_errors = check_segments(shapes, segments)
+            errors += split_errors
+            shapes = None if split_errors else segment_spec(shapes, segments)
+        errors += backbone.check(shapes)
     method = _method(top, backbone, errors)
     train = getattr(top, "train", None)
     if isinstance(train, TrainConfig) and train.min_lr > train.lr:

@@ -30,7 +30,7 @@ from harness.api import Dataset, DatasetError, InputSpec
 from harness.data import jpeg
 from harness.data.annotations import ClipRecord
 from harness.data.decode import DECODERS, resolve_decoder
-from harness.data.frontend import FrontEndConfig, fbank_settings, fit_frames, normalise
+from harness.data.frontend import FrontEndConfig, fbank_settings, fit_frames, normalise, spectrogram_frames
 from harness.data.loader import SplitLoader
 from harness.data.prepare import estimate, prepare
 from harness.data.recipe import RecipeConfig, View, draw_rng, in_fraction, plan_view
@@ -166,8 +166,11 @@ class PreparedSplit:
             crops = pad[None]
         at = {k: j for j, k in enumerate(wanted)}
         video = torch.stack([crops[at[k]] if k >= 0 else pad for k in view.frames])
-        a, n = view.audio
-        logmel = normalise(fit_frames(sh.fbank(row)[:, a : a + n].float(), p.target_frames), p)  # (M, F)
+        if p.segment_windows:  # LAVISH's per-second windows, fixed by the clip: the stored spectrogram as it is
+            logmel = normalise(sh.fbank(row).float(), p)  # (M, S x F)
+        else:  # the view's window, cut from the clip's whole log-mel
+            a, n = view.audio
+            logmel = normalise(fit_frames(sh.fbank(row)[:, a : a + n].float(), p.target_frames), p)  # (M, F)
         for lo, w in view.freq_masks:
             logmel[lo : lo + w] = 0.0
         for lo, w in view.time_masks:
@@ -272,7 +275,9 @@ class PreparedDataset(Dataset):
 
     @classmethod
     def input_spec(cls, params: PreparedConfig) -> InputSpec:
-        return InputSpec(params.frames, params.image_size, params.n_mels, params.target_frames, params.num_classes)
+        return InputSpec(
+            params.frames, params.image_size, params.n_mels, spectrogram_frames(params), params.num_classes
+        )
 
     # -- shared ------------------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from harness.api import InputSpec
 from harness.data import annotations as A
 from harness.data.annotations import AnnotationError, ClipRecord
 from harness.data.dataset import PreparedConfig, PreparedDataset, holdout
+from harness.data.frontend import spectrogram_frames
 
 
 def _path(params: PreparedConfig, name: str) -> Path:
@@ -151,7 +152,7 @@ class AVEDataset(PreparedDataset):
     @classmethod
     def input_spec(cls, params: AVEConfig) -> InputSpec:
         per_second = params.labels == "per_second"
-        return InputSpec(params.frames, params.image_size, params.n_mels, params.target_frames,
+        return InputSpec(params.frames, params.image_size, params.n_mels, spectrogram_frames(params),
                          params.num_classes + per_second, segments=params.segments if per_second else 0)  # fmt: skip
 
     @classmethod
@@ -248,7 +249,7 @@ class EpicDataset(PreparedDataset):
     @classmethod
     def input_spec(cls, params: EpicConfig) -> InputSpec:
         heads = (("verb", params.num_classes), ("noun", params.num_nouns))
-        return InputSpec(params.frames, params.image_size, params.n_mels, params.target_frames,
+        return InputSpec(params.frames, params.image_size, params.n_mels, spectrogram_frames(params),
                          params.num_classes + params.num_nouns, heads=heads)  # fmt: skip
 
     @classmethod

@@ -4,7 +4,8 @@ The cache of one dataset and one set of decoding settings is a folder ``<cache>/
 
     shard-00000.safetensors   every frame of each clip on the cache_fps grid as JPEG (short side cache_short_side,
                               the aspect kept, the file's rotation applied), the log-mel of the clip's whole audio
-                              (float16, not normalised), audio_present; metadata: ids, checksums, per-clip info
+                              (float16, not normalised; with ``segment_windows`` LAVISH's per-second windows side
+                              by side, padded frames NaN), audio_present; metadata: ids, checksums, per-clip info
                               (seconds of media, short), the decoder (``harness.data.shards``)
     files.json                file -> [size, mtime_ns, blake2b]: checksums are computed once per file version
     manifest.json             counts, the ids of the missing, corrupt and short clips, the clip -> shard index, the
@@ -37,7 +38,7 @@ from harness.api.data import DatasetError
 from harness.data import jpeg
 from harness.data.annotations import ClipRecord
 from harness.data.decode import CorruptMediaError, decode, decoder_name
-from harness.data.frontend import kaldi_fbank
+from harness.data.frontend import audio_features
 from harness.data.shards import scan_shards, settings_hash, write_shard
 
 SHARD_CLIPS = 64
@@ -84,7 +85,8 @@ def decode_clip(job: tuple[str, float, float, dict]) -> dict:
         info["audio_seconds"] = round(d.audio_end - start, 4)
     return {
         "jpeg": jpeg.encode(d.video, s["jpeg_quality"]),
-        "fbank": kaldi_fbank(wave, fe, fit=False).to(torch.float16),  # (M, frames of the whole clip)
+        # (M, frames of the whole clip), or LAVISH's (M, S x frames) windows; padded frames NaN (normalise fills them)
+        "fbank": audio_features(wave, fe).to(torch.float16),
         "audio_present": d.audio is not None,
         "info": info,
     }

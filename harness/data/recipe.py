@@ -36,6 +36,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.data.frontend import spectrogram_frames
+
 
 class RecipeConfig(BaseModel):
     """Sampling and augmentation keys (flat under ``dataset:``); all but the view counts act in training only."""
@@ -190,5 +192,5 @@ def plan_view(p, seconds: float, n_stored: int, hw: tuple[int, int], rng: random
         colour=colour,
         audio=audio_window(p, centre, seconds, rng),
         freq_masks=masks(rng, p.spec_freq_masks, p.spec_freq_width, p.n_mels),
-        time_masks=masks(rng, p.spec_time_masks, p.spec_time_width, p.target_frames),
+        time_masks=masks(rng, p.spec_time_masks, p.spec_time_width, spectrogram_frames(p)),
     )

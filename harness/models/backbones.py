@@ -3,8 +3,9 @@
 The pieces follow MBT's encoder (scenic ``mbt/model.py``, ``temporal_encode`` and ``EncoderBlock``): tubelet and
 spectrogram patch embeddings with kernel = stride (VALID padding, a remainder is dropped), learned positional tables per
 modality, zero-initialised CLS tokens, and pre-LN ViT blocks (timm ``Block``, LayerNorm eps 1e-6, qkv bias) whose
-stochastic-depth rate grows linearly with depth. timm 1.0.31's ``Block.forward(x, attn_mask=...)`` passes the mask to
-``F.scaled_dot_product_attention``, so key-padding masks need no block subclass.
+stochastic-depth rate grows linearly with depth. Their GELU is the exact one by default (timm's; scenic's flax
+``nn.gelu`` is the tanh approximation: ``backbone.gelu: tanh``). timm 1.0.31's ``Block.forward(x, attn_mask=...)``
+passes the mask to ``F.scaled_dot_product_attention``, so key-padding masks need no block subclass.
 
 Shapes: ``B`` batch, ``T`` frames, ``H = W`` image size, ``D`` width, ``Nv`` / ``Na`` video / audio tokens.
 """
@@ -56,6 +57,11 @@ class BackboneConfig(BaseModel):
         "each token's time slot and added to both modalities, so co-occurring audio and video tokens share a time code",
     )
     time_embed_std: float = Field(1.0, gt=0, description="init std of the shared time table (salient on purpose)")
+    gelu: Literal["exact", "tanh"] = Field(
+        "exact",
+        description="the ViT blocks' GELU: exact (erf; timm and PyTorch, the weights of timm/LAVISH checkpoints); "
+        "tanh: the tanh approximation, flax's nn.gelu default that scenic's MBT encoder uses",
+    )
     checkpoint: str | None = Field(
         None,
         description="local image-ViT weights (.safetensors, .pth/.pt/.bin, .npz; timm layout), loaded by the "
@@ -334,6 +340,7 @@ def make_blocks(cfg: BackboneConfig, n: int, start: int = 0) -> nn.ModuleList:
             mlp_ratio=cfg.mlp_ratio,
             qkv_bias=True,
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            act_layer=partial(nn.GELU, approximate="tanh" if cfg.gelu == "tanh" else "none"),
             drop_path=drop_path_rate(cfg, start + i),
         )
         for i in range(n)

@@ -32,13 +32,49 @@ from harness.models.backbones import (
 from harness.models.weights import ImageViT, LoadReport, Mapping, apply_mapping, image_vit, vit_mapping
 
 Readout = Literal["cls", "gap"]
+MBTReadout = Literal["cls", "gap", "gap_cls"]  # MBT's two classifiers, and the harness's former GAP
 
 
-def readout_field() -> Any:
-    """The ``readout`` config field shared by the token-fusion methods (MBT's two classifiers)."""
+def readout_field(gap_cls: bool = False) -> Any:
+    """The ``readout`` config field of the token-fusion methods (MBT's two classifiers); ``gap_cls``: the MBT
+    methods' third value, the former GAP that keeps CLS tokens as keys."""
+    if gap_cls:
+        return Field(
+            "cls",
+            description="cls: per-modality CLS (MBT's paper); gap: scenic's classifier='gap', no CLS tokens at all, "
+            "mean of the present tokens (MBT's AS config); gap_cls: CLS tokens kept as attention keys but left out "
+            "of the mean (the harness before)",
+        )
     return Field(
         "cls", description="cls: per-modality CLS (MBT's paper); gap: mean of present patch tokens (MBT's AS config)"
     )
+
+
+def own_keys(present: Tensor, n_tokens: int, cls: bool = True) -> Tensor:
+    """(B, n_tokens) keys of a modality's own sequence.
+
+    With a CLS first: the CLS always, the patches when present (:func:`harness.api.keep_keys`). Without one (scenic's
+    GAP model): every token. A present clip's tokens are all real; an absent clip's are its zero placeholder's
+    embeddings, which depend on parameters only, so the clip's outputs stay data-independent, every attention row has
+    a key, and those tokens are never keys of another modality nor pooled.
+    """
+    if cls:
+        return keep_keys(present, n_tokens - 1)
+    return torch.ones(present.shape[0], n_tokens, dtype=torch.bool, device=present.device)
+
+
+def joint_keys(present: dict[str, Tensor], z: dict[str, Tensor], cls: bool = True) -> Tensor:
+    """(B, N) keys of the joint sequence ``[z_m for m in z]``: a present modality's tokens (its CLS included).
+
+    A clip with no modality present keeps the CLS tokens as keys, or without CLS tokens every (placeholder) token,
+    so no attention row is empty.
+    """
+    none = ~torch.stack([present[m] for m in z]).any(0)  # (B,)
+    if cls:
+        keep = [keep_keys(present[m], x.shape[1] - 1, keep_cls=present[m] | none) for m, x in z.items()]
+    else:
+        keep = [(present[m] | none)[:, None].expand(-1, x.shape[1]) for m, x in z.items()]
+    return torch.cat(keep, dim=1)
 
 
 def check_fusion_layer(value: int, depth: int, key: str = "method.fusion_layer") -> list[tuple[str, str]]:
@@ -64,9 +100,10 @@ class Tokenizers(nn.Module):
         backbone: patch sizes and width.
         spec: input shapes (fix the positional tables' lengths).
         modalities: which of ``("audio", "video")`` to build.
+        cls: prepend a CLS token per modality; False: ``patches + pos`` only (scenic's ``classifier='gap'``).
     """
 
-    def __init__(self, backbone: BackboneConfig, spec: InputSpec, modalities: tuple[str, ...]):
+    def __init__(self, backbone: BackboneConfig, spec: InputSpec, modalities: tuple[str, ...], cls: bool = True):
         super().__init__()
         d = backbone.embed_dim
         make = {
@@ -75,7 +112,8 @@ class Tokenizers(nn.Module):
         }
         self.patch = nn.ModuleDict({m: make[m][0](backbone) for m in modalities})
         self.pos = nn.ParameterDict({m: pos_table(make[m][1](backbone, spec), d) for m in modalities})
-        self.cls = nn.ParameterDict({m: cls_token(d) for m in modalities})
+        self.has_cls = cls
+        self.cls = nn.ParameterDict({m: cls_token(d) for m in modalities} if cls else {})
         # Optional time table shared by the modalities (backbone.time_embed="shared"): co-occurring tokens get
         # the same code, so cross-modal attention can align them without learning two tables against each other.
         self.time = None
@@ -96,6 +134,9 @@ class Tokenizers(nn.Module):
             tokens = embed(x) + self.pos[m]  # (B, N_m, D)
             if self.time is not None:
                 tokens = tokens + self.time[getattr(self, f"{m}_slot")]  # (N_m, D) broadcast over B
+            if not self.has_cls:
+                out[m] = tokens  # (B, N_m, D)
+                continue
             cls = self.cls[m].expand(tokens.shape[0], -1, -1)  # (B, 1, D)
             out[m] = torch.cat([cls, tokens], dim=1)  # (B, 1 + N_m, D)
         return out
@@ -146,18 +187,33 @@ def readout_cls(z: dict[str, Tensor], present: dict[str, Tensor]) -> dict:
     return {"embedding": mean_over_modalities(cls, present), "per_modality": cls}
 
 
-def readout_gap(z: dict[str, Tensor], present: dict[str, Tensor]) -> dict:
+def readout_gap(z: dict[str, Tensor], present: dict[str, Tensor], cls: bool = True) -> dict:
     """MBT's ``classifier='gap'``: mean over every patch token of the present modalities (CLS excluded).
 
     Tokens are pooled jointly, so a modality weighs by its token count, as in MBT. A clip with no modality
-    present pools the CLS tokens instead, which keeps the embedding finite.
+    present pools the CLS tokens instead (without CLS tokens: all its placeholder tokens), which keeps the
+    embedding finite and data-independent.
+
+    Args:
+        z: ``{modality: (B, 1 + N_m, D)}``, or ``(B, N_m, D)`` when ``cls`` is False (scenic's GAP model).
+        present: ``{modality: (B,) bool}``.
+        cls: whether each sequence starts with a CLS token.
     """
     tokens = torch.cat(list(z.values()), dim=1)  # (B, N, D)
-    is_cls = torch.cat([torch.arange(x.shape[1], device=tokens.device) == 0 for x in z.values()])  # (N,)
+    is_cls = torch.cat([(torch.arange(x.shape[1], device=tokens.device) == 0) & cls for x in z.values()])  # (N,)
     patch = torch.cat([present[m][:, None].expand(-1, x.shape[1]) for m, x in z.items()], dim=1) & ~is_cls
     none = ~patch.any(1, keepdim=True)  # (B, 1)
-    w = torch.where(none, is_cls.expand_as(patch), patch).float()  # (B, N)
+    fallback = is_cls if cls else torch.ones_like(is_cls)  # the CLS tokens, or every placeholder token
+    w = torch.where(none, fallback.expand_as(patch), patch).float()  # (B, N)
     return {"embedding": (w[..., None] * tokens).sum(1) / w.sum(1, keepdim=True)}
+
+
+def read_out(z: dict[str, Tensor], present: dict[str, Tensor], readout: str) -> dict:
+    """The token-fusion methods' read-out: ``cls`` (:func:`readout_cls`), ``gap`` over sequences without CLS tokens,
+    ``gap_cls`` over sequences with them (:func:`readout_gap`)."""
+    if readout == "cls":
+        return readout_cls(z, present)
+    return readout_gap(z, present, cls=readout == "gap_cls")
 
 
 class ViTStreams(FusionMethod):
@@ -170,15 +226,17 @@ class ViTStreams(FusionMethod):
     Args:
         cfg, backbone, spec: as :class:`harness.api.FusionMethod`.
         shared_weights: one block stack for every modality (MBT's ``share_encoder=True``).
+        cls_tokens: a CLS token per modality; False for scenic's GAP model (``readout: gap``).
     """
 
     # The order of the modalities' tokenisers (and of a joint sequence); default: ``modalities``.
     order: ClassVar[tuple[str, ...] | None] = None
 
-    def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec, shared_weights: bool = False):
+    def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec, shared_weights: bool = False,
+                 cls_tokens: bool = True):  # fmt: skip
         super().__init__(cfg, backbone, spec)
         streams = self.order or self.modalities
-        self.tokens = Tokenizers(backbone, spec, streams)
+        self.tokens = Tokenizers(backbone, spec, streams, cls=cls_tokens)
         self.streams = Streams(backbone, streams, shared_weights=shared_weights)
         self.norm = layer_norm(backbone.embed_dim)
 
@@ -190,7 +248,7 @@ class ViTStreams(FusionMethod):
         """
         present = present_masks(batch, self.order or self.modalities)
         z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        masks = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}
+        masks = {m: attn_mask(own_keys(present[m], x.shape[1], self.tokens.has_cls)) for m, x in z.items()}
         z = self.streams(z, masks, range(self.backbone.depth))
         return {m: self.norm(x) for m, x in z.items()}, present
 

@@ -5,7 +5,9 @@ CVPR 2023, https://arxiv.org/abs/2212.07983.
 Reference implementation: GenjiB/LAVISH ``AVE/nets/net_trans.py`` (``MMIL_Net.forward_vit``).
 
 One pretrained image ViT processes both modalities with the same frozen weights: the spectrogram is fed as a
-3-channel image through the video patch embedding (``SharedTokenizer``, ``audio_embed: image``), each modality runs
+3-channel image through the video patch embedding (``SharedTokenizer``, ``audio_embed: image``), as the AVE code's
+(time x mel) image by default (``audio_orientation: time_mel``: its ``dataloader.py`` keeps Kaldi's (frames, mel)
+fbank and ``net_trans.py`` repeats it to 3 channels as it is; the paper does not say), each modality runs
 through the same blocks in its own sequence, and each modality's CLS after the final LayerNorm is scored by the
 task's shared head (``readout_cls``). Everything built here is frozen; the backbone's LayerNorms train only with
 ``train_norms`` (the code's ``is_vit_ln``). A subclass adds its trainable parts after ``super().__init__`` and
@@ -29,12 +31,13 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from harness.api import CheckpointError, FusionMethod, InputSpec, MethodConfig, attn_mask, keep_keys, present_masks
-from harness.models.backbones import BackboneConfig, layer_norm, make_blocks, num_audio_tokens
+from harness.models.backbones import BackboneConfig, audio_grid, layer_norm, make_blocks, num_audio_tokens
 from harness.models.blocks import Tokenizers, readout_cls
 from harness.models.weights import ImageViT, LoadReport, Mapping, apply_mapping, image_vit, vit_mapping
 
 BACKBONE_PARTS = ("tokens", "blocks", "norm")
 AudioEmbed = Literal["image", "spectrogram"]
+AudioOrientation = Literal["time_mel", "mel_time"]
 
 
 def audio_embed_field() -> AudioEmbed:
@@ -47,22 +50,32 @@ def audio_embed_field() -> AudioEmbed:
     )
 
 
+def audio_orientation_field() -> AudioOrientation:
+    """The ``audio_orientation`` config field of every method that feeds the spectrogram as an image."""
+    return Field(
+        "time_mel",
+        description="audio_embed=image only: time_mel = the spectrogram as a (time x mel) image, rows = frames "
+        "(GenjiB/LAVISH AVE code; the paper does not say); mel_time = a (mel x time) image (the harness before)",
+    )
+
+
 class FrozenConfig(MethodConfig):
     """Fields of the frozen shared backbone, common to the parameter-efficient baselines."""
 
     train_norms: bool = Field(False, description="make the frozen backbone's LayerNorms trainable (is_vit_ln)")
     audio_embed: AudioEmbed = audio_embed_field()
+    audio_orientation: AudioOrientation = audio_orientation_field()
 
 
 def image_patches(x: Tensor, kernel: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.conv2d(x, kernel, bias, stride=p)`` flattened to (B, f·t, D) frequency-major, as one matmul.
+    """``F.conv2d(x, kernel, bias, stride=p)`` flattened row-major to (B, rows·cols, D), as one matmul.
 
     With kernel = stride the patches do not overlap, so the convolution is the (B, f·t, C·p·p) patch matrix times
     the kernel viewed as (D, C·p·p): the same arithmetic and FLOP count, and a faster backward on CPU than oneDNN's
     convolution (bench/step.py; ``harness.models.backbones.AudioPatchEmbed`` does the same). A remainder is dropped.
 
     Args:
-        x: (B, C, F, T).
+        x: (B, C, rows, cols): (B, C, F, T) for a (mel x time) image, (B, C, T, F) for a (time x mel) one.
         kernel: (D, C, p, p).
         bias: (D,) or None.
     """
@@ -78,9 +91,14 @@ class SharedTokenizer(Tokenizers):
 
     Built as video-only ``Tokenizers`` on a copy of the backbone whose audio patch is the video patch, so the shared
     time table (``backbone.time_embed``) gets the image grid's audio time slots.
+
+    Args:
+        backbone, spec: as ``Tokenizers``.
+        orientation: ``time_mel``: the (1, n_mels, n_frames) log-mel is transposed to a (n_frames x n_mels) image,
+            the AVE code's, so audio tokens are time-major; ``mel_time``: fed as it is, tokens frequency-major.
     """
 
-    def __init__(self, backbone: BackboneConfig, spec: InputSpec):
+    def __init__(self, backbone: BackboneConfig, spec: InputSpec, orientation: AudioOrientation = "time_mel"):
         p = backbone.patch_size
         image = backbone.model_copy(update={"audio_patch": (p, p)})
         super().__init__(image, spec, ("video",))
@@ -90,13 +108,19 @@ class SharedTokenizer(Tokenizers):
                 f"method.audio_embed=image: a {spec.n_mels}x{spec.n_frames} spectrogram yields no {p}x{p} patch "
                 "(backbone.patch_size); use method.audio_embed=spectrogram"
             )
+        self.time_major = orientation == "time_mel"
+        if self.time is not None and self.time_major:  # the same slots, in the time-major token order
+            fa, ta = audio_grid(image, spec)
+            self.audio_slot = (torch.arange(fa * ta) // fa) * self.time.shape[0] // max(ta, 1)
 
     def forward(self, batch: dict, present: dict[str, Tensor]) -> dict[str, Tensor]:
         out = super().forward(batch, present)  # {"video": (B, 1 + Nv, D)}
         x = torch.where(present["audio"][:, None, None, None], batch["audio"], 0.0)  # placeholder -> 0, even NaN
+        if self.time_major:
+            x = x.transpose(2, 3)  # (B, 1, n_frames, n_mels): Kaldi's (frames, mel) fbank as the AVE code keeps it
         proj = self.patch["video"].proj
         kernel = proj.weight[:, :, proj.weight.shape[2] // 2]  # (D, 3, p, p): the tubelet's central frame
-        tokens = image_patches(x.expand(-1, 3, -1, -1), kernel, proj.bias)  # (B, Na, D)
+        tokens = image_patches(x.expand(-1, 3, -1, -1), kernel, proj.bias)  # (B, Na, D), row-major over the image
         pos = F.interpolate(self.pos["video"].transpose(1, 2), size=self.audio_tokens, mode="linear")  # (1, D, Na)
         tokens = tokens + pos.transpose(1, 2)
         if self.time is not None:
@@ -121,8 +145,10 @@ class FrozenBackbone(FusionMethod):
         super().__init__(cfg, backbone, spec)
         if errors := cfg.check(backbone):
             raise ValueError("; ".join(f"{key}: {msg}" for key, msg in errors))
-        shared = cfg.audio_embed == "image"
-        self.tokens = SharedTokenizer(backbone, spec) if shared else Tokenizers(backbone, spec, self.modalities)
+        if cfg.audio_embed == "image":
+            self.tokens = SharedTokenizer(backbone, spec, cfg.audio_orientation)
+        else:
+            self.tokens = Tokenizers(backbone, spec, self.modalities)
         self.blocks = make_blocks(backbone, backbone.depth)
         self.norm = layer_norm(backbone.embed_dim)
         self.requires_grad_(False)  # the backbone, before any trainable part exists

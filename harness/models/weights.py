@@ -286,7 +286,7 @@ def map_tokenizers(tokens: nn.Module, prefix: str, vit: ImageViT, backbone, spec
         )
         out[f"{name}.bias"] = (vit.patch_bias, "patch_embed.proj.bias")
         out[f"{prefix}.pos.{m}"] = (pos, "pos_embed (resized)")
-        if vit.cls is not None:
+        if vit.cls is not None and m in tokens.cls:  # scenic's GAP model has no CLS token
             out[f"{prefix}.cls.{m}"] = (vit.cls, "cls_token + pos_embed[0]")
     return out
 

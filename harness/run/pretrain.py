@@ -16,10 +16,10 @@ clip of the run's splits is seen, and the labels of the downstream task (colour 
 are never a target. Its prediction heads are discarded.
 
 Cache: ``<cache_dir>/pretrained/<key>.safetensors`` with ``key`` a hash of the backbone config, the tokenisation
-(``method.audio_embed``), the generator's parameters and the pretraining settings. Two trials that ask at once
-serialise on a file lock; the file is written under a temporary name and renamed, so a reader never sees half of
-it. Pretraining runs under its own seeds in a forked RNG, so a trial draws the same numbers with a cold or a warm
-cache.
+(``method.audio_embed``, with ``audio_orientation`` for the image path), the generator's parameters and the
+pretraining settings. Two trials that ask at once serialise on a file lock; the file is written under a temporary
+name and renamed, so a reader never sees half of it. Pretraining runs under its own seeds in a forked RNG, so a
+trial draws the same numbers with a cold or a warm cache.
 
 Shapes: ``B`` batch, ``N_m`` tokens of modality m (CLS included), ``D`` width, ``C`` colours, ``S`` shapes.
 """
@@ -44,7 +44,7 @@ from harness.data.base import TensorSplit
 from harness.data.synthetic import SyntheticConfig, generate, input_spec
 from harness.models.backbones import BackboneConfig, audio_grid, video_grid
 
-VERSION = 1  # bump when the objectives or the loop change: it is part of the cache key
+VERSION = 2  # bump when the objectives or the loop change: it is part of the cache key (2: (time x mel) audio images)
 
 
 class PretrainConfig(BaseModel):
@@ -98,12 +98,17 @@ class PretrainHeads(nn.Module):
         self.audio_token = nn.Linear(d, 1)
         self.audio_cls = nn.Linear(d, data.shapes + data.timbres)
         tv, h, w = video_grid(bb, spec)
-        if method.cfg.audio_embed == "image":
+        image = method.cfg.audio_embed == "image"
+        if image:
             bb = bb.model_copy(update={"audio_patch": (bb.patch_size, bb.patch_size)})
         fa, ta = audio_grid(bb, spec)
-        # which frames each video token covers (time-major tokens) and which slots each audio token (freq-major)
+        # which frames each video token covers (time-major tokens) and which slots each audio token (freq-major, or
+        # time-major for a (time x mel) image)
         self.register_buffer("video_frames", _overlap(tv, data.frames).repeat_interleave(h * w, 0), persistent=False)
-        self.register_buffer("audio_slots", _overlap(ta, data.slots).repeat(fa, 1), persistent=False)
+        slots = _overlap(ta, data.slots)
+        time_major = image and method.cfg.audio_orientation == "time_mel"
+        self.register_buffer("audio_slots", slots.repeat_interleave(fa, 0) if time_major else slots.repeat(fa, 1),
+                             persistent=False)  # fmt: skip
 
     def loss(self, z: dict[str, Tensor], batch: dict) -> Tensor:
         """Sum of the video and the audio objectives for tokens ``z`` (``{m: (B, 1 + N_m, D)}``)."""
@@ -172,7 +177,8 @@ def pretrained_backbone(
 
     Args:
         backbone: the run's backbone (its ``pretrained``, ``checkpoint`` and ``name`` do not matter).
-        audio_embed: the method's tokenisation (``image`` or ``spectrogram``); the two have different tokenisers.
+        audio_embed: the method's tokenisation (:func:`tokenisation`: ``image``, ``image:mel_time`` or
+            ``spectrogram``); each has its own tokeniser or token layout.
         data: the run's synthetic generator parameters (the draw uses another seed).
         cache_dir: root of the harness cache.
         cfg: the pretraining settings; default :class:`PretrainConfig`.
@@ -194,12 +200,22 @@ def pretrained_backbone(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 bb = backbone.model_copy(update={"pretrained": "none", "checkpoint": None})
-                model = FrozenBackbone(FrozenConfig(name="pretrain", audio_embed=audio_embed), bb, input_spec(draw))
+                embed, _, orientation = audio_embed.partition(":")
+                fields = {"audio_embed": embed, **({"audio_orientation": orientation} if orientation else {})}
+                model = FrozenBackbone(FrozenConfig(name="pretrain", **fields), bb, input_spec(draw))
                 state = pretrain(model, draw, cfg)
             save_atomic(state, path, metadata={"harness.run.pretrain": json.dumps(cfg.model_dump())})
             print(f"pretrained the synthetic backbone {key} in {time.perf_counter() - tick:.1f} s: {path}",
                   file=sys.stderr)  # fmt: skip
     return load_file(str(path)), key
+
+
+def tokenisation(method_cfg) -> str:
+    """How a frozen-backbone method tokenises audio: ``spectrogram``, ``image`` ((time x mel), the default) or
+    ``image:mel_time``."""
+    if method_cfg.audio_embed != "image":
+        return method_cfg.audio_embed
+    return "image" if method_cfg.audio_orientation == "time_mel" else f"image:{method_cfg.audio_orientation}"
 
 
 def pretrained_key(spec) -> str | None:
@@ -208,7 +224,7 @@ def pretrained_key(spec) -> str | None:
     if spec.backbone.pretrained == "none":
         return None
     cfg = PretrainConfig()
-    return cache_key(spec.backbone, spec.method.audio_embed, pretrain_data_config(spec.dataset.params, cfg), cfg)
+    return cache_key(spec.backbone, tokenisation(spec.method), pretrain_data_config(spec.dataset.params, cfg), cfg)
 
 
 def apply_pretrained(method: nn.Module, spec, cache_dir: str | os.PathLike) -> str | None:
@@ -239,6 +255,6 @@ def apply_pretrained(method: nn.Module, spec, cache_dir: str | os.PathLike) -> s
         raise ConfigError([(key, msg + "; use backbone.checkpoint for real weights")])
     if spec.backbone.checkpoint is not None:
         raise ConfigError([(key, "synthetic and backbone.checkpoint exclude each other; set one of them")])
-    state, digest = pretrained_backbone(spec.backbone, method.cfg.audio_embed, spec.dataset.params, cache_dir)
+    state, digest = pretrained_backbone(spec.backbone, tokenisation(method.cfg), spec.dataset.params, cache_dir)
     load_backbone_state(method, state, source=f"the synthetic-pretrained backbone {digest}")
     return digest

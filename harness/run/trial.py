@@ -57,9 +57,17 @@ def build_dataset(spec: RunSpec):
 
 
 def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The method and the task (which owns the shared head), freshly initialised from ``spec.seed``."""
+    """The method and the task (which owns the shared head), freshly initialised from ``spec.seed``.
+
+    A task that scores per segment (``spec.task.method_segments()`` = S) gets a method built on one segment's shapes
+    and run on each of a clip's S segments (``harness.api.segments``).
+    """
+    from harness.api import score_per_segment, segment_spec
+
     torch.manual_seed(spec.seed)
-    method = METHODS.get(spec.method.name).build(spec.method, spec.backbone, input_spec)
+    segments = spec.task.method_segments()
+    shapes = segment_spec(input_spec, segments) if segments else input_spec
+    method = METHODS.get(spec.method.name).build(spec.method, spec.backbone, shapes)
     if spec.backbone.checkpoint is not None:  # after init, before the cost is counted (harness/models/weights.py)
         from harness.models.weights import read_checkpoint
 
@@ -69,6 +77,8 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
         from harness.run.pretrain import apply_pretrained
 
         apply_pretrained(method, spec, cache_dir(spec))
+    if segments:
+        score_per_segment(method, segments)
     task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
     task.loss_reduction = spec.train.loss_reduction  # over a clip's per-class loss terms (Task.reduce_classes)
     return method, task

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from harness.api import MethodConfig
 from harness.models.backbones import BackboneConfig
+from harness.models.shared_vit import AudioOrientation, audio_orientation_field
 
 
 class AdapterConfig(MethodConfig):
@@ -47,6 +48,7 @@ class AdapterConfig(MethodConfig):
         "embedding's 2-D kernel with the video positional table interpolated; spectrogram: the backbone's own "
         "1-channel audio patch embedding, positional table and CLS",
     )
+    audio_orientation: AudioOrientation = audio_orientation_field()
 
     def latent(self) -> tuple[int, str]:
         """(m, init) of the latent tokens; m = 0 is direct cross-attention (AVISH)."""

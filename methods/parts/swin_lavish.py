@@ -13,15 +13,21 @@ update rule are LAVISH's (``methods/parts/lavish_adapter.py``), only the backbon
   that one set of weights runs both the image and the spectrogram grid. timm 1.0 merges patches at the start of
   stages 1-3 where timm 0.6 merged at the end of stages 0-2: the same operations in the same order.
 - Both modalities go through the same patch embedding: the log-mel repeated to 3 channels, no resizing, no
-  positional table (Swin-V2 has none). Frame t of a clip is paired with audio window t, the spectrogram cut into
-  ``frames`` equal windows along time (the AVE code's 10 frames and 10 one-second windows, folded into the batch);
-  each pair runs through the backbone as one (image, spectrogram) pair.
+  positional table (Swin-V2 has none), as a (time x mel) image by default (``audio_orientation: time_mel``, the AVE
+  code's ``dataloader.py`` + ``forward_swin``; ``mel_time`` is the harness's former (mel x time) image). Frame t
+  of a clip is paired with audio window t, the spectrogram cut into ``frames`` equal windows along time (the AVE
+  code's 10 frames and 10 one-second windows, folded into the batch); each pair runs through the backbone as one
+  (image, spectrogram) pair.
 - Every block of every stage gets LAVISH's 4 adapters at that stage's width (192/384/768/1536 for Swin-V2-L), and
   the cross-modal attention of a pair runs over the other modality's tokens of the same pair and stage.
 - Read-out: after the backbone's final LayerNorm each modality's tokens are mean-pooled (the code's Swin read-out),
   then averaged over the clip's pairs; the task's shared head scores each modality's vector (``per_modality``), as
-  for every method here. The AVE code instead concatenates [v; a] into Linear(2C, 512) -> Linear(512, 29) per pair
-  (counted on the preset's ``paper`` line, ``harness/run/profiles/lavish_swinv2l_ave.yaml``).
+  for every method here. With the ``localization`` task's ``scoring: segment`` each (frame, 1-s window) pair is a
+  clip of its own (``harness.api.segments``), so nothing is averaged and every pair is scored, as in the AVE code.
+  The code's head (Linear(2C, 512) -> Linear(512, 29) on [v; a] per pair, BCE on the softmax) is the task's
+  ``head_input: concat``, ``hidden: 512``, ``loss: bce_softmax`` (it concatenates [a; v], as ``forward_vit``: a
+  permutation of the first layer's inputs); its parameters are counted on the preset's ``paper`` line
+  (``harness/run/profiles/lavish_swinv2l_ave.yaml``).
 - ``backbone.checkpoint`` loads a timm Swin-V2 state dict as it is (timm's own filter maps the 0.6 layout); the
   ImageNet-22k head is left out. ``backbone.pretrained: synthetic`` (a ViT) does not apply.
 
@@ -144,6 +150,8 @@ class SwinLAVISH(FusionMethod):
         video = torch.where(present["video"][:, None, None, None, None], video, 0.0).flatten(0, 1)  # (P, 3, H, W)
         audio = torch.where(present["audio"][:, None, None, None], audio, 0.0)  # placeholder -> 0, even NaN
         audio = audio.unflatten(-1, (t, audio.shape[-1] // t)).movedim(3, 1).flatten(0, 1)  # (P, 1, F, Tf/T)
+        if self.cfg.audio_orientation == "time_mel":
+            audio = audio.transpose(2, 3)  # (P, 1, Tf/T, F): the AVE code's (time x mel) image
         clip = torch.arange(b, device=video.device).repeat_interleave(t)  # (P,)
         return {"audio": audio.expand(-1, 3, -1, -1), "video": video}, clip
 

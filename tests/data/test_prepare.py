@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.config import RunSpec
+from harness.config import ConfigError, RunSpec
 from harness.data.synth_media import LAYOUTS
 from harness.run.prepare import resolve_params
 from harness.run.trial import run_trial
@@ -41,7 +41,8 @@ def test_synth_prepare_load(tmp_path, capsys, layout):
     n = len(b["id"])
     assert b["id"][0] == b["id"][1]  # the views of one clip share its id
     assert b["video"].shape == (n, 2, 3, 32, 32) and b["video"].dtype == torch.float32
-    assert b["audio"].shape == (n, 1, 16, 32) and torch.isfinite(b["audio"]).all()
+    # AVE's card uses LAVISH's front end: 10 one-second windows of target_frames each, side by side
+    assert b["audio"].shape == (n, 1, 16, 320 if layout == "ave" else 32) and torch.isfinite(b["audio"]).all()
     assert b["audio_present"].all() and b["video_present"].all()
     assert b["audio"].std() > 0.05 and b["video"].std() > 0.05  # decoded content, not zeros
     label = b["label"]
@@ -97,12 +98,27 @@ def test_missing_and_corrupt_files_are_counted_and_tagged(tmp_path, capsys):
     rec = Tags()
     run = {"name": "t", "dataset": {"name": "ave", "root": str(root), "cache": str(cache), **TINY_PARAMS},
            "backbone": {"name": "tiny", "embed_dim": 16, "depth": 1, "num_heads": 2, "audio_patch": [16, 16]},
-           "method": {"name": "vanilla", "fusion_layer": 1},
+           "method": {"name": "vanilla", "fusion_layer": 1}, "task": {"scoring": "clip"},  # 2 frames: not 10 segments
            "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 4, "threads": 1}}  # fmt: skip
     final = run_trial(RunSpec.from_dict(run), rec)  # completes on the 6 decoded clips
     assert rec.tags["harness.manifest_hash"] == manifest["hash"]
     assert rec.tags["harness.decoder"] == manifest["decoder"]
     assert 0 <= final["test/seg_acc"] <= 100
+
+
+def test_ave_scores_every_second_with_lavish_windows(tmp_path):
+    """AVE as LAVISH runs it: 10 frames, 10 one-second windows, every method run on each (frame, window) pair."""
+    root, cache, cls, params = _synth_prepare(tmp_path, "ave", clips=6, extra=("frames=10",))
+    run = {"name": "t", "dataset": {"name": "ave", "root": str(root), "cache": str(cache), **TINY_PARAMS, "frames": 10},
+           "backbone": {"name": "tiny", "embed_dim": 16, "depth": 1, "num_heads": 2, "audio_patch": [16, 16]},
+           "method": {"name": "vanilla"}, "task": {"hidden": 8, "head_input": "concat", "loss": "bce_softmax"},
+           "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 4, "threads": 1}}  # fmt: skip
+    spec = RunSpec.from_dict(run)
+    assert spec.task.method_segments() == 10
+    final = run_trial(spec)
+    assert 0 <= final["test/seg_acc"] <= 100
+    with pytest.raises(ConfigError, match="dataset.frames"):  # 2 frames cannot be 10 segments
+        RunSpec.from_dict({**run, "dataset": {**run["dataset"], "frames": 2}})
 
 
 def test_resume_keeps_prepared_shards_and_settings_key_the_folder(tmp_path, capsys):

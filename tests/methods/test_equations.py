@@ -131,14 +131,58 @@ def test_vanilla_at_depth_is_shared_weight_late_fusion(backbone, spec, make_batc
     assert_same(vanilla(batch)["embedding"], mbt(batch)["embedding"])
 
 
-def test_gap_pools_present_patch_tokens(backbone, spec, make_batch):
-    model = build(Vanilla, backbone, spec, fusion_layer=backbone.depth, readout="gap").eval()
+@pytest.mark.parametrize("readout", ["gap", "gap_cls"])
+def test_gap_pools_present_patch_tokens(readout, backbone, spec, make_batch):
+    model = build(Vanilla, backbone, spec, fusion_layer=backbone.depth, readout=readout).eval()
     batch = make_batch(spec, [True, True], [True, False])
     z = model.tokens(batch, {m: torch.ones(2, dtype=torch.bool) for m in ("audio", "video")})
     z = {m: model.norm(model.streams(z, {m: None for m in z}, range(backbone.depth))[m]) for m in z}
-    both = torch.cat([z["video"][0, 1:], z["audio"][0, 1:]]).mean(0)  # pooled by token count, CLS excluded
+    first = int(readout == "gap_cls")  # gap: no CLS token at all; gap_cls: the CLS is not pooled
+    both = torch.cat([z["video"][0, first:], z["audio"][0, first:]]).mean(0)  # pooled by token count
     assert_same(model(batch)["embedding"][0], both)
-    assert_same(model(batch)["embedding"][1], z["audio"][1, 1:].mean(0))
+    assert_same(model(batch)["embedding"][1], z["audio"][1, first:].mean(0))
+
+
+def scenic_gap(model, batch: dict) -> torch.Tensor:
+    """scenic ``mbt/model.py`` with ``classifier='gap'`` written out with the model's own modules: no CLS token in
+    ``MBT.__call__``, ``Encoder.__call__``'s three rules (bottlenecks; ``share_encoder=False`` get_context /
+    combine_context; ``share_encoder=True`` one joint sequence), ``encoder_norm`` over [rgb ‖ spectrogram], mean."""
+    depth, lf = model.backbone.depth, model.cfg.fusion_layer
+    z = model.tokens(batch, {m: torch.ones(batch[m].shape[0], dtype=torch.bool) for m in model.modalities})
+    assert all(x.shape[1] == n for x, n in zip(z.values(), (model.tokens.pos[m].shape[1] for m in z)))  # no CLS
+    for layer in range(lf):
+        z = {m: model.streams.block(layer, m)(x) for m, x in z.items()}
+    if isinstance(model, MBT):
+        b = model.bottleneck.expand(batch["audio"].shape[0], -1, -1)  # n_bottlenecks, no +1 without 'token'
+        for layer in range(lf, depth):
+            outs = {m: model.streams.block(layer, m)(torch.cat([x, b], dim=1)) for m, x in z.items()}
+            z = {m: y[:, : z[m].shape[1]] for m, y in outs.items()}
+            b = torch.stack([y[:, -b.shape[1] :] for y in outs.values()], dim=-1).mean(-1)
+    elif isinstance(model, Cross):
+        for layer in range(lf, depth):
+            other = {"audio": "video", "video": "audio"}
+            z = {m: model.streams.block(layer, m)(torch.cat([z[other[m]], x], dim=1))[:, -x.shape[1] :]
+                 for m, x in z.items()}  # fmt: skip
+    else:  # vanilla: x_combined = [rgb ‖ spectrogram] through the shared blocks
+        x = torch.cat([z["video"], z["audio"]], dim=1)
+        for layer in range(lf, depth):
+            x = model.streams.block(layer)(x)
+        z = {"video": x}
+    return model.norm(torch.cat([z[m] for m in ("video", "audio") if m in z], dim=1)).mean(1)  # gap: jnp.mean
+
+
+@pytest.mark.parametrize("cls,fields", [(Vanilla, {"fusion_layer": 1}), (Vanilla, {"fusion_layer": 0}),
+                                        (MBT, {"fusion_layer": 1}), (MBT, {"fusion_layer": 0, "shared_weights": True}),
+                                        (Cross, {"fusion_layer": 1})])  # fmt: skip
+def test_gap_is_scenics_gap_model_without_cls_tokens(cls, fields, backbone, spec, make_batch):
+    model = build(cls, backbone, spec, readout="gap", **fields).eval()
+    assert len(model.tokens.cls) == 0  # no CLS parameter at all
+    batch = make_batch(spec, [True] * 3, [True] * 3)
+    assert_same(model(batch)["embedding"], scenic_gap(model, batch))
+    # the former read-out (gap_cls) keeps CLS tokens as keys: another function of the same patch weights
+    old = build(cls, backbone, spec, readout="gap_cls", **fields).eval()
+    old.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(old(batch)["embedding"], model(batch)["embedding"], atol=1e-3)
 
 
 def cross_reference(model: Cross, batch: dict) -> dict[str, torch.Tensor]:
@@ -283,8 +327,9 @@ def test_lavish_audio_is_an_image_through_the_video_kernel(backbone, spec, make_
     model = build(LAVISH, backbone, spec).eval()
     batch = make_batch(spec, [True] * 2, [True] * 2)
     z = model.tokens(batch, {m: torch.ones(2, dtype=torch.bool) for m in ("audio", "video")})
-    clip = torch.zeros(2, backbone.tubelet, 3, spec.n_mels, spec.n_frames)
-    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None]
+    # the AVE code's (time x mel) image (audio_orientation: time_mel, the default)
+    clip = torch.zeros(2, backbone.tubelet, 3, spec.n_frames, spec.n_mels)
+    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None].transpose(-1, -2)
     patches = model.tokens.patch["video"](clip)  # (B, Na, D)
     pos = z["audio"][:, 1:] - patches  # the interpolated table, (B, Na, D)
     table = model.tokens.pos["video"][0]  # (Nv, D)
@@ -296,8 +341,8 @@ def test_lavish_audio_is_an_image_through_the_video_kernel(backbone, spec, make_
     same = build(LAVISH, backbone, dataclasses.replace(spec, n_mels=16, n_frames=32)).eval()
     batch = make_batch(same.spec, [True], [True])
     tokens = same.tokens(batch, {m: torch.ones(1, dtype=torch.bool) for m in ("audio", "video")})["audio"]
-    clip = torch.zeros(1, backbone.tubelet, 3, 16, 32)
-    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None]
+    clip = torch.zeros(1, backbone.tubelet, 3, 32, 16)
+    clip[:, backbone.tubelet // 2] = batch["audio"][:, 0, None].transpose(-1, -2)
     torch.testing.assert_close(tokens[0, 1:] - same.tokens.patch["video"](clip)[0], same.tokens.pos["video"][0])
 
 

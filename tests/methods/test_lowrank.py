@@ -165,3 +165,42 @@ def test_factor_lr_scale_scales_the_adam_step_of_every_factor():
 
 def factors(f: FactorLinear) -> dict[str, torch.Tensor]:
     return {"U": f.shared.weight, "V": f.down["video"].weight, "Q": f.mix["video"].weight}
+
+
+def test_the_multimodal_embedding_is_the_codes_bert_embeddings(backbone, spec, make_batch):
+    """AVBERT ``avbert.py`` + ``bert.py`` ``BertEmbeddings`` written out: LN(x + P[position_ids] + T[token_type_ids]),
+    position ids restarting at 0 in each modality ([0..Nv, 0..Na], the BOS at 0), token types 0 / 1, eps 1e-12."""
+    model = build(backbone, spec, fusion="early").eval()
+    batch = make_batch(spec, [True] * 2, [True] * 2)
+    seen = {}
+    model.encoders.register_forward_pre_hook(lambda mod, args: seen.update({args[0]: args[1]}))  # returns None
+    model(batch)
+    z = model.tokens(batch, {m: torch.ones(2, dtype=torch.bool) for m in ("video", "audio")})
+    nv, na = z["video"].shape[1], z["audio"].shape[1]
+    position_ids = torch.cat([torch.arange(nv), torch.arange(na)])
+    token_type_ids = torch.cat([torch.zeros(nv, dtype=torch.long), torch.ones(na, dtype=torch.long)])
+    x = torch.cat([z["video"], z["audio"]], dim=1) + model.mm_pos[0][position_ids] + model.token_type[token_type_ids]
+    norm = model.embed_norm["multimodal"]
+    assert norm.eps == 1e-12
+    expected = torch.nn.functional.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, eps=1e-12)
+    torch.testing.assert_close(seen["multimodal"], expected, rtol=0, atol=1e-6)
+    without = build(backbone, spec, fusion="early", multimodal_positions=False, layer_norm_eps=1e-6)
+    assert without.mm_pos is None and without.embed_norm["multimodal"].eps == 1e-6
+
+
+def test_code_init_is_what_the_avbert_code_runs(backbone, spec):
+    """``init: code``: ``init_weights(model, FC_INIT_STD=0.01)`` over the model: every linear map's weight (U, V_k)
+    and every embedding table N(0, 0.01), biases 0."""
+    wide = backbone.model_copy(update={"embed_dim": 128, "num_heads": 2})
+    model = build(wide, spec, init="code", factor_lr_scale=1.0, rank=64, sharing="none")
+    weights = torch.cat([lin.weight.flatten() for name, lin in model.encoders.named_modules()
+                         if isinstance(lin, torch.nn.Linear) and ".mix." not in name])  # fmt: skip
+    assert weights.mean().abs() < 1e-3 and abs(weights.std().item() - 0.01) < 2e-4
+    biases = [lin.bias for lin in model.encoders.modules() if isinstance(lin, torch.nn.Linear) and lin.bias is not None]
+    assert all((b == 0).all() for b in biases)
+    tables = torch.cat(
+        [model.mm_pos.flatten(), model.token_type.flatten(), *(t.flatten() for t in model.tokens.pos.values())]
+    )
+    assert abs(tables.std().item() - 0.01) < 1e-3
+    bert = build(wide, spec, init="bert", factor_lr_scale=1.0, rank=64, sharing="none")  # BERT's uncalled init
+    assert abs(bert.encoders.stacks["video"][0].q.shared.weight.std().item() - 0.02) < 2e-3

@@ -75,7 +75,10 @@ def test_frame_t_is_paired_with_audio_window_t():
     images, clip = model.pairs(x, present)
     assert clip.tolist() == [0, 0, 1, 1]
     assert images["audio"].shape == (4, 3, 16, 16) and images["video"].shape == (4, 3, 16, 16)
-    torch.testing.assert_close(images["audio"][3, 2], x["audio"][1, 0, :, 16:])  # clip 1, window 1, a channel
+    # clip 1, window 1, a channel, as the AVE code's (time x mel) image (dataloader.py's fbank, forward_swin)
+    torch.testing.assert_close(images["audio"][3, 2], x["audio"][1, 0, :, 16:].T)
+    images, _ = build(audio_orientation="mel_time").pairs(x, present)  # the flag: the (mel x time) image
+    torch.testing.assert_close(images["audio"][3, 2], x["audio"][1, 0, :, 16:])
     torch.testing.assert_close(images["video"][1], x["video"][0, 1])
 
 

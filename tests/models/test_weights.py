@@ -163,16 +163,26 @@ def test_audio_stream_equals_timm_on_the_transposed_three_channel_spectrogram(vi
     torch.testing.assert_close(ours, timm_cls(vit, spec_ft.transpose(2, 3).expand(-1, 3, -1, -1)), rtol=1e-5, atol=1e-5)
 
 
-def test_lavish_with_closed_gates_is_timm_on_image_and_on_spectrogram_image(vit):
-    """LAVISH's zero-initialised gates leave the loaded frozen ViT: video = timm(image), audio = timm(3 x spec)."""
-    model = build("lavish")
+@pytest.mark.parametrize("orientation", ["time_mel", "mel_time"])
+def test_lavish_with_closed_gates_is_timm_on_image_and_on_spectrogram_image(vit, orientation):
+    """LAVISH's zero-initialised gates leave the loaded frozen ViT: video = timm(image), audio = timm(3 x spec).
+
+    The official behaviour written out (GenjiB/LAVISH ``AVE/dataloader.py`` keeps Kaldi's (frames, mel) fbank;
+    ``net_trans.py`` repeats it to 3 channels and runs timm's ViT on that image): with ``time_mel`` (the default) our
+    (B, 1, mel, time) spectrogram must give timm's output on its transpose; ``mel_time`` (the flag) on it as it is.
+    The spectrogram is square and has the image's token count, so no positional interpolation is involved.
+    """
+    model = build("lavish", audio_orientation=orientation)
     model.load_backbone(vit.state_dict())
     torch.manual_seed(4)
     image, spec_ft = torch.randn(2, 3, IMG, IMG), torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         out = model({"video": image[:, None], "audio": spec_ft})["per_modality"]
     torch.testing.assert_close(out["video"], timm_cls(vit, image), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out["audio"], timm_cls(vit, spec_ft.expand(-1, 3, -1, -1)), rtol=1e-5, atol=1e-5)
+    official = spec_ft.transpose(2, 3) if orientation == "time_mel" else spec_ft  # (B, 1, frames, mel) = the AVE fbank
+    torch.testing.assert_close(out["audio"], timm_cls(vit, official.expand(-1, 3, -1, -1)), rtol=1e-5, atol=1e-5)
+    other = spec_ft if orientation == "time_mel" else spec_ft.transpose(2, 3)
+    assert not torch.allclose(out["audio"], timm_cls(vit, other.expand(-1, 3, -1, -1)), atol=1e-3)
 
 
 @pytest.mark.parametrize("mode", ["central", "average"])

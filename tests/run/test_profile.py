@@ -77,17 +77,17 @@ def test_mbt_b16_audioset_matches_a_hand_count():
     d, depth, classes = 768, 12, 527
     nv, na = 16 * 14 * 14, 50 * 8  # 32 frames / tubelet 2 x (224 / 16)²; (128 / 16) x (800 / 16)
     embeddings = (3 * 2 * 16 * 16 * d + d) + (1 * 16 * 16 * d + d)  # tubelet Conv3d, spectrogram Conv2d (1 channel)
-    tables = (nv + na) * d + 2 * d  # positional tables + one CLS per modality
+    tables = (nv + na) * d  # positional tables; no CLS token with readout gap (scenic's GAP model)
     common = embeddings + tables + 2 * d + (d * classes + classes)  # + final LayerNorm + head
     mbt = 2 * depth * vit_block(d, 4 * d) + 4 * d + common  # two streams + Nb = 4 bottlenecks
     vanilla = depth * vit_block(d, 4 * d) + common  # one shared stack
 
     got = profile(load_profile(preset_path("mbt_b16_audioset")))
     assert got["tokens"] == {"video": 3136, "audio": 400}
-    assert got["params_total"] == got["params_trainable"] == mbt == 174_613_775
+    assert got["params_total"] == got["params_trainable"] == mbt == 174_612_239
     shared = profile(load_profile(preset_path("vanilla_b16_audioset")))
     assert shared["tokens"] == got["tokens"]
-    assert shared["params_total"] == vanilla == 89_556_239  # MBT: "about 90 M" with shared weights
+    assert shared["params_total"] == vanilla == 89_554_703  # MBT: "about 90 M" with shared weights
     assert got["gflops"] == pytest.approx(2 * got["gmacs"])
 
 

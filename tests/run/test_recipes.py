@@ -26,6 +26,7 @@ LAYOUT = {"mbt_audioset_mini": "audioset", "mbt_vggsound": "vggsound", "mbt_epic
           "avbert_kinetics_sounds": "kinetics_sounds"}  # fmt: skip
 DATA = ["frames=2", "image_size=32", "resize=32", "n_mels=16", "target_frames=32", "val_fraction=0.4", "test_clips=1"]
 WINDOWED = ["window_seconds=1.0"]  # audioset, vggsound: a 1-s video window of the synthetic 10-s clips
+SEGMENTS = ["frames=10", "target_frames=16"]  # ave: one frame and one 16-frame audio window per second, scored per pair
 VIT = {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 16, "audio_patch": [16, 16]}
 SWIN = {"family": "swinv2", "embed_dim": 16, "depth": 3, "num_heads": 2, "stage_depths": [2, 1], "window_size": 2,
         "patch_size": 4, "audio_patch": [4, 4], "drop_path": 0.0}  # fmt: skip
@@ -81,8 +82,9 @@ def test_every_recipe_trains_at_tiny_size_on_its_layout(recipe, layouts, tmp_pat
     base = load_yaml(path)  # the recipe as written
     layout = LAYOUT[recipe]
     swin = base["backbone"]["name"].startswith("swinv2")
+    extra = {"audioset": WINDOWED, "vggsound": WINDOWED, "ave": SEGMENTS}.get(layout, [])
     data = [f"dataset.root={layouts / layout}", f"dataset.cache={tmp_path / 'cache'}",
-            *(f"dataset.{s}" for s in DATA + (WINDOWED if layout in ("audioset", "vggsound") else []))]  # fmt: skip
+            *(f"dataset.{s}" for s in DATA + extra)]  # fmt: skip
     if swin:  # 16² frames and 16 x 16 audio windows for the tiny Swin's 4² patches and 2-token windows
         data += ["dataset.image_size=16", "dataset.resize=16"]
     size = SWIN if swin else VIT

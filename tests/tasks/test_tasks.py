@@ -129,6 +129,22 @@ def test_multilabel_loss_and_scores():
     torch.testing.assert_close(task.scores(out), task.logits(out).sigmoid())  # views average probabilities
 
 
+def test_sum_over_classes_is_scenics_weighted_sigmoid_cross_entropy():
+    """scenic ``model_utils.weighted_sigmoid_cross_entropy`` written out (MBT's AudioSet loss): label smoothing, then
+    -(t log σ(z) + (1 - t) log σ(-z)) summed over every class and clip, divided by the number of clips
+    (``train.loss_reduction: sum``)."""
+    task = _task(MultilabelTask, 527, label_smoothing=0.3)
+    task.loss_reduction = "sum"  # train.loss_reduction: sum, set by the trial's build_model
+    emb, y = torch.randn(5, 4), (torch.rand(5, 527) < 0.02).float()
+    z = task.head(emb).detach()
+    t = y * (1 - 0.3) + 0.3 / 527  # apply_label_smoothing
+    scenic = (-(t * F.logsigmoid(z) + (1 - t) * F.logsigmoid(-z))).sum() / (5 + 1e-8)
+    torch.testing.assert_close(task.loss({"embedding": emb}, {"label": y}), scenic)
+    mean = _task(MultilabelTask, 527, label_smoothing=0.3)  # the default: torch's / AST's mean over classes
+    mean.load_state_dict(task.state_dict())
+    torch.testing.assert_close(mean.loss({"embedding": emb}, {"label": y}) * 527, scenic)
+
+
 # --- localization -----------------------------------------------------------------------------------------------
 
 
@@ -151,6 +167,35 @@ def test_localization_broadcasts_clip_embeddings_and_takes_per_segment_ones():
     torch.testing.assert_close(task.example_loss(seg, task.soft_targets(y)), by_hand)
     with pytest.raises(ValueError, match="labels have 5 segments.*task.segments=5"):
         task.example_loss(seg, y[:, :5])
+
+
+def test_lavish_ave_head_and_loss_equal_the_code():
+    """GenjiB/LAVISH ``AVE/nets/net_trans.py`` ``forward_vit`` + ``AVE/main_trans.py`` written out: out_av =
+    cat((a_cls, v_cls), -1) over the (b t) pairs, p = softmax(mlp_class_2(mlp_class(out_av))), nn.BCELoss()(p, GT)."""
+    d, classes = 8, 29
+    task = _task(LocalizationTask, classes, dim=d, segments=10, hidden=512, head_input="concat", loss="bce_softmax")
+    fc1, fc2 = task.head[0], task.head[1]
+    assert (fc1.in_features, fc1.out_features, fc2.out_features) == (2 * d, 512, classes)
+    a, v = torch.randn(3, 10, d), torch.randn(3, 10, d)
+    out = {"embedding": (a + v) / 2, "per_modality": {"audio": a, "video": v}}
+    gt = torch.randint(0, classes, (3, 10))
+    out_av = torch.cat((a, v), dim=-1).reshape(30, 2 * d)  # rearrange(out_av, 'b t p -> (b t) p')
+    p_av = F.softmax(fc2(fc1(out_av)), dim=-1)
+    torch.testing.assert_close(task.logits(out).reshape(30, classes).softmax(-1), p_av)
+    official = torch.nn.BCELoss()(p_av, F.one_hot(gt, classes).float().reshape(30, classes))
+    clips = {"label": gt, "audio": torch.zeros(3, 1, 4, 4), "video": torch.zeros(3, 1, 3, 4, 4)}  # both present
+    torch.testing.assert_close(task.loss(out, clips), official)
+    # an absent modality's half of [a; v] is 0; a method without per-modality embeddings is refused
+    batch = {
+        "label": gt,
+        "audio": torch.zeros(3),
+        "video": torch.zeros(3),
+        "audio_present": torch.tensor([1, 0, 1]).bool(),
+    }
+    masked = task.logits(out, batch)
+    torch.testing.assert_close(masked[1], fc2(fc1(torch.cat((torch.zeros_like(a[1]), v[1]), dim=-1))))
+    with pytest.raises(ValueError, match="head_input=concat needs per-modality"):
+        task.logits({"embedding": a})
 
 
 # --- multihead --------------------------------------------------------------------------------------------------
