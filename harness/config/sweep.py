@@ -149,7 +149,8 @@ class SweepSpec:
     variants: list[dict[str, Any]]
     tune: TuneConfig
     source_hash: str
-    source: str = ""
+    source: str = ""  # the sweep file's text, as written
+    resolved: str = ""  # the merged YAML the hash covers (includes and --set applied)
     origins: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -319,4 +320,6 @@ def build_sweep(raw: dict, parsed: list[tuple[str, Any, str]], errors: Errors, p
     searched = {**{k: d.to_dict() for k, d in axes.items()}, "variants": raw_variants}
     merged = {**raw, "search": searched, "tune": tune_raw}
     source_hash = hashlib.sha256(yaml.safe_dump(merged, sort_keys=True).encode()).hexdigest()
-    return SweepSpec(raw["name"], raw, axes, [v for v, _ in variants], tune, source_hash, str(path), origins)
+    source = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    resolved = yaml.safe_dump(merged, sort_keys=False)
+    return SweepSpec(raw["name"], raw, axes, [v for v, _ in variants], tune, source_hash, source, resolved, origins)
