@@ -52,8 +52,9 @@ class Driver:
     """`harness ARGS` in a subprocess of its own session; its output is collected, ``wait_for`` a line."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict | None = None):
-        self.proc = subprocess.Popen([*CLI, *args], cwd=cwd, env={**os.environ, **(env or {})}, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen([*CLI, *args], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.lines: list[str] = []
         self._seen = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -138,7 +139,7 @@ def test_sigint_after_the_first_trial_stops_resumably_and_resume_completes(tiny_
 
 @pytest.mark.ray
 def test_sigterm_twice_stops_the_sweep_at_once(tiny_run, tmp_path):
-    """SIGTERM, then SIGTERM again right away: exit 143 without waiting for Tune's last snapshot; the runs are KILLED."""
+    """SIGTERM, then again right away: exit 143 without waiting for Tune's last snapshot; the runs are KILLED."""
     path = _sweep_file(tiny_run, tmp_path, "t_sigterm", seeds=(0,), epochs=30)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     driver = Driver(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")], tmp_path)
