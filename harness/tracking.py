@@ -71,14 +71,15 @@ def open_client(uri: str):
     an exclusive lock on ``<file>.lock``, so processes that start on a new store at once do not race."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:///:memory:"):
-        from filelock import FileLock
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return MlflowClient(uri)
+    from filelock import FileLock
 
-        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{db}.lock"):
-            client.search_experiments(max_results=1)  # the first use creates or migrates the schema
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # the store is created (or migrated) by its first use
     return client
 
 
