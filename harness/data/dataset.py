@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from harness.api import Dataset, InputSpec
-from harness.data.annotations import ClipRecord
+from harness.data.annotations import ClipRecord, unique_clips
 from harness.data.frontend import FrontEndConfig, fbank_settings, normalise
 from harness.data.prepare import prepare
 from harness.data.shards import ShardReader, settings_hash
@@ -139,7 +139,7 @@ class PreparedDataset(Dataset):
         super().__init__(params, cache_dir)
         self.spec = self.input_spec(params)
         folder = self.cache_folder(params, cache_dir)
-        records = self.list_clips(params)
+        records, _ = unique_clips(self.list_clips(params))  # as prepare() keeps them
         if not (folder / "manifest.json").exists():
             self.prepare(params, cache_dir)
         self.manifest = json.loads((folder / "manifest.json").read_text())

@@ -6,7 +6,7 @@ The cache of one dataset and one set of decoding settings is a folder ``<cache>/
                               not normalised: the normalisation is applied when batches are read), audio_present
                               bool (n,); metadata: the clip ids, their files' checksums and the decoder
     files.json                file -> [size, mtime_ns, blake2b]: checksums are computed once per file version
-    manifest.json             counts, the ids of the missing and corrupt clips, the clip -> shard index, the hash
+    manifest.json             counts, the ids of the missing, corrupt and duplicate clips, clip -> shard, the hash
 
 A clip is keyed by its id and its file's checksum; the settings (frames, image size, views, front end) key the
 folder. A run reuses every shard whose clips still match, so an interrupted prepare resumes where it stopped (at
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from harness.data.annotations import ClipRecord
+from harness.data.annotations import ClipRecord, unique_clips
 from harness.data.decode import CorruptMediaError, decode, decoder_name
 from harness.data.frontend import kaldi_fbank
 from harness.data.shards import scan_shards, settings_hash, write_shard
@@ -155,6 +155,7 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
     Raises:
         PrepareError: ``strict`` and a file could not be decoded.
     """
+    records, duplicates = unique_clips(records)  # a row listed twice: its clip once, the row named below
     folder.mkdir(parents=True, exist_ok=True)
     decoder = decoder_name(settings["decoder"])
     have = scan_shards(folder)
@@ -211,6 +212,7 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
         "counts": counts,
         "missing": missing,
         "corrupt": sorted(corrupt),
+        "duplicates": duplicates,
         "errors": errors,
         "corrupt_checksums": {k: [ck, errors[k]] for k, ck in corrupt.items()},
         "decoder": decoder,
@@ -223,4 +225,6 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
     if reused:
         print(f"reused {reused} clips already in {folder}", file=out)
     print(", ".join(f"{k} {v}" for k, v in counts.items()), file=out, flush=True)
+    if duplicates:
+        print(f"dropped {len(duplicates)} duplicate annotation rows (manifest.json: duplicates)", file=out, flush=True)
     return manifest

@@ -110,6 +110,8 @@ def test_sigint_after_the_first_trial_stops_resumably_and_resume_completes(tiny_
     (parent,), children = _runs(client, "t_sigint")
     assert parent.info.status == "KILLED" and parent.data.tags["harness.interrupted"] == "true"
     assert parent.data.tags["harness.num_trials"] == "2"
+    logged = Path(client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path)))
+    assert logged.read_text() == path.read_text()  # the file's content, not its path
     assert not [c for c in children if c.info.status == "RUNNING"]
     assert [c.data.params["seed"] for c in children if c.info.status == "FINISHED"] == ["0"]
     for c in children:
