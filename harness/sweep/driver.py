@@ -10,7 +10,8 @@ Surviving failures: every epoch's report carries the trial's checkpoint (``tune.
 a trial that dies is restarted from its last epoch ``tune.max_failures`` times, in the same MLflow run. After the
 driver itself died, ``harness sweep FILE --resume`` restores the Tune experiment named in the parent run's
 ``harness.ray_experiment`` tag (``Tuner.restore``): finished trials are not run again, the others continue from their
-checkpoints, each in the child run that carries its ``harness.trial_id``, under the same parent run.
+checkpoints, each in the child run that carries its ``harness.trial_id``, under the same parent run. SIGINT/SIGTERM
+stops a sweep resumably (exit 130/143), and a failing MLflow store loses nothing (``docs/internals.md``).
 """
 
 from __future__ import annotations
