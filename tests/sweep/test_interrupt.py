@@ -140,6 +140,7 @@ def test_sigint_after_the_first_trial_stops_resumably_and_resume_completes(tiny_
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~40 s alone: a local Ray sweep stopped twice
 def test_sigterm_twice_stops_the_sweep_at_once(tiny_run, tmp_path):
     """SIGTERM, then again right away: exit 143 without waiting for Tune's last snapshot; the runs are KILLED."""
     path = _sweep_file(tiny_run, tmp_path, "t_sigterm", seeds=(0,), epochs=30)

@@ -70,6 +70,7 @@ def mlflow_server(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~1 min alone: an MLflow server and a one-trial sweep
 def test_a_password_in_tracking_uri_is_in_no_param_tag_artifact_or_printed_line(tiny_run, tmp_path, mlflow_server):
     host, server_files = mlflow_server
     sweep = {**tiny_run, "name": "t_secret", "method": {"name": "late"}, "search": {"seed": {"grid": [0]}},

@@ -103,6 +103,7 @@ def _fill(folder: Path) -> Path:
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~1 min alone: a sweep, then its resume, on a tmpfs
 def test_store_on_a_full_disk_loses_no_trial(tiny_run, small_fs, tmp_path, capsys):
     """MLflow's SQLite file and artifacts on a tmpfs that is filled once the first trial is done: the second trial
     trains on, its writes fail and wait; the sweep ends saying so (exit 1), its Tune snapshot holding the writes.
