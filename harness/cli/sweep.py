@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from harness.cli.common import add_command, add_set, add_tracking, resume_command
 
@@ -30,6 +31,7 @@ def add(sub):
 def run(args) -> int:
     """Exit 0 (all finished), 1 (a trial failed, or MLflow kept failing: --resume writes what it missed), 130/143
     (SIGINT/SIGTERM: the unfinished trials wait for --resume)."""
+    from harness.config import ConfigError
     from harness.run.signals import Interrupted
     from harness.sweep.resume import StoreUnavailable, SweepInterrupted
 
@@ -51,5 +53,12 @@ def run(args) -> int:
         return e.exit_code
     except StoreUnavailable as e:
         print(f"error: {e}; when it works again: {again}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as e:  # the driver itself failed (a full --storage disk, a lost cluster): say so after the trace
+        if isinstance(e, ConfigError):
+            raise
+        traceback.print_exc()
+        print(f"error: the sweep stopped ({type(e).__name__}: {str(e)[:300]}); its runs are KILLED and its Ray Tune "
+              f"state is kept: fix the cause, then {again}", file=sys.stderr, flush=True)  # fmt: skip
         return 1
     return 1 if failed else 0
