@@ -9,6 +9,11 @@ Params are the flattened resolved config (``method.fusion_layer``, ``train.lr``,
 trial reopens its run (``harness run --resume``: the run id from the checkpoint; a sweep: the child run tagged with the
 Tune trial id) and logs each metric once per step: what the run already holds (:func:`logged_steps`) is skipped.
 Tags: ``harness.sweep``, ``harness.sweep_hash``, ``harness.trial_id``, git SHA and dirty flag, versions, device.
+
+Credentials never reach a param, tag, artifact or printed line: a tracking URI's ``user:password@`` is moved into
+MLflow's own ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` for an ``http(s)`` server
+(:func:`tracking_uri`), and :func:`redact` strips it from whatever is logged or shown. A new SQLite store is created
+under a file lock (:func:`open_client`), so two sweeps started at once cannot race in MLflow's schema migration.
 """
 
 from __future__ import annotations
@@ -27,14 +32,55 @@ from harness.config import RunSpec, flatten
 _MAX_PARAM = 6000
 
 
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URI in it removed: ``http://user:pw@host`` -> ``http://host``."""
+    return _USERINFO.sub(lambda m: m["scheme"], text)
+
+
 def tracking_uri(explicit: str | None = None) -> str:
     """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's own default: ./mlflow.db in the cwd.
 
     The default is spelled as an absolute ``sqlite:///`` path so that processes in other working directories
-    (Ray trials chdir into their trial folders) open the same store.
+    (Ray trials chdir into their trial folders) open the same store. An ``http(s)`` URI with ``user:password@``
+    comes back without them: they go to ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (unless those are
+    set), which is how MLflow authenticates to a server; set those rather than writing a password in a file. A
+    database URI keeps its credentials (SQLAlchemy needs them there) and is only shown through :func:`redact`.
     """
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if not uri:
+        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    m = _USERINFO.match(uri)
+    if m and m["scheme"].lower() in ("http://", "https://"):
+        from urllib.parse import unquote
+
+        user, _, password = m["userinfo"].partition(":")
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+        if password:
+            os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+        print("note: the tracking URI's credentials are used through MLFLOW_TRACKING_USERNAME/PASSWORD and never "
+              "logged; set those instead of writing them in the URI", file=sys.stderr)  # fmt: skip
+        return redact(uri)
+    return uri
+
+
+def open_client(uri: str):
+    """An ``MlflowClient`` on ``uri`` whose store exists: a SQLite file is created (MLflow's schema migration) under
+    an exclusive lock on ``<file>.lock``, so processes that start on a new store at once do not race."""
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return MlflowClient(uri)
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # the store is created (or migrated) by its first use
+    return client
 
 
 # Distributions a number depends on besides torch: the model code (timm, peft), the training (ray, deepspeed), the
@@ -83,7 +129,7 @@ def run_params(spec_dict: dict) -> dict[str, str]:
     """MLflow params: the flattened resolved config, values as strings (``null`` for None)."""
     out = {}
     for k, v in flatten(spec_dict).items():
-        s = "null" if v is None else str(v)
+        s = "null" if v is None else redact(str(v))
         out[k] = s if len(s) <= _MAX_PARAM else s[: _MAX_PARAM - 3] + "..."
     return out
 
@@ -134,10 +180,8 @@ class MlflowReporter:
              run_id: str | None = None):  # fmt: skip
         """Start a run for ``spec``, or reopen ``run_id`` (a resumed trial: params not logged again); it ends
         FINISHED, or FAILED with the error if the block raises."""
-        from mlflow.tracking import MlflowClient
-
         uri = tracking_uri(uri or spec.tracking.uri)
-        client = MlflowClient(uri)
+        client = open_client(uri)
         experiment = spec.tracking.experiment or spec.name
         if run_id is not None:
             reopen_run(client, run_id)
@@ -152,6 +196,10 @@ class MlflowReporter:
             log_params(client, self.run_id, run_params(spec.to_dict()))
         try:
             yield self
+        except KeyboardInterrupt:  # SIGINT/SIGTERM (harness.run.signals): stopped, not failed; --resume continues
+            client.set_tag(self.run_id, "harness.interrupted", "true")
+            client.set_terminated(self.run_id, status="KILLED")
+            raise
         except BaseException as e:
             log_failure(client, self.run_id, e)
             raise
@@ -167,10 +215,11 @@ class MlflowReporter:
 
 
 def reopen_run(client, run_id: str) -> None:
-    """Mark ``run_id`` RUNNING again for a resumed trial, dropping the error of an earlier failed attempt."""
+    """Mark ``run_id`` RUNNING again for a resumed trial, dropping the error (or interruption) of an earlier try."""
     run = client.get_run(run_id)
-    if "harness.error" in run.data.tags:
-        client.delete_tag(run_id, "harness.error")
+    for tag in ("harness.error", "harness.interrupted"):
+        if tag in run.data.tags:
+            client.delete_tag(run_id, tag)
     client.update_run(run_id, status="RUNNING")
 
 
@@ -274,7 +323,7 @@ def serve_ui(uri: str | None, host: str, port: int) -> int:
     """``harness ui``: the MLflow UI on the project's store, bound to ``host`` (127.0.0.1 by default); its exit code."""
     uri = tracking_uri(uri)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI for {redact(uri)} at http://{host}:{port}  (Ctrl-C to stop)", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]  # fmt: skip
     return subprocess.call(cmd, env=env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 
@@ -40,3 +41,8 @@ def print_config_error(path: str | None, err: Exception) -> None:
     print(f"error: {path or 'the configuration'} has {n} problem{'s' if n != 1 else ''}:", file=sys.stderr)
     for key, msg in errors:
         print(f"  {key}: {msg}" if key else f"  {msg}", file=sys.stderr)
+
+
+def resume_command(command: str, file: str, sets: list[str]) -> str:
+    """The command line that continues an interrupted ``harness run`` / ``harness sweep``: same file, same --set."""
+    return " ".join(["harness", command, shlex.quote(file), *(f"--set {shlex.quote(s)}" for s in sets), "--resume"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from harness.cli.common import add_command, add_set, add_tracking
+import sys
+
+from harness.cli.common import add_command, add_set, add_tracking, resume_command
 
 
 def add(sub):
@@ -23,9 +25,14 @@ def add(sub):
 def run(args) -> int:
     from harness.config import ConfigError, RunSpec, load_config
     from harness.run.local import run_local
+    from harness.run.signals import Interrupted
 
     spec = load_config(args.file, args.set)
     if not isinstance(spec, RunSpec):
         raise ConfigError([("search", f"{args.file} is a sweep; run it with `harness sweep {args.file}`")])
-    run_local(spec, args.tracking_uri, args.resume)
+    try:
+        run_local(spec, args.tracking_uri, args.resume)
+    except Interrupted as e:  # 130 for SIGINT, 143 for SIGTERM; the MLflow run is KILLED
+        print(f"{e}; continue with: {resume_command('run', args.file, args.set)}", file=sys.stderr, flush=True)
+        return e.exit_code
     return 0

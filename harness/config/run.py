@@ -8,12 +8,13 @@ others (``train``, ``tracking``) by the models here. Every problem is collected 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.api import check_segments, segment_spec
-from harness.config.errors import TOP_KEYS, ConfigError, Errors, label_errors, validate
+from harness.config.errors import TOP_KEYS, ConfigError, Errors, label_errors, shown, validate
 from harness.registry import BACKBONES, DATASETS, ENGINES, FORMATS, METHODS, TASKS, Registry, UnknownNameError
 
 
@@ -39,7 +40,7 @@ class LrGroup(_Strict):
 class TrainConfig(_Strict):
     """Optimisation and loop settings shared by every method (AdamW or SGD + warmup + cosine decay)."""
 
-    epochs: int = Field(10, ge=1, description="number of passes over the training split")
+    epochs: int = Field(10, ge=1, le=100_000, description="number of passes over the training split")
     batch_size: int = Field(32, ge=1, description="training clips per optimiser step (all workers together)")
     eval_batch_size: int = Field(128, ge=1, description="clips per forward pass when evaluating")
     lr: float = Field(1.0e-3, gt=0, description="peak learning rate, reached at the end of warmup")
@@ -112,7 +113,7 @@ class TrackingConfig(_Strict):
 
 class _TopLevel(_Strict):
     name: str = Field(description="run name (default: the file stem); for sweeps the MLflow experiment")
-    seed: int = Field(0, ge=0, description="seed of data order, initialisation and augmentation")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of data order, initialisation and augmentation")
     dataset: dict[str, Any] = Field(description="dataset card name + overrides of its format's parameters")
     task: dict[str, Any] = Field(default_factory=dict, description="task name + its Config fields")
     backbone: dict[str, Any] = Field(default_factory=lambda: {"name": "tiny"}, description="preset + overrides")
@@ -177,7 +178,7 @@ def lookup(registry: Registry, section: str, name: Any, errors: Errors, attr: st
     """Resolve ``name`` in ``registry`` (and its ``attr``); record an error at ``section.name`` instead of raising."""
     key = f"{section}.name"
     if not isinstance(name, str):
-        errors.append((key, f"must be the name of a registered {registry.kind}, got {name!r}"))
+        errors.append((key, f"must be the name of a registered {registry.kind}, got {shown(name)}"))
         return None
     try:
         obj = registry.get(name)
@@ -213,6 +214,10 @@ def _dataset(top: _TopLevel, errors: Errors) -> tuple[DatasetSpec | None, dict |
     params = validate(
         loader.Config, {**card["params"], **{k: v for k, v in ds.items() if k != "name"}}, "dataset", errors
     )
+    root = getattr(params, "root", None)  # real data: the annotations are read from it on every start
+    if isinstance(root, str) and not Path(root).is_dir():
+        errors.append(("dataset.root", f"{shown(root)} is not a folder; it must hold the dataset's annotation files "
+                                       f"and media (datasets/README.md, or `harness synth --layout ...`)"))  # fmt: skip
     return (DatasetSpec(ds["name"], card["format"], card, params) if params is not None else None), card, loader
 
 
@@ -277,8 +282,13 @@ def _resolve(d: dict) -> tuple[RunSpec | None, Errors]:
     errors: Errors = []
     top = validate(_TopLevel, d, "", errors)
     if top is None:  # go on with what parsed, so that the sections' own errors are reported too
-        raw = {k: d.get(k) for k in ("dataset", "task", "backbone", "method")}
-        top = _TopLevel.model_construct(**{k: v for k, v in raw.items() if isinstance(v, dict)})
+        raw = {k: d.get(k) for k in ("dataset", "task", "backbone", "method", "engine")}
+        parts = {k: v for k, v in raw.items() if isinstance(v, dict)}
+        try:  # the engine checks itself against train, if that section is fine on its own
+            parts["train"] = TrainConfig.model_validate(d.get("train") or {})
+        except (ValueError, TypeError):
+            pass
+        top = _TopLevel.model_construct(**parts)
     for section in ("dataset", "method"):
         if isinstance(getattr(top, section, None), dict) and "name" not in getattr(top, section):
             errors.append((f"{section}.name", f"missing required key; see `harness ls {section}s`"))

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.config.errors import ConfigError, Errors, label_errors, unknown_key_msg, validate
+from harness.config.errors import ConfigError, Errors, label_errors, shown, unknown_key_msg, validate
 from harness.config.files import apply_overrides, as_number, set_dotted
 from harness.config.run import RunSpec, _resolve, resolve_run
 
@@ -105,13 +105,13 @@ def parse_domain(key: str, spec: Any) -> tuple[Domain | None, Errors]:
     where = f"search.{key}"
     if not isinstance(spec, dict) or len(spec) != 1:
         return None, [(where, f"must be a mapping with exactly one of {', '.join(KINDS)}, e.g. {{grid: [1, 2]}}; "
-                              f"got {spec!r}")]  # fmt: skip
+                              f"got {shown(spec)}")]  # fmt: skip
     ((kind, arg),) = spec.items()
     if kind not in KINDS:
         return None, [(f"{where}.{kind}", unknown_key_msg(str(kind), list(KINDS)).replace("key", "domain kind"))]
     if kind in ("grid", "choice"):
         if not isinstance(arg, list) or not arg:
-            return None, [(f"{where}.{kind}", f"must be a non-empty list of values, got {arg!r}")]
+            return None, [(f"{where}.{kind}", f"must be a non-empty list of values, got {shown(arg)}")]
         return Domain(kind, values=tuple(as_number(x) for x in arg)), []
     arg = [as_number(x) for x in arg] if isinstance(arg, list) else arg
     numeric = isinstance(arg, list) and len(arg) == 2 and all(isinstance(x, (int, float)) for x in arg)
@@ -119,7 +119,7 @@ def parse_domain(key: str, spec: Any) -> tuple[Domain | None, Errors]:
         numeric = False
     if not numeric or not arg[0] < arg[1] or (kind == "loguniform" and arg[0] <= 0):
         need = {"uniform": "numbers a < b", "loguniform": "numbers 0 < a < b", "randint": "integers a < b (b excluded)"}
-        return None, [(f"{where}.{kind}", f"must be [a, b] with {need[kind]}, got {arg!r}")]
+        return None, [(f"{where}.{kind}", f"must be [a, b] with {need[kind]}, got {shown(arg)}")]
     return Domain(kind, bounds=(arg[0], arg[1])), []
 
 
@@ -149,7 +149,8 @@ class SweepSpec:
     variants: list[dict[str, Any]]
     tune: TuneConfig
     source_hash: str
-    source: str = ""
+    source: str = ""  # the sweep file's text, as written
+    resolved: str = ""  # the merged YAML the hash covers (includes and --set applied)
     origins: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -204,7 +205,7 @@ def _probe_assignments(axes: dict[str, Domain], variants: list[dict]) -> list[tu
             if marker in seen:
                 continue
             seen.add(marker)
-            origins = {k: f"search.{k} ({axes[k].kind} value {v!r})" for k, v in assignment.items() if k in axes}
+            origins = {k: f"search.{k} ({axes[k].kind} value {shown(v)})" for k, v in assignment.items() if k in axes}
             out.append((assignment, {**origins, **var_origins}))
     return out
 
@@ -229,15 +230,15 @@ def _search_sections(raw: dict, errors: Errors) -> tuple[dict, list, dict]:
     search = raw.pop("search", None) or {}
     tune_raw = raw.pop("tune", None) or {}
     if not isinstance(search, dict):
-        errors.append(("search", f"must be a mapping of dotted keys to domains, got {search!r}"))
+        errors.append(("search", f"must be a mapping of dotted keys to domains, got {shown(search)}"))
         search = {}
     variants = search.pop("variants", None) or []
     if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
-        msg = f"must be a list of mappings (dotted key -> value or list of values), got {variants!r}"
+        msg = f"must be a list of mappings (dotted key -> value or list of values), got {shown(variants)}"
         errors.append(("search.variants", msg))
         variants = []
     if not isinstance(tune_raw, dict):
-        errors.append(("tune", f"must be a mapping, got {tune_raw!r}"))
+        errors.append(("tune", f"must be a mapping, got {shown(tune_raw)}"))
         tune_raw = {}
     return search, variants, tune_raw
 
@@ -270,13 +271,17 @@ def _variants(raw_variants: list[dict], axes: dict[str, Domain], errors: Errors)
     """Every variant expanded to flat assignments, each with the origins of its values; ``[({}, {})]`` for none."""
     variants: list[tuple[dict, dict]] = []
     for i, v in enumerate(raw_variants):
-        for key in v:
+        for key, value in v.items():
             if key in axes:
                 msg = f"is also a search axis (search.{key}); set it in one place"
                 errors.append((f"search.variants[{i}].{key}", msg))
+            if value == []:  # a grid of nothing would make the variant no trial at all
+                errors.append((f"search.variants[{i}].{key}", "is an empty list: give one value or a list of values "
+                                                             "(to set a list, wrap it: [[]])"))  # fmt: skip
         for flat in expand_variant({k: val for k, val in v.items() if k not in axes}):
             if flat not in [f for f, _ in variants]:
-                variants.append((flat, {k: f"search.variants[{i}].{k} (value {val!r})" for k, val in flat.items()}))
+                origins = {k: f"search.variants[{i}].{k} (value {shown(val)})" for k, val in flat.items()}
+                variants.append((flat, origins))
     return variants or [({}, {})]
 
 
@@ -319,4 +324,6 @@ def build_sweep(raw: dict, parsed: list[tuple[str, Any, str]], errors: Errors, p
     searched = {**{k: d.to_dict() for k, d in axes.items()}, "variants": raw_variants}
     merged = {**raw, "search": searched, "tune": tune_raw}
     source_hash = hashlib.sha256(yaml.safe_dump(merged, sort_keys=True).encode()).hexdigest()
-    return SweepSpec(raw["name"], raw, axes, [v for v, _ in variants], tune, source_hash, str(path), origins)
+    source = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    resolved = yaml.safe_dump(merged, sort_keys=False)
+    return SweepSpec(raw["name"], raw, axes, [v for v, _ in variants], tune, source_hash, source, resolved, origins)

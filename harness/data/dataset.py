@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from harness.api import Dataset, DatasetError, InputSpec
 from harness.data import jpeg
-from harness.data.annotations import ClipRecord
+from harness.data.annotations import ClipRecord, unique_clips
 from harness.data.decode import DECODERS, resolve_decoder
 from harness.data.frontend import FrontEndConfig, fbank_settings, fit_frames, normalise, spectrogram_frames
 from harness.data.loader import SplitLoader
@@ -230,7 +230,7 @@ class PreparedDataset(Dataset):
         super().__init__(params, cache_dir)
         self.spec = self.input_spec(params)
         folder = self.cache_folder(params, cache_dir)
-        records = self.list_clips(params)
+        records, _ = unique_clips(self.list_clips(params))  # as prepare() keeps them
         if not (folder / "manifest.json").exists():
             self.prepare(params, cache_dir)
         self.manifest = json.loads((folder / "manifest.json").read_text())

@@ -8,8 +8,8 @@ The cache of one dataset and one set of decoding settings is a folder ``<cache>/
                               by side, padded frames NaN), audio_present; metadata: ids, checksums, per-clip info
                               (seconds of media, short), the decoder (``harness.data.shards``)
     files.json                file -> [size, mtime_ns, blake2b]: checksums are computed once per file version
-    manifest.json             counts, the ids of the missing, corrupt and short clips, the clip -> shard index, the
-                              decoder that ran (``pyav 18.1.0``), the hash
+    manifest.json             counts, the ids of the missing, corrupt, duplicate and short clips, the clip -> shard
+                              index, the decoder that ran (``pyav 18.1.0``), the hash
 
 What a batch is cut from a clip (the window, crops, flips, masks, views) is chosen when the batch is made
 (``harness.data.recipe``), so those keys do not select the folder; the frame grid, the stored short side, the JPEG
@@ -36,7 +36,7 @@ import torch
 
 from harness.api.data import DatasetError
 from harness.data import jpeg
-from harness.data.annotations import ClipRecord
+from harness.data.annotations import ClipRecord, unique_clips
 from harness.data.decode import CorruptMediaError, decode, decoder_name
 from harness.data.frontend import audio_features
 from harness.data.shards import scan_shards, settings_hash, write_shard
@@ -199,6 +199,7 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
     Raises:
         PrepareError: ``strict`` and a file could not be decoded.
     """
+    records, duplicates = unique_clips(records)  # a row listed twice: its clip once, the row named below
     folder.mkdir(parents=True, exist_ok=True)
     decoder = decoder_name(settings["decoder"])
     have = scan_shards(folder)
@@ -260,6 +261,7 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
         "missing": missing,
         "missing_hints": hints,
         "corrupt": sorted(corrupt),
+        "duplicates": duplicates,
         "errors": errors,
         "corrupt_checksums": {k: [ck, errors[k]] for k, ck in corrupt.items()},
         "short": short,
@@ -280,4 +282,6 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
     if short:
         print(f"note: {len(short)} clips end before clip_seconds (listed under 'short' in the manifest; "
               "dataset.short_clips says how they are filled)", file=out)  # fmt: skip
+    if duplicates:
+        print(f"dropped {len(duplicates)} duplicate annotation rows (manifest.json: duplicates)", file=out, flush=True)
     return manifest

@@ -23,6 +23,9 @@ from torch import Tensor, nn
 
 from harness.api import InputSpec
 
+# What harness.models.weights.read_checkpoint reads
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
+
 
 class BackboneConfig(BaseModel):
     """Width, depth and tokenisation of the ViT that every method builds its streams from."""
@@ -122,6 +125,9 @@ class BackboneConfig(BaseModel):
         errors: list[tuple[str, str]] = []
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             errors.append(("backbone.checkpoint", f"{self.checkpoint!r} is not a file (checkpoints are local files)"))
+        elif self.checkpoint is not None and Path(self.checkpoint).suffix.lower() not in CHECKPOINT_SUFFIXES:
+            errors.append(("backbone.checkpoint", f"{Path(self.checkpoint).name!r} has an unknown suffix; use "
+                                                  f"{', '.join(CHECKPOINT_SUFFIXES)}"))  # fmt: skip
         if spec is not None:
             if num_video_tokens(self, spec) == 0:
                 errors.append(

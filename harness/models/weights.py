@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.api import CheckpointError
-from harness.models.backbones import audio_grid, video_grid
+from harness.models.backbones import CHECKPOINT_SUFFIXES, audio_grid, video_grid
 
 log = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+TORCH_SUFFIXES = tuple(s for s in CHECKPOINT_SUFFIXES if s in (".pth", ".pt", ".bin"))
 WRAPPERS = ("model", "state_dict")  # timm train checkpoints, DeiT / MAE releases, Lightning
 
 
@@ -61,6 +61,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"backbone.checkpoint: {str(path)!r} is not a file (checkpoints are local files)")
     suffix = path.suffix.lower()
+    try:
+        return _read(path, suffix)
+    except (CheckpointError, MemoryError):
+        raise
+    except Exception as e:  # a truncated or foreign file: safetensors, zip, pickle and numpy errors alike
+        raise CheckpointError(
+            f"backbone.checkpoint: cannot read {path} as a {suffix} checkpoint ({type(e).__name__}: {str(e)[:300]}); "
+            "it may be truncated or in another format: download it again, or set backbone.checkpoint to another file"
+        ) from e
+
+
+def _read(path: Path, suffix: str) -> dict[str, Tensor]:
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -11,6 +11,7 @@ of the runs' task (``harness.report.stats.primary_metric``).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -89,6 +90,31 @@ def mark_budget(runs: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list
         "so these rows are not budget-matched with full-budget rows. Use them to explore, not as a paper table."
     )
     return runs, [*keys, "budget"], [note]
+
+
+def incomplete(client, parent, keys: list[str]) -> str | None:
+    """A note when the sweep of ``parent`` is incomplete (interrupted, still running, or with trials that did not
+    finish), naming the trials that are missing; None when every trial finished."""
+    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                              max_results=50000)  # fmt: skip
+    stopped = [r for r in kids if r.data.tags.get("harness.stopped_early") == "true"]
+    done = [r for r in kids if r.info.status == "FINISHED"]
+    missing = [r for r in kids if r.info.status != "FINISHED" and r not in stopped]
+    total = int(parent.data.tags.get("harness.num_trials", len(kids)))
+    not_started = max(0, total - len(kids))
+    if parent.info.status == "FINISHED" and not missing and not not_started:
+        return None
+    state = {"KILLED": "interrupted", "RUNNING": "still running (or its driver died)"}.get(parent.info.status, "ended")
+
+    def label(r) -> str:
+        shown = " ".join(f"{k}={r.data.params[k]}" for k in [*keys, "seed"] if k in r.data.params) or r.info.run_id
+        why = "interrupted" if r.data.tags.get("harness.interrupted") == "true" else r.info.status
+        return f"{shown} ({why})"
+
+    names = [label(r) for r in missing] + ([f"{not_started} not started"] if not_started else [])
+    name = parent.data.tags.get("harness.sweep", "?")
+    return (f"INCOMPLETE: sweep `{name}` is {state}: {len(done)} of {total} trials finished; missing: "
+            f"{'; '.join(names) or 'none'}. Finish it with `harness sweep FILE --resume`.")  # fmt: skip
 
 
 def report_format(out: Path, fmt: str | None) -> str:
@@ -188,6 +214,10 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None,
     names = [p.data.tags["harness.sweep"] for p in parents]
     name = " + ".join(dict.fromkeys(names))
     runs, keys, notes = _rows(runs, spec, sweep, names)
+    for parent in parents:
+        if (gap := incomplete(client, parent, keys)) is not None:
+            notes.insert(0, gap)
+            print(f"warning: {gap}", file=sys.stderr)
     extra = {c.removeprefix("metrics."): c for c in spec.metric_columns()} if spec else {}
     primary = primary_metric(runs)  # the tasks' own (harness.primary_metric): mAP, seg_acc, action_top1, top1
     table = aggregate(runs, keys, extra, primary)

@@ -1,15 +1,17 @@
 """``harness run``: one trial in this process, no Ray, logged to MLflow as a run of its own, checkpointed locally.
 
 The checkpoint folder is :func:`harness.run.reporting.checkpoint_dir` of the resolved run; with ``resume`` the
-interrupted run of the same file and overrides continues from its last epoch, in the same MLflow run.
+interrupted run of the same file and overrides continues from its last epoch, in the same MLflow run. SIGINT or
+SIGTERM stops it where it is (:mod:`harness.run.signals`): the run ends KILLED and its last epoch's checkpoint stays.
 """
 
 from __future__ import annotations
 
 from harness.config import ConfigError, RunSpec
 from harness.run.reporting import LocalCheckpoints, checkpoint_dir
+from harness.run.signals import Interrupted, interrupts
 from harness.run.trial import run_trial
-from harness.tracking import MlflowReporter
+from harness.tracking import MlflowReporter, redact
 
 
 def run_local(spec: RunSpec, tracking_uri: str | None = None, resume: bool = False) -> dict[str, float]:
@@ -17,6 +19,7 @@ def run_local(spec: RunSpec, tracking_uri: str | None = None, resume: bool = Fal
 
     Raises:
         ConfigError: ``resume`` without a checkpoint of this run.
+        Interrupted: SIGINT or SIGTERM; its message says after which epoch, and where the checkpoint is.
     """
     folder, run_id = checkpoint_dir(spec), None
     if resume:
@@ -27,10 +30,15 @@ def run_local(spec: RunSpec, tracking_uri: str | None = None, resume: bool = Fal
         run_id = state["mlflow_run_id"]
         print(f"resuming MLflow run {run_id} after epoch {state['epoch']} from {folder}", flush=True)
     tags = {"harness.checkpoint": str(folder)}  # where `harness eval RUN_ID` finds the trained model
-    with MlflowReporter.open(spec, tracking_uri, run_id=run_id, tags=tags) as mlflow_reporter:
-        reporter = LocalCheckpoints(mlflow_reporter, folder, {"mlflow_run_id": mlflow_reporter.run_id}, resume)
-        final = run_trial(spec, reporter)
+    try:
+        with interrupts(), MlflowReporter.open(spec, tracking_uri, run_id=run_id, tags=tags) as mlflow_reporter:
+            reporter = LocalCheckpoints(mlflow_reporter, folder, {"mlflow_run_id": mlflow_reporter.run_id}, resume)
+            final = run_trial(spec, reporter)
+    except Interrupted as e:
+        state = LocalCheckpoints.read(folder)
+        where = f"after epoch {state['epoch']} (checkpoint in {folder})" if state else "before its first checkpoint"
+        raise Interrupted(e.signum, f"{e}: stopped {where}") from None
     print(" ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("test/")))
     r = mlflow_reporter
-    print(f"logged to MLflow run {r.run_id} in experiment '{r.experiment}' at {r.uri}; checkpoint in {folder}")
+    print(f"logged to MLflow run {r.run_id} in experiment '{r.experiment}' at {redact(r.uri)}; checkpoint in {folder}")
     return final

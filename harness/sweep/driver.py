@@ -10,25 +10,30 @@ Surviving failures: every epoch's report carries the trial's checkpoint (``tune.
 a trial that dies is restarted from its last epoch ``tune.max_failures`` times, in the same MLflow run. After the
 driver itself died, ``harness sweep FILE --resume`` restores the Tune experiment named in the parent run's
 ``harness.ray_experiment`` tag (``Tuner.restore``): finished trials are not run again, the others continue from their
-checkpoints, each in the child run that carries its ``harness.trial_id``, under the same parent run.
+checkpoints, each in the child run that carries its ``harness.trial_id``, under the same parent run. SIGINT/SIGTERM
+stops a sweep resumably (exit 130/143), and a failing MLflow store loses nothing (``docs/internals.md``).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.config import ConfigError, SweepSpec, load_config
 from harness.registry import ENGINES, FORMATS
 from harness.run.engines.auto import choose_engine
+from harness.run.signals import Interrupts, interrupts
 from harness.run.trial import cache_dir
 from harness.sweep.callback import SweepLog, attach, detach
-from harness.sweep.resume import interrupted_sweep, trial_statuses
+from harness.sweep.local import loopback_only, ray_processes, watch
+from harness.sweep.resume import StoreUnavailable, SweepInterrupted, close_sweep, interrupted_sweep
 from harness.sweep.space import first_trial, first_values, param_space, run_label, scheduler_tags
 from harness.sweep.trainable import trainable
-from harness.tracking import code_tags, experiment_id, tracking_uri
+from harness.tracking import code_tags, experiment_id, open_client, redact, tracking_uri
 
 
 def prepare_datasets(spec: SweepSpec) -> None:
@@ -46,34 +51,47 @@ def prepare_datasets(spec: SweepSpec) -> None:
 
 
 def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None = None,
-              address: str | None = None, resume: bool = False) -> int:  # fmt: skip
+              address: str | None = None, resume: bool = False, signals: Interrupts | None = None) -> int:  # fmt: skip
     """Run every trial of ``spec``, or with ``resume`` the unfinished ones of its interrupted invocation; returns the
-    number of failed trials."""
+    number of failed trials.
+
+    Raises:
+        SweepInterrupted: ``signals`` (:func:`harness.run.signals.interrupts`) got SIGINT/SIGTERM; the runs of the
+            unfinished trials and the parent run are KILLED, ``--resume`` finishes them.
+        StoreUnavailable: MLflow kept failing; its writes wait in Tune's snapshot, ``--resume`` writes them.
+    """
     import ray
-    from mlflow.tracking import MlflowClient
     from ray import tune
 
     uri = tracking_uri(tracking or spec.base.get("tracking", {}).get("uri"))
     base = dict(spec.base)
+    if isinstance(base.get("tracking"), dict) and base["tracking"].get("uri"):  # trials never need it, Tune logs it
+        base["tracking"] = {**base["tracking"], "uri": redact(base["tracking"]["uri"])}
     base["cache_dir"] = str(cache_dir(first_trial(spec)).resolve())
     start_ray(address)
+    if signals is not None:
+        signals.install()  # after ray.init, which puts a SIGTERM handler of its own in place
     try:
         prepare_datasets(spec)
-        client = MlflowClient(uri)
+        client = open_client(uri)
         experiment = base.get("tracking", {}).get("experiment") or spec.name
         exp_id = experiment_id(client, experiment)
         if resume:
             parent, path = interrupted_sweep(client, exp_id, spec)
             parent_id = parent.info.run_id
             client.update_run(parent_id, status="RUNNING")
+            if "harness.interrupted" in parent.data.tags:
+                client.delete_tag(parent_id, "harness.interrupted")
             client.set_tag(parent_id, "harness.resumed", str(int(parent.data.tags.get("harness.resumed", "0")) + 1))
         else:
             name = f"{spec.name}-{spec.source_hash[:8]}-{int(time.time())}"
             path = str(Path(storage or Path.cwd() / ".harness" / "ray").resolve() / name)
             tags = {**code_tags(), **scheduler_tags(spec), "harness.sweep": spec.name,
-                    "harness.sweep_hash": spec.source_hash, "harness.ray_experiment": path}  # fmt: skip
+                    "harness.sweep_hash": spec.source_hash, "harness.ray_experiment": path,
+                    "harness.num_trials": str(spec.num_trials)}  # fmt: skip
             parent_id = client.create_run(exp_id, tags={**tags, "mlflow.runName": spec.name}).info.run_id
-            client.log_text(parent_id, spec.source, "sweep.yaml")
+            client.log_text(parent_id, redact(spec.source), "sweep.yaml")  # the file as written
+            client.log_text(parent_id, redact(spec.resolved), "sweep.resolved.yaml")  # includes and --set applied
     except BaseException:  # nothing has started: no run to close, only the Ray that start_ray began
         ray.shutdown()
         raise
@@ -91,7 +109,7 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
     concurrent = spec.tune.max_concurrent_trials or _max_concurrent(ray.cluster_resources(), res.cpu * max(1, workers),
                                                                     gpu * max(1, workers))  # fmt: skip
     what = "resuming its unfinished trials" if resume else f"{spec.num_trials} trials"
-    print(f"sweep '{spec.name}': {what}, {concurrent} at a time; MLflow {uri} "
+    print(f"sweep '{spec.name}': {what}, {concurrent} at a time; MLflow {redact(uri)} "
           f"(experiment '{experiment}', parent run {parent_id}); Ray Tune state in {path}", flush=True)  # fmt: skip
     if spec.tune.scheduler == "asha":  # the reports before epoch 0 and of the final test have no val/*: ASHA skips them
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -118,32 +136,75 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
                 verbose=0,
             ),
         )
-    status = "FINISHED"
+    status, left = "FINISHED", []
     try:
-        tuner.fit()
+        with _graceful_stop(signals):
+            tuner.fit()
+    except KeyboardInterrupt:  # a second signal: stop at once, without Tune's last snapshot
+        status = "KILLED"
+        if signals is None or signals.first is None:
+            raise
     except BaseException:
-        status = "KILLED"  # interrupted: `--resume` continues it
+        status = "KILLED"  # the driver failed: `--resume` continues it
         raise
     finally:
         try:
-            log.drain()  # every queued write lands before the statuses are read (raises the first that failed)
+            # Every queued write lands before the statuses are read. A store that keeps failing leaves them queued:
+            # they are in the journal of Tune's last snapshot, and `--resume` writes them.
+            left = log.drain(timeout=2.0 if status == "KILLED" else None)
+            if status == "KILLED" or not left:
+                stopped = status == "KILLED" or (signals is not None and signals.first is not None)
+                counts = close_sweep(client, exp_id, parent_id, interrupted=stopped, quiet=status == "KILLED")
         finally:
             detach(log)
-            counts = trial_statuses(client, exp_id, parent_id)
-            client.set_tag(parent_id, "harness.failed_trials", str(len(counts["FAILED"])))
-            client.set_terminated(parent_id, status=status)
             ray.shutdown()
+    if left and status == "FINISHED":
+        raise StoreUnavailable(len(left), log.writer.error, path)
+    if signals is not None and signals.first is not None:
+        done, stopped_early = len(counts["FINISHED"]), len(counts["KILLED"])
+        raise SweepInterrupted(signals.first, done, spec.num_trials - done - stopped_early)
     failed = [f"{run_label(r, spec)}: {r.data.tags.get('harness.error', '?')}" for r in counts["FAILED"]]
     stopped = f", {len(counts['KILLED'])} stopped early" if counts["KILLED"] else ""
     print(f"sweep '{spec.name}' done: {len(counts['FINISHED'])} finished ({log.finished} in this run){stopped}, "
           f"{len(failed)} failed", flush=True)  # fmt: skip
     if failed:
         print("failed trials: " + "; ".join(failed), file=sys.stderr)
-    return len(failed)
+    for op, error in log.writer.refused:
+        print(f"MLflow refused a write of trial {op[1]} ({op[0]}): {error}", file=sys.stderr)
+    return len(failed) + len(log.writer.refused)
+
+
+@contextmanager
+def _graceful_stop(signals: Interrupts | None):
+    """During ``Tuner.fit``: the first SIGINT/SIGTERM asks Tune to stop as its own SIGINT handler does (Tune saves
+    the experiment, stops the running trials and returns); Tune's handler only knows SIGINT, and only its SIGUSR1
+    one is installed whatever the signal (``TUNE_DISABLE_SIGINT_HANDLER``), so both signals reach it that way."""
+    if signals is None:
+        yield
+        return
+
+    def stop(signum: int) -> bool:
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            return False  # Tune's loop has not started: stop at once
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return True
+
+    before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    signals.graceful = stop
+    try:
+        yield
+    finally:
+        signals.graceful = None
+        if before is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before
 
 
 def start_ray(address: str | None) -> None:
-    """``ray.init`` for a sweep: an existing cluster (``--address`` / ``RAY_ADDRESS``) or a local one on all cores."""
+    """``ray.init`` for a sweep: an existing cluster (``--address`` / ``RAY_ADDRESS``) or a local one on all cores,
+    listening on 127.0.0.1 only."""
     import ray
 
     # Tune's newer console output prints a configuration box and TensorBoard hints; the harness prints one line per
@@ -158,8 +219,13 @@ def start_ray(address: str | None) -> None:
     runtime_env = {"env_vars": env} if env else None
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False, runtime_env=runtime_env)
-    else:
+    else:  # on 127.0.0.1 only (harness.sweep.local); its processes end with this one, however it ends
+        if not loopback_only() and ray.util.get_node_ip_address() != "127.0.0.1":
+            print("note: Ray was imported before the sweep started, so its local instance listens on "
+                  f"{ray.util.get_node_ip_address()}, not only on 127.0.0.1", file=sys.stderr)  # fmt: skip
+        before = set(ray_processes())
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+        watch(ray_processes(before))
 
 
 def scheduler_options(spec: SweepSpec) -> dict:
@@ -197,13 +263,30 @@ def _max_concurrent(resources: dict, cpu: float, gpu: float) -> int:
 
 
 def sweep_file(path: str, overrides: list[str], tracking_uri: str | None = None, storage: str | None = None,
-               address: str | None = None, resume: bool = False) -> int:  # fmt: skip
+               address: str | None = None, resume: bool = False, yes: bool = False) -> int:  # fmt: skip
     """``harness sweep FILE [--resume]``: the number of failed trials (0 when every trial finished).
 
+    A sweep of more than :data:`CONFIRM_TRIALS` trials needs ``yes`` (``--yes``), or a yes on the terminal.
+
     Raises:
-        ConfigError: the file is not a sweep, or has errors.
+        ConfigError: the file is not a sweep, has errors, or is too large and not confirmed.
+        SweepInterrupted: SIGINT/SIGTERM (:func:`run_sweep`).
     """
     spec = load_config(path, overrides)
     if not isinstance(spec, SweepSpec):
         raise ConfigError([("search", f"{path} has no search: or tune: section; run it with `harness run {path}`")])
-    return run_sweep(spec, tracking_uri, storage, address, resume)
+    if not resume and spec.num_trials > CONFIRM_TRIALS and not yes and not _confirmed(spec):
+        raise ConfigError([("search", f"{spec.num_trials:,} trials (more than {CONFIRM_TRIALS:,}): check the grid "
+                                      "with `harness validate`, then pass --yes to start it")])  # fmt: skip
+    with interrupts() as signals:
+        return run_sweep(spec, tracking_uri, storage, address, resume, signals)
+
+
+CONFIRM_TRIALS = 1000  # a sweep larger than this starts only with --yes (or a yes typed on the terminal)
+
+
+def _confirmed(spec: SweepSpec) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"sweep '{spec.name}' has {spec.num_trials:,} trials; start it? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")

@@ -40,16 +40,21 @@ def first_trial(spec: SweepSpec) -> RunSpec:
     return spec.resolve(first_values(spec) | spec.variants[0])
 
 
+def swept_keys(spec: SweepSpec) -> list[str]:
+    """Every key a variant or an axis sets, in file order (the first variant's first): what tells trials apart."""
+    return list(dict.fromkeys([*(k for v in spec.variants for k in v), *spec.axes]))
+
+
 def describe(config: dict, spec: SweepSpec) -> str:
     """Short trial label from its swept values: ``method.name=mbt method.fusion_layer=1 seed=0``."""
     a = trial_assignment(config)
-    return " ".join(f"{k}={a[k]}" for k in [*spec.variants[0], *spec.axes] if k in a) or "trial"
+    return " ".join(f"{k}={a[k]}" for k in swept_keys(spec) if k in a) or "trial"
 
 
 def run_label(run, spec: SweepSpec) -> str:
     """:func:`describe` of a child run, from its params."""
     p = run.data.params
-    return " ".join(f"{k}={p[k]}" for k in [*spec.variants[0], *spec.axes] if k in p) or run.info.run_id
+    return " ".join(f"{k}={p[k]}" for k in swept_keys(spec) if k in p) or run.info.run_id
 
 
 def scheduler_tags(spec: SweepSpec) -> dict[str, str]:
