@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
@@ -43,6 +44,8 @@ def test_every_recipe_validates_as_shipped(tmp_path, monkeypatch, capsys):
     for name in ("ViT-B_16.npz", "swinv2_large_window12_192.ms_in22k.safetensors",
                  "vit_base_patch16_224.augreg_in21k.safetensors"):  # fmt: skip
         (tmp_path / "weights" / name).touch()
+    for recipe in RECIPES:  # validate checks that dataset.root is a folder (its contents are prepare's to check)
+        (tmp_path / yaml.safe_load(recipe.read_text())["dataset"]["root"]).mkdir(parents=True, exist_ok=True)
     assert main(["validate", *map(str, RECIPES)]) == 0
     assert capsys.readouterr().out.count("ok (sweep with 3 trials)") == len(RECIPES)
     (tmp_path / "weights" / "ViT-B_16.npz").unlink()  # validate names what is missing
