@@ -140,7 +140,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def cache_checks(args, root: Path, cache: Path) -> None:
     from torchvision.transforms.v2.functional import resize
 
-    from harness.data import jpeg
     from harness.data.decode import decode
     from harness.run.prepare import resolve_params
 
@@ -155,10 +154,9 @@ def cache_checks(args, root: Path, cache: Path) -> None:
           f"({raw / on_disk:.1f}x smaller)")  # fmt: skip
     split = ds.splits["train"]
     rec = split.records[0]
-    shard, row, _ = split.index[rec.id]
-    sh = split._shards(shard)
-    times = [(k + 0.5) / params.cache_fps for k in range(sh.n_frames(row))]
-    cached = torch.stack(jpeg.decode(sh.jpeg(row, list(range(len(times))))))
+    _, n_frames, _, _ = split.source.info(rec)
+    times = [(k + 0.5) / params.cache_fps for k in range(n_frames)]
+    cached = torch.stack(split.source.load(rec, list(range(n_frames)))[0])
     scaled = decode(str(root / rec.file), times, 0.0, 10.0, 16000, params.stored_side, args.decoder).video
     full = decode(str(root / rec.file), times, 0.0, 10.0, 16000, None, args.decoder).video
     ref = resize(full.float(), list(cached.shape[-2:]), antialias=True).round().clamp(0, 255)

@@ -38,7 +38,7 @@ import torch
 from harness.api.data import DatasetError
 from harness.data import jpeg
 from harness.data.annotations import ClipRecord
-from harness.data.decode import CorruptMediaError, decode, decoder_name
+from harness.data.decode import CorruptMediaError, Decoded, decode, decoder_name
 from harness.data.frontend import kaldi_fbank
 from harness.data.shards import scan_shards, settings_hash, write_shard
 
@@ -78,19 +78,30 @@ def decode_clip(job: tuple[str, float, float, dict], threads: int = 0) -> dict:
     fe = FrontEndConfig(**s["frontend"])
     times = [start + t for t in grid(stop - start, s["cache_fps"])]
     d = decode(path, times, start, stop, fe.sample_rate, s["cache_short_side"], s["decoder"], threads)
-    if d.video.shape[0] == 0:
-        raise CorruptMediaError(f"{path}: the clip starts at {start:.2f} s, after the video ends ({d.video_end:.2f} s)")
+    info = clip_info(path, d, start, stop)
     wave = d.audio if d.audio is not None else torch.zeros(round((stop - start) * fe.sample_rate))
-    seconds = min(stop, d.video_end) - start if d.video_end is not None else stop - start
-    info = {"seconds": round(seconds, 4), "short": d.video_end is not None, "hw": list(d.video.shape[-2:])}
-    if d.audio_end is not None:
-        info["audio_seconds"] = round(d.audio_end - start, 4)
     return {
         "jpeg": jpeg.encode(d.video, s["jpeg_quality"]),
         "fbank": kaldi_fbank(wave, fe, fit=False).to(torch.float16),  # (M, frames of the whole clip)
         "audio_present": d.audio is not None,
         "info": info,
     }
+
+
+def clip_info(path: str, d: Decoded, start: float, stop: float) -> dict:
+    """What a clip holds, from its decoded grid frames: ``seconds`` of media within the clip, ``short`` (the file
+    ends first), ``hw`` of the stored frames, ``audio_seconds`` where the audio ends first.
+
+    Raises:
+        CorruptMediaError: no frame: the clip starts after the video ends.
+    """
+    if d.video.shape[0] == 0:
+        raise CorruptMediaError(f"{path}: the clip starts at {start:.2f} s, after the video ends ({d.video_end:.2f} s)")
+    seconds = min(stop, d.video_end) - start if d.video_end is not None else stop - start
+    info = {"seconds": round(seconds, 4), "short": d.video_end is not None, "hw": list(d.video.shape[-2:])}
+    if d.audio_end is not None:
+        info["audio_seconds"] = round(d.audio_end - start, 4)
+    return info
 
 
 def clip_bytes(clip: dict) -> int:
