@@ -257,8 +257,11 @@ class PreparedDataset(Dataset):
         return {**batch, "video": x.sub_(mean).mul_(inv_std)}
 
     def provenance(self) -> dict[str, str]:
-        """The fingerprint, and which subset (manifest hash) was decoded by what."""
-        return {**super().provenance(), "harness.manifest_hash": self.manifest["hash"], "harness.decoder": self.decoder}
+        """The fingerprint, which subset (manifest hash) was decoded by what, and the manifest's counts (listed,
+        found, decoded, missing, corrupt, short)."""
+        counts = ", ".join(f"{k} {v}" for k, v in self.manifest["counts"].items())
+        return {**super().provenance(), "harness.manifest_hash": self.manifest["hash"], "harness.decoder": self.decoder,
+                "harness.data_counts": counts}  # fmt: skip
 
     # -- what a format defines ---------------------------------------------------------------------------------
 

@@ -247,7 +247,8 @@ def estimate(records: list[ClipRecord], root: Path, settings: dict, sample: int 
 
 
 def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict, workers: int = 0,
-            strict: bool = False, out=sys.stdout, threads: int | None = None) -> dict:  # fmt: skip
+            strict: bool = False, out=sys.stdout, threads: int | None = None,
+            shard_clips: int = SHARD_CLIPS) -> dict:  # fmt: skip
     """Decode every listed clip not yet in ``folder`` and write ``manifest.json``; returns the manifest.
 
     Args:
@@ -259,6 +260,7 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
         workers: decoding processes (0 or 1 = in this process).
         strict: raise :class:`PrepareError` naming the first corrupt file instead of skipping it.
         threads: FFmpeg threads per decoding process (None: :func:`default_threads`; 1 for a one-core measurement).
+        shard_clips: clips per shard (an interrupted prepare loses at most the shard being filled).
 
     Raises:
         PrepareError: ``strict`` and a file could not be decoded.
@@ -311,7 +313,7 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
                 corrupt[r.id], errors[r.id] = ck, err
                 continue
             ids.append(r.id), cks.append(ck), outs.append(out_)
-            if len(outs) == SHARD_CLIPS:
+            if len(outs) == shard_clips:
                 flush()
         if outs:
             flush()
