@@ -187,6 +187,11 @@ class PreparedSplit:
             self._loader = SplitLoader(self.sample, self.collate, p.loader_workers, p.loader_prefetch, p.pin_memory)
         return self._loader(groups)
 
+    def close(self) -> None:
+        """Stop the loader's worker processes (they persist across epochs otherwise)."""
+        if self._loader is not None:
+            self._loader.close()
+
 
 class PreparedDataset(Dataset):
     """Base of the real-data format loaders. Subclasses set ``Config`` and implement ``list_clips``/``label_batch``.
