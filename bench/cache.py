@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from media import vggsound_root  # noqa: E402
+from media import resolve_vggsound, vggsound_root  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TIMED_PREPARE = r"""
@@ -83,7 +83,9 @@ def timed_prepare(tree: Path, root: Path, workers: int, threads: int | None, dec
         argv = [str(root), cache, str(workers), "-" if threads is None else str(threads), decoder,
                 str(one_core()) if threads == 1 else "-"]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        run = subprocess.run([sys.executable, "-c", TIMED_PREPARE, *argv], env=env, capture_output=True, text=True)
+        # run in the tree: `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH
+        run = subprocess.run([sys.executable, "-c", TIMED_PREPARE, *argv], env=env, cwd=tree, capture_output=True,
+                             text=True)  # fmt: skip
         if run.returncode:
             raise RuntimeError(f"prepare in {tree} failed:\n{run.stderr[-3000:]}")
         return json.loads(run.stdout.strip().splitlines()[-1])
@@ -141,9 +143,8 @@ def cache_checks(args, root: Path, cache: Path) -> None:
     from torchvision.transforms.v2.functional import resize
 
     from harness.data.decode import decode
-    from harness.run.prepare import resolve_params
 
-    cls, params = resolve_params("vggsound", str(root), str(cache), [f"decoder={args.decoder}", "val_fraction=0.5"])
+    cls, params = resolve_vggsound(root, cache, [f"decoder={args.decoder}"])
     cls.prepare(params, cache, out=(log := io.StringIO()))
     print(log.getvalue().splitlines()[0])  # the estimate line of `harness prepare`
     ds = cls(params, cache)

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from media import vggsound_root  # noqa: E402
+from media import resolve_vggsound, vggsound_root  # noqa: E402
 
 GPUS = {  # measured ViT-B/16 (224², 197 tokens) training samples/s, and where they come from
     "RTX 3090 (timm benchmark, AMP)": 390.86,
@@ -130,18 +130,34 @@ def cpu_vit_step(steps: int, batch: int = 2) -> float:
     return timed_steps(step, steps) / batch
 
 
-def loader_rate(cls, params, cache: Path, workers: int, epochs: int, batch: int) -> float:
-    """Train samples/s of the split's DataLoader with ``workers`` workers, over ``epochs`` after a warm-up epoch."""
+def cpu_seconds() -> float:
+    """CPU seconds (user + sys) of this process and its live children (the loader's workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    children = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+    total = time.process_time()
+    for pid in children:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def loader_rate(cls, params, cache: Path, workers: int, epochs: int, batch: int) -> tuple[float, float]:
+    """(train samples/s of the split's DataLoader with ``workers`` workers, CPU seconds per sample), over ``epochs``
+    after a warm-up epoch."""
     train = cls(params.model_copy(update={"loader_workers": workers}), cache).splits["train"]
     for _ in train.batches(batch, shuffle=True, seed=0):  # workers start, shards open
         pass
-    tick, seen = time.perf_counter(), 0
+    tick, cpu, seen = time.perf_counter(), cpu_seconds(), 0
     for epoch in range(1, epochs + 1):
         for b in train.batches(batch, shuffle=True, seed=epoch):
             seen += len(b["id"])
-    rate = seen / (time.perf_counter() - tick)
+    rate, per = seen / (time.perf_counter() - tick), (cpu_seconds() - cpu) / seen
     train.close()
-    return rate
+    return rate, per
 
 
 def main() -> None:
@@ -153,7 +169,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="timed CPU steps per size (after one warm-up)")
     ap.add_argument("--media", action="store_true", help="also the loader without a cache (dataset.cache: none)")
     args = ap.parse_args()
-    from harness.run.prepare import resolve_params
 
     threads = torch.get_num_threads()
     print(f"{os.cpu_count()} cores, torch threads {threads}, load {os.getloadavg()[0]:.1f}")
@@ -182,18 +197,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "root", Path(tmp) / "cache"
         vggsound_root(root, args.clips)
-        cls, params = resolve_params("vggsound", str(root), str(cache), ["val_fraction=0.2"])
+        cls, params = resolve_vggsound(root, cache, [])
         cls.prepare(params, cache, out=io.StringIO())
         sources = [("cache", params)]
         if args.media:
             sources.append(("media files", params.model_copy(update={"cache": "none"})))
         for what, p in sources:
             for workers in (1, 2):
-                r = loader_rate(cls, p, cache, workers, args.epochs, args.batch)
-                need = {k: math.ceil(g / (r / workers)) for k, g in gpu.items()}
-                print(f"loader ({what}), {workers} worker(s): {r:.2f} samples/s = {r / cpu_step:.0f}x the CPU step; "
-                      + "; ".join(f"{r / g:.2f}x the {k.split(' (')[0]} step ({need[k]} workers to keep up)"
-                                  for k, g in gpu.items()))  # fmt: skip
+                r, per = loader_rate(cls, p, cache, workers, args.epochs, args.batch)
+                need = {k: math.ceil(g * per) for k, g in gpu.items()}  # a free core per worker
+                print(f"loader ({what}), {workers} worker(s): {r:.2f} samples/s ({per:.3f} CPU s per sample) = "
+                      f"{r / cpu_step:.0f}x the CPU step; "
+                      + "; ".join(f"{r / g:.2f}x the {k.split(' (')[0]} step ({need[k]} workers of a free core each "
+                                  "to keep up)" for k, g in gpu.items()))  # fmt: skip
     torch.set_num_threads(threads)
     print(f"(load average at the end {os.getloadavg()[0]:.1f})")
 

@@ -76,3 +76,16 @@ def vggsound_root(root: Path, n: int, h: int = 360, w: int = 640, noisy: bool = 
     (root / "vggsound.csv").write_text("".join(f"clip{i:03d},0,c{i % 5:03d},{'train' if i % 3 else 'test'}\n"
                                                for i in range(n)))  # fmt: skip
     return paths
+
+
+def resolve_vggsound(root: Path, cache: Path, overrides: list[str]):
+    """``(format class, params)`` of the VGGSound card over ``root`` at the smallest ``val_fraction`` that leaves
+    both train and val clips (a split's clips are chosen by a hash of their ids, so a fixed fraction of a few clips
+    can empty one)."""
+    from harness.run.prepare import resolve_params
+
+    for fraction in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        cls, params = resolve_params("vggsound", str(root), str(cache), [*overrides, f"val_fraction={fraction}"])
+        if {"train", "val"} <= {r.split for r in cls.list_clips(params)}:
+            return cls, params
+    raise SystemExit(f"no val_fraction leaves both train and val clips among the clips under {root}: use more clips")
