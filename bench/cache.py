@@ -9,14 +9,17 @@ Writes ``--clips`` 10-s, 25-fps clips of ``--height`` x ``--width`` (``bench/med
   *one core* (every command pinned to one core: ffmpeg ``-threads 1``, prepare with ``threads=1`` in one process)
   and *all cores* (ffmpeg's default threads; prepare in one process with FFmpeg's threads, and ``--workers 2``).
   ``--before REV`` also times the prepare of a git revision (``git archive`` of its ``harness/`` and ``datasets/``),
-  e.g. ``--before 89c3314``, the tree before the prepare speed-ups: before and after in one run.
+  e.g. ``--before main``: before and after in one run.
 - size: bytes per clip on disk against the raw uint8 views of the old format (and ``harness prepare``'s estimate);
 - fidelity: PSNR of the cached frames against an independent reference: the frames PyAV decodes at the file's own
   size, resized by torchvision's antialiased bilinear in float; also the resize alone and the JPEG alone;
 - view: one training view cut from the cache, against decoding its frames from the MP4.
 
-    .venv/bin/python bench/cache.py [--clips 6] [--rounds 3] [--before 89c3314] [--decoder pyav|torchcodec]
+    .venv/bin/python bench/cache.py [--clips 6] [--rounds 3] [--before main] [--decoder pyav|torchcodec]
         [--preset ultrafast|medium]
+
+``datasets/README.md`` holds the latest figures (prepare vs ffmpeg before and after, size, PSNR). On a shared
+machine read the CPU ratios: the wall times then measure the load.
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ def prepare_speed(args, root: Path, paths: list[Path], before: Path | None) -> N
     print(f"--workers 2 vs 1 process (time per clip): {ratio('prepare -w2', 'prepare')}")
     if before is not None:
         print(f"before: prepare_vs_ffmpeg[1 core]: {ratio('before, 1 core', ref1)}")
+        print(f"before: prepare_vs_ffmpeg[all cores, 1 process]: {ratio('before', refn)}")
+        print(f"before: prepare_vs_ffmpeg[all cores, --workers 2]: {ratio('before -w2', refn)}")
         print(f"after / before [1 core]: {ratio('prepare threads=1, 1 core', 'before, 1 core')}")
         print(f"after / before [1 process]: {ratio('prepare', 'before')}")
         print(f"after / before [--workers 2]: {ratio('prepare -w2', 'before -w2')}")

@@ -19,6 +19,10 @@ card's settings and measures, in one process and one run:
   efficiency on a GPU; the projection assumes the same FLOP rate.
 
     .venv/bin/python bench/loader.py [--clips 8] [--epochs 3] [--step-frames 2,4] [--media]
+
+The CPU seconds per sample (this process and its live workers, from ``/proc``) are the figure to read on a shared
+machine: a GPU step of G samples/s needs G x that many free cores of workers. ``datasets/README.md`` holds the
+latest figures.
 """
 
 from __future__ import annotations
