@@ -1,89 +1,142 @@
-"""The prepared cache at a card's settings: size, fidelity, prepare speed, and whether the loader can feed a GPU.
+"""The prepared cache at the VGGSound card's settings: prepare speed against ffmpeg, size, fidelity, view decode.
 
-Writes ``--clips`` 10-s, 25-fps MP4 clips of ``--height`` x ``--width`` (moving shapes over gradients with mild
-sensor noise, H.264 + AAC; and, with ``--noisy``, ``harness synth``'s noise-heavy frames, a worst case for JPEG),
-then, in one process and side by side:
-- size: bytes per clip of the cache at the card's settings against the raw uint8 views of the old format (printed by
-  ``harness prepare``'s estimate), and the PSNR of the cached frames decoded back against the same frames decoded
-  from the MP4 at the cache's short side;
-- prepare: seconds per clip of the prepare pass (one process) against the reference decode of the same files:
-  ``ffmpeg -i X -f null -`` when an ffmpeg binary is on PATH, else PyAV decoding every frame of both streams;
-- decode: a training view (T frames cropped and resized) cut from the cache against the same frames decoded from the
-  source MP4;
-- loader: samples/s of the train split's DataLoader with 1 and 2 workers at ViT-B/16 input sizes, against the
-  samples/s of one ViT-B/16 MBT training step (forward + backward + AdamW) measured here on the CPU, and the
-  projected ratio for a GPU step: ``GPU_TFLOPS`` sustained (NVIDIA's A100 datasheet: 312 dense BF16 TFLOPS; at an
-  assumed 40 % model-FLOPs utilisation: 125 TFLOPS) over 3 x the model's forward FLOPs per clip.
+Writes ``--clips`` 10-s, 25-fps clips of ``--height`` x ``--width`` (``bench/media.py``), then measures side by side:
 
-    .venv/bin/python bench/cache.py [--dataset vggsound] [--clips 6] [--frames 32] [--steps 1]
+- prepare: seconds per clip of ``harness.data.prepare.prepare`` against ``ffmpeg -i X -f null -`` on the same
+  files, in rounds that alternate the commands (the machine is shared: medians of ``--rounds``). Each prepare runs in
+  its own Python process, timed inside it after the imports and one warm-up clip (what ``harness prepare``'s size
+  estimate decodes first anyway); CPU = user + sys of the process, its threads and its decoding workers. Two budgets:
+  *one core* (every command pinned to one core: ffmpeg ``-threads 1``, prepare with ``threads=1`` in one process)
+  and *all cores* (ffmpeg's default threads; prepare in one process with FFmpeg's threads, and ``--workers 2``).
+  ``--before REV`` also times the prepare of a git revision (``git archive`` of its ``harness/`` and ``datasets/``),
+  e.g. ``--before main``: before and after in one run.
+- size: bytes per clip on disk against the raw uint8 views of the old format (and ``harness prepare``'s estimate);
+- fidelity: PSNR of the cached frames against an independent reference: the frames PyAV decodes at the file's own
+  size, resized by torchvision's antialiased bilinear in float; also the resize alone and the JPEG alone;
+- view: one training view cut from the cache, against decoding its frames from the MP4.
+
+    .venv/bin/python bench/cache.py [--clips 6] [--rounds 3] [--before main] [--decoder pyav|torchcodec]
+        [--preset ultrafast|medium]
+
+``datasets/README.md`` holds the latest figures (prepare vs ffmpeg before and after, size, PSNR). On a shared
+machine read the CPU ratios: the wall times then measure the load.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
+import os
+import resource
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-GPU_TFLOPS = 312 * 0.40  # A100 dense BF16 peak (NVIDIA datasheet) x an assumed 40 % model-FLOPs utilisation
+sys.path.insert(0, str(Path(__file__).parent))
+from media import resolve_vggsound, vggsound_root  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TIMED_PREPARE = r"""
+import inspect, io, json, os, resource, sys, time
+from pathlib import Path
+root, cache, workers, threads, decoder, core = sys.argv[1:7]
+if core != "-":
+    os.sched_setaffinity(0, {int(core)})
+import torch
+from harness.data import prepare as P
+from harness.run.prepare import resolve_params
+cls, params = resolve_params("vggsound", root, cache, [f"decoder={decoder}"])
+kw = {"threads": int(threads)} if threads != "-" and "threads" in inspect.signature(P.prepare).parameters else {}
+records = cls.list_clips(params)
+P.estimate(records[:1], Path(root), cls.settings(params), sample=1)  # warm-up
+r0, c0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), time.perf_counter()
+P.prepare(records, Path(root), cls.cache_folder(params, cache), cls.settings(params), int(workers), out=io.StringIO(),
+          **kw)
+wall, cpu, r1 = time.perf_counter() - t0, time.process_time() - c0, resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu += r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+print(json.dumps({"wall": wall / len(records), "cpu": cpu / len(records)}))
+"""
 
 
-def scene(seconds: float, fps: int, h: int, w: int, rng) -> np.ndarray:
-    """Frames (N, h, w, 3) uint8: two gradients, three moving textured discs, noise of std 2 levels."""
-    n = round(seconds * fps)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([xx / w, yy / h, 0.5 + 0.3 * np.sin(xx / 37 + yy / 53)], -1) * 180 + 30
-    tex = rng.uniform(-25, 25, (h // 8 + 1, w // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)[:h, :w]
-    out = np.empty((n, h, w, 3), np.uint8)
-    discs = [(rng.uniform(0, w), rng.uniform(0, h), rng.uniform(-60, 60), rng.uniform(-40, 40), rng.uniform(30, 80),
-              rng.uniform(0, 255, 3)) for _ in range(3)]  # fmt: skip
-    for i in range(n):
-        img = base.copy()
-        t = i / fps
-        for x0, y0, vx, vy, r, c in discs:
-            m = (xx - (x0 + vx * t) % w) ** 2 + (yy - (y0 + vy * t) % h) ** 2 < r**2
-            img[m] = c + tex[m]
-        out[i] = np.clip(img + rng.normal(0, 2, img.shape), 0, 255)
-    return out
+def one_core() -> int:
+    return max(os.sched_getaffinity(0))
 
 
-def write_clips(folder: Path, n: int, h: int, w: int, noisy: bool) -> list[Path]:
-    from harness.data.synth_media import render, write_mp4
-
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        if noisy:
-            frames, wave = render([(i % 6, 0, 10)], 10.0, rng, fps=25, size=(h, w))
-        else:
-            frames = scene(10.0, 25, h, w, rng)
-            wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(160000) / 16000)).astype(np.float32)
-        paths.append(folder / f"video/clip{i:03d}_000000.mp4")
-        write_mp4(paths[-1], frames, wave, fps=25)
-    return paths
-
-
-def reference_decode(paths: list[Path]) -> tuple[float, str]:
-    """Seconds per file of the reference decode, and what it was."""
-    ffmpeg = shutil.which("ffmpeg")
-    tick = time.perf_counter()
+def ffmpeg(paths: list[Path], threads: int | None) -> dict:
+    """Per-file wall and CPU seconds of ``ffmpeg [-threads 1] -i X -f null -`` (``threads=1``: pinned to one core)."""
+    args = ["-threads", "1"] if threads == 1 else []
+    pin = (lambda: os.sched_setaffinity(0, {one_core()})) if threads == 1 else None
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     for p in paths:
-        if ffmpeg:
-            subprocess.run([ffmpeg, "-v", "error", "-threads", "1", "-i", str(p), "-f", "null", "-"], check=True)
-        else:
-            import av
+        subprocess.run(["ffmpeg", "-v", "error", *args, "-i", str(p), "-f", "null", "-"], check=True, preexec_fn=pin)
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall": wall / len(paths), "cpu": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / len(paths)}
 
-            with av.open(str(p)) as c:
-                for _ in c.decode(*c.streams):
-                    pass
-    return (time.perf_counter() - tick) / len(paths), ("ffmpeg -f null" if ffmpeg else "PyAV decode of every frame")
+
+def timed_prepare(tree: Path, root: Path, workers: int, threads: int | None, decoder: str) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        argv = [str(root), cache, str(workers), "-" if threads is None else str(threads), decoder,
+                str(one_core()) if threads == 1 else "-"]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        # run in the tree: `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH
+        run = subprocess.run([sys.executable, "-c", TIMED_PREPARE, *argv], env=env, cwd=tree, capture_output=True,
+                             text=True)  # fmt: skip
+        if run.returncode:
+            raise RuntimeError(f"prepare in {tree} failed:\n{run.stderr[-3000:]}")
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def prepare_speed(args, root: Path, paths: list[Path], before: Path | None) -> None:
+    here = REPO
+    configs = {  # name -> what runs (prepare: one process with FFmpeg's threads; -w2: --workers 2)
+        "ffmpeg -threads 1, 1 core": lambda: ffmpeg(paths, 1),
+        "prepare threads=1, 1 core": lambda: timed_prepare(here, root, 0, 1, args.decoder),
+        "ffmpeg": lambda: ffmpeg(paths, None),
+        "prepare": lambda: timed_prepare(here, root, 0, None, args.decoder),
+        "prepare -w2": lambda: timed_prepare(here, root, 2, None, args.decoder),
+    }
+    if before is not None:
+        configs["before, 1 core"] = lambda: timed_prepare(before, root, 0, 1, args.decoder)
+        configs["before"] = lambda: timed_prepare(before, root, 0, None, args.decoder)
+        configs["before -w2"] = lambda: timed_prepare(before, root, 2, None, args.decoder)
+    got: dict[str, list[dict]] = {k: [] for k in configs}
+    names = list(configs)
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # a different order each round
+            got[name].append(configs[name]())
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall", "cpu")} for k, v in got.items()}
+    print(f"prepare ({args.decoder}; {args.rounds} rounds; s per clip, wall / CPU, median [min]):")
+    for k, v in got.items():
+        lo = {m: min(x[m] for x in v) for m in ("wall", "cpu")}
+        print(f"  {k:38s} {med[k]['wall']:.3f} [{lo['wall']:.3f}] / {med[k]['cpu']:.3f} [{lo['cpu']:.3f}]")
+
+    def ratio(a: str, b: str) -> str:
+        """Median over rounds of the ratio within a round (both measured minutes apart at most)."""
+        w = statistics.median(x["wall"] / y["wall"] for x, y in zip(got[a], got[b]))
+        c = statistics.median(x["cpu"] / y["cpu"] for x, y in zip(got[a], got[b]))
+        return f"{w:.2f}x wall, {c:.2f}x CPU"
+
+    ref1, refn = "ffmpeg -threads 1, 1 core", "ffmpeg"
+    print(f"prepare_vs_ffmpeg[1 core]: {ratio('prepare threads=1, 1 core', ref1)} (target <= 2)")
+    print(f"prepare_vs_ffmpeg[all cores, 1 process]: {ratio('prepare', refn)}")
+    print(f"prepare_vs_ffmpeg[all cores, --workers 2]: {ratio('prepare -w2', refn)}")
+    print(f"--workers 2 vs 1 process (time per clip): {ratio('prepare -w2', 'prepare')}")
+    if before is not None:
+        print(f"before: prepare_vs_ffmpeg[1 core]: {ratio('before, 1 core', ref1)}")
+        print(f"before: prepare_vs_ffmpeg[all cores, 1 process]: {ratio('before', refn)}")
+        print(f"before: prepare_vs_ffmpeg[all cores, --workers 2]: {ratio('before -w2', refn)}")
+        print(f"after / before [1 core]: {ratio('prepare threads=1, 1 core', 'before, 1 core')}")
+        print(f"after / before [1 process]: {ratio('prepare', 'before')}")
+        print(f"after / before [--workers 2]: {ratio('prepare -w2', 'before -w2')}")
+        print(f"before: --workers 2 vs 1 process: {ratio('before -w2', 'before')}")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -91,129 +144,78 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(255**2 / max(mse, 1e-12))
 
 
-def model_step(params, frames: int, steps: int) -> tuple[float, float]:
-    """(samples/s of one MBT ViT-B/16 training step on this CPU, forward GFLOPs per clip)."""
-    from harness.config import RunSpec
-    from harness.models.complexity import forward_flops
-    from harness.run.trial import build_model
+def cache_checks(args, root: Path, cache: Path) -> None:
+    from torchvision.transforms.v2.functional import resize
 
-    spec = RunSpec.from_dict({"name": "b", "dataset": {"name": "vggsound", **params.model_dump(mode="json")},
-                              "backbone": {"name": "vit_b16"}, "method": {"name": "mbt"}})  # fmt: skip
-    from harness.registry import FORMATS
+    from harness.data.decode import decode
 
-    ispec = FORMATS.get("vggsound_csv").input_spec(params)
-    method, task = build_model(spec, ispec)
-    gflops = forward_flops(method, task, ispec)["gflops"]
-    opt = torch.optim.AdamW([p for m in (method, task) for p in m.parameters()], lr=1e-4)
-    batch = {"video": torch.randn(1, frames, 3, 224, 224), "audio": torch.randn(1, 1, 128, params.target_frames),
-             "label": torch.zeros(1, dtype=torch.long), "id": ["x"], "audio_present": torch.ones(1, dtype=torch.bool),
-             "video_present": torch.ones(1, dtype=torch.bool)}  # fmt: skip
-    times = []
-    for _ in range(steps + 1):  # the first one warms up
-        tick = time.perf_counter()
-        loss = task.loss(method(batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - tick)
-    return 1 / min(times[1:]), gflops
+    cls, params = resolve_vggsound(root, cache, [f"decoder={args.decoder}"])
+    cls.prepare(params, cache, out=(log := io.StringIO()))
+    print(log.getvalue().splitlines()[0])  # the estimate line of `harness prepare`
+    ds = cls(params, cache)
+    shards = list(cls.cache_folder(params, cache).glob("shard-*.safetensors"))
+    on_disk = sum(f.stat().st_size for f in shards) / len(ds.manifest["clips"])
+    raw = cls.raw_bytes(params)
+    print(f"on disk: {on_disk / 1e6:.3f} MB per clip; raw uint8 views of the old format {raw / 1e6:.2f} MB per clip "
+          f"({raw / on_disk:.1f}x smaller)")  # fmt: skip
+    split = ds.splits["train"]
+    rec = split.records[0]
+    _, n_frames, _, _ = split.source.info(rec)
+    times = [(k + 0.5) / params.cache_fps for k in range(n_frames)]
+    cached = torch.stack(split.source.load(rec, list(range(n_frames)))[0])
+    scaled = decode(str(root / rec.file), times, 0.0, 10.0, 16000, params.stored_side, args.decoder).video
+    full = decode(str(root / rec.file), times, 0.0, 10.0, 16000, None, args.decoder).video
+    ref = resize(full.float(), list(cached.shape[-2:]), antialias=True).round().clamp(0, 255)
+    print(f"PSNR of the cached frames vs the reference (float antialiased resize of the full frames): "
+          f"{psnr(cached, ref):.1f} dB; the decoder's resize alone {psnr(scaled, ref):.1f} dB; the JPEG alone "
+          f"{psnr(cached, scaled):.1f} dB ({len(times)} frames of {tuple(cached.shape[-2:])})")  # fmt: skip
+    item, n = (0, 1, 0, 0), 5
+    tick = time.perf_counter()
+    for _ in range(n):
+        split.sample(item)
+    from_cache = (time.perf_counter() - tick) / n
+    view = split.plan(item)
+    t_src = [(k + 0.5) / params.cache_fps for k in sorted({k for k in view.frames if k >= 0})]
+    tick = time.perf_counter()
+    for _ in range(n):
+        decode(str(root / rec.file), t_src, 0.0, 10.0, 16000, params.stored_side, args.decoder, threads=1)
+    from_mp4 = (time.perf_counter() - tick) / n
+    print(f"one training view ({params.frames} frames): {from_cache * 1e3:.0f} ms from the cache vs "
+          f"{from_mp4 * 1e3:.0f} ms decoding its frames from the MP4 ({from_mp4 / from_cache:.1f}x)")  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="vggsound")
     ap.add_argument("--clips", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--frames", type=int, default=32, help="video frames of the model step and loader (card: 32)")
-    ap.add_argument("--steps", type=int, default=1, help="timed model steps (after one warm-up)")
     ap.add_argument("--noisy", action="store_true", help="harness synth's noise-heavy frames instead")
+    ap.add_argument("--preset", default="ultrafast", help="x264 preset of the clips (medium: B-frames, CABAC)")
+    ap.add_argument("--decoder", default="pyav", choices=["pyav", "torchcodec"])
+    ap.add_argument("--before", default=None, metavar="REV", help="also time the prepare of this git revision")
+    ap.add_argument("--skip-speed", action="store_true", help="only size, fidelity and view decode")
     args = ap.parse_args()
-    from harness.data import jpeg
-    from harness.data.decode import decode
-    from harness.data.prepare import grid
-    from harness.run.prepare import resolve_params
-
+    if not shutil.which("ffmpeg") and not args.skip_speed:
+        raise SystemExit("bench/cache.py compares against the ffmpeg binary: install FFmpeg (or --skip-speed)")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        root, cache = Path(tmp) / "root", Path(tmp) / "cache"
-        paths = write_clips(root, args.clips, args.height, args.width, args.noisy)
-        (root / "stat.csv").write_text("".join(f"c{k:03d},1,x\n" for k in range(309)))
-        (root / "vggsound.csv").write_text("".join(f"clip{i:03d},0,c000,{'train' if i % 3 else 'test'}\n"
-                                                   for i in range(args.clips)))  # fmt: skip
-        cls, params = resolve_params(args.dataset, str(root), str(cache), [f"frames={args.frames}",
-                                                                            "val_fraction=0.3"])  # fmt: skip
-        print(f"{args.clips} clips of 10 s, 25 fps, {args.height}x{args.width}, {'noisy' if args.noisy else 'scene'}; "
-              f"card {args.dataset}: cache_fps {params.cache_fps}, short side {params.stored_side}, "
-              f"JPEG quality {params.jpeg_quality}")  # fmt: skip
-        from harness.data.prepare import prepare
-
-        cls.prepare(params, cache, out=(log := io.StringIO()), dry_run=True)
-        print(log.getvalue().splitlines()[0])
-        tick = time.perf_counter()
-        folder = cls.cache_folder(params, cache)
-        manifest = prepare(cls.list_clips(params), root, folder, cls.settings(params), out=io.StringIO())
-        prep = (time.perf_counter() - tick) / args.clips
-        ref, what = reference_decode(paths)
-        print(f"prepare: {prep:.3f} s/clip vs {what} {ref:.3f} s/clip: {prep / ref:.2f}x")
-        ds = cls(params, cache)
-        shard_files = list((cache).glob("*/shard-*.safetensors"))
-        on_disk = sum(f.stat().st_size for f in shard_files) / len(manifest["clips"])
-        print(
-            f"on disk: {on_disk / 1e6:.3f} MB per clip; raw uint8 views of the old format "
-            f"{cls.raw_bytes(params) / 1e6:.2f} MB per clip ({cls.raw_bytes(params) / on_disk:.1f}x smaller)"
-        )
-        # fidelity: the cached frames decoded back against the same frames from the MP4 at the stored short side
-        split = ds.splits["train"]
-        rec = split.records[0]
-        shard, row, _ = split.index[rec.id]
-        sh = split._shards(shard)
-        times = [(k + 0.5) / params.cache_fps for k in range(sh.n_frames(row))]
-        src = decode(str(root / rec.file), times, 0.0, 10.0, 16000, params.stored_side).video
-        back = torch.stack(jpeg.decode(sh.jpeg(row, list(range(len(times))))))
-        print(
-            f"PSNR of cached frames vs the MP4's: {psnr(back, src):.1f} dB ({len(times)} frames of "
-            f"{tuple(back.shape[-2:])})"
-        )
-        # decode speed of one training view: from the cache vs from the MP4
-        item = (0, 1, 0, 0)
-        n = 5
-        tick = time.perf_counter()
-        for _ in range(n):
-            split.sample(item)
-        from_cache = (time.perf_counter() - tick) / n
-        view = split.plan(item)
-        t_src = [(k + 0.5) / params.cache_fps for k in sorted(set(view.frames))]
-        tick = time.perf_counter()
-        for _ in range(n):
-            decode(str(root / rec.file), t_src, 0.0, 10.0, 16000, params.stored_side)
-        from_mp4 = (time.perf_counter() - tick) / n
-        print(
-            f"one training view: {from_cache * 1e3:.0f} ms from the cache vs {from_mp4 * 1e3:.0f} ms decoding the "
-            f"MP4 ({from_mp4 / from_cache:.1f}x)"
-        )
-        # loader vs model step
-        step, gflops = model_step(params, args.frames, args.steps)
-        gpu = GPU_TFLOPS * 1e12 / (3 * gflops * 1e9)
-        print(
-            f"MBT ViT-B/16 step here: {step:.3f} samples/s; forward {gflops:.0f} GFLOPs/clip -> assumed GPU "
-            f"{gpu:.0f} samples/s ({GPU_TFLOPS:.0f} TFLOPS sustained)"
-        )
-        for workers in (1, 2):
-            p = params.model_copy(update={"loader_workers": workers})
-            train = cls(p, cache).splits["train"]
-            list(train.batches(2, shuffle=True, seed=0))  # workers start
-            tick, seen = time.perf_counter(), 0
-            for epoch in range(1, 4):
-                for b in train.batches(2, shuffle=True, seed=epoch):
-                    seen += len(b["id"])
-            rate = seen / (time.perf_counter() - tick)
-            print(
-                f"loader, {workers} worker(s): {rate:.1f} samples/s = {rate / step:.1f}x the CPU step, "
-                f"{rate / gpu:.3f}x the assumed GPU step ({math.ceil(gpu / (rate / workers))} workers to keep up)"
-            )
-        sample = grid(10.0, params.cache_fps)
-        print(f"({len(sample)} cached frames per clip)")
+        root = Path(tmp) / "root"
+        paths = vggsound_root(root, args.clips, args.height, args.width, args.noisy, args.preset)
+        kind = "noisy" if args.noisy else "scene"
+        print(f"{args.clips} clips of 10 s, 25 fps, {args.height}x{args.width}, x264 {args.preset}, {kind}; "
+              f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+        before = None
+        if args.before:
+            before = Path(tmp) / "before"
+            before.mkdir()
+            tar = subprocess.run(["git", "-C", str(REPO), "archive", args.before, "harness", "datasets"],
+                                 check=True, capture_output=True).stdout  # fmt: skip
+            subprocess.run(["tar", "-x", "-C", str(before)], input=tar, check=True)
+        if not args.skip_speed:
+            prepare_speed(args, root, paths, before)
+        cache_checks(args, root, Path(tmp) / "cache")
+        print(f"(load average at the end {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

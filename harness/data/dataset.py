@@ -18,6 +18,7 @@ evaluator averages over equal ids).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -27,14 +28,14 @@ import torch
 from pydantic import Field, model_validator
 
 from harness.api import Dataset, DatasetError, InputSpec
-from harness.data import jpeg
 from harness.data.annotations import ClipRecord, unique_clips
 from harness.data.decode import DECODERS, resolve_decoder
 from harness.data.frontend import FrontEndConfig, fbank_settings, fit_frames, normalise, spectrogram_frames
 from harness.data.loader import SplitLoader
+from harness.data.media import MediaSource, media_manifest
 from harness.data.prepare import estimate, prepare
-from harness.data.recipe import RecipeConfig, View, draw_rng, in_fraction, plan_view
-from harness.data.shards import ShardReader, settings_hash
+from harness.data.recipe import RecipeConfig, View, colour_jitter, draw_rng, in_fraction, plan_view
+from harness.data.shards import ShardSource, settings_hash
 
 SPLITS = ("train", "val", "test")
 
@@ -43,7 +44,8 @@ class PreparedConfig(FrontEndConfig, RecipeConfig):
     """Keys shared by every real-data format (under ``dataset:``); the card sets them, a run may override them."""
 
     root: str = Field(description="folder holding the dataset's annotation files and media (see datasets/README.md)")
-    cache: str | None = Field(None, description="prepared-cache folder; null = <cache_dir>/prepared/<format>-<root>")
+    cache: str | None = Field(None, description="prepared-cache folder; null = <cache_dir>/prepared/<format>-<root>; "
+                              "'none' = no cache: the loader's workers decode the media files")  # fmt: skip
     num_classes: int = Field(ge=1, description="classes of the class list; the loader checks the file agrees")
     clip_seconds: float = Field(10.0, gt=0, description="clip length in seconds, from the clip's start")
     frames: int = Field(8, ge=1, description="video frames per view (T), at the centres of T equal slots")
@@ -96,14 +98,14 @@ def holdout(clip_id: str, fraction: float) -> bool:
 
 
 class PreparedSplit:
-    """One split served from the cache's shards through a DataLoader (:class:`harness.data.loader.SplitLoader`)."""
+    """One split served through a DataLoader (:class:`harness.data.loader.SplitLoader`), its views cut from a
+    ``source``: the cache's shards (:class:`harness.data.shards.ShardSource`) or the media files
+    (:class:`harness.data.media.MediaSource`, ``cache: none``)."""
 
-    def __init__(self, name: str, records: list[ClipRecord], index: dict, folder: Path, label_batch,
-                 params: PreparedConfig):  # fmt: skip
-        self.name, self.records, self.index, self.folder = name, records, index, folder
+    def __init__(self, name: str, records: list[ClipRecord], source, label_batch, params: PreparedConfig):
+        self.name, self.records, self.source = name, records, source
         self.label_batch, self.params = label_batch, params
         self.views = (params.test_clips, params.test_crops) if name == "test" else (1, 1)
-        self._shards = ShardReader(folder)
         self._pad = torch.tensor([round(m * 255) for m in params.pixel_mean], dtype=torch.uint8).view(3, 1, 1)
         self._loader: SplitLoader | None = None
         self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (mean, 1 / std)
@@ -138,45 +140,41 @@ class PreparedSplit:
         """The cut of one item (which frames, crop, flip, colour, audio window, masks), without decoding."""
         i, seed, t, s = item
         rec = self.records[i]
-        shard, row, _ = self.index[rec.id]
-        sh = self._shards(shard)
-        info = sh.info[row]
+        seconds, n_frames, hw, _ = self.source.info(rec)
         rng = draw_rng(seed, rec.id) if seed is not None else None
-        return plan_view(self.params, info["seconds"], sh.n_frames(row), tuple(info["hw"]), rng, t, self.views[0], s,
-                         self.views[1])  # fmt: skip
+        return plan_view(self.params, seconds, n_frames, hw, rng, t, self.views[0], s, self.views[1])
 
     def sample(self, item: tuple[int, int | None, int, int]) -> dict:
         """One sample: ``video`` uint8 (T, 3, S, S), ``audio`` (1, M, F) normalised, label payload, id, presence."""
         from torchvision.transforms.v2.functional import resize
 
         p, rec = self.params, self.records[item[0]]
-        shard, row, _ = self.index[rec.id]
-        sh, view = self._shards(shard), self.plan(item)
+        view = self.plan(item)
         wanted = sorted({k for k in view.frames if k >= 0})
+        frames, fbank = self.source.load(rec, wanted)
         top, left, side = view.crop
         pad = self._pad.expand(3, p.image_size, p.image_size)
-        if wanted:
-            decoded = jpeg.decode(sh.jpeg(row, wanted))
-            crops = torch.stack([x[:, top : top + side, left : left + side] for x in decoded])
+        at = {k: j for j, k in enumerate(wanted[: len(frames)])}  # a media file may hold fewer than its header said
+        if frames:
+            crops = torch.stack([x[:, top : top + side, left : left + side] for x in frames])
             if side != p.image_size:
                 crops = resize(crops, [p.image_size, p.image_size], antialias=True)  # (K, 3, S, S) uint8
             if view.flip:
                 crops = crops.flip(-1)
         else:  # a window with no frame of the clip in it (a segment past the video's end): all padding
             crops = pad[None]
-        at = {k: j for j, k in enumerate(wanted)}
-        video = torch.stack([crops[at[k]] if k >= 0 else pad for k in view.frames])
+        video = torch.stack([crops[at[k]] if k in at else pad for k in view.frames])
         if p.segment_windows:  # LAVISH's per-second windows, fixed by the clip: the stored spectrogram as it is
-            logmel = normalise(sh.fbank(row).float(), p)  # (M, S x F)
+            logmel = normalise(fbank.float(), p)  # (M, S x F)
         else:  # the view's window, cut from the clip's whole log-mel
             a, n = view.audio
-            logmel = normalise(fit_frames(sh.fbank(row)[:, a : a + n].float(), p.target_frames), p)  # (M, F)
+            logmel = normalise(fit_frames(fbank[:, a : a + n].float(), p.target_frames), p)  # (M, F)
         for lo, w in view.freq_masks:
             logmel[lo : lo + w] = 0.0
         for lo, w in view.time_masks:
             logmel[:, lo : lo + w] = 0.0
         return {"video": video, "audio": logmel[None], "label": rec.label, "id": rec.id,
-                "audio_present": sh.present[row], "colour": view.colour}  # fmt: skip
+                "audio_present": self.source.info(rec)[3], "colour": view.colour}  # fmt: skip
 
     def collate(self, samples: list[dict]) -> dict:
         batch = {
@@ -211,6 +209,11 @@ class PreparedSplit:
             self._loader = SplitLoader(self.sample, self.collate, p.loader_workers, p.loader_prefetch, p.pin_memory)
         return self._loader(groups)
 
+    def close(self) -> None:
+        """Stop the loader's worker processes (they persist across epochs otherwise)."""
+        if self._loader is not None:
+            self._loader.close()
+
 
 class PreparedDataset(Dataset):
     """Base of the real-data format loaders. Subclasses set ``Config`` and implement ``list_clips``/``label_batch``.
@@ -229,11 +232,17 @@ class PreparedDataset(Dataset):
     def __init__(self, params: PreparedConfig, cache_dir: str | os.PathLike):
         super().__init__(params, cache_dir)
         self.spec = self.input_spec(params)
-        folder = self.cache_folder(params, cache_dir)
         records, _ = unique_clips(self.list_clips(params))  # as prepare() keeps them
-        if not (folder / "manifest.json").exists():
-            self.prepare(params, cache_dir)
-        self.manifest = json.loads((folder / "manifest.json").read_text())
+        if params.cache == "none":  # served from the media files, probed once (the probes kept in a small index)
+            self.manifest = self.prepare(params, cache_dir, out=io.StringIO())
+            where = self.media_index(params, cache_dir)
+            source = MediaSource(Path(params.root), self.settings(params), self.manifest["clips"])
+        else:
+            folder = self.cache_folder(params, cache_dir)
+            if not (folder / "manifest.json").exists():
+                self.prepare(params, cache_dir)
+            self.manifest = json.loads((folder / "manifest.json").read_text())
+            where, source = folder / "manifest.json", ShardSource(folder, self.manifest["clips"])
         self.decoder = self.manifest["decoder"]
         self.fingerprint = self.manifest["hash"]
         index = self.manifest["clips"]
@@ -242,10 +251,10 @@ class PreparedDataset(Dataset):
         by_split["train"] = [r for r in by_split["train"] if in_fraction(r.id, params.train_fraction)]
         for s, rs in by_split.items():
             if not rs:
-                raise DatasetError(self._empty(s, folder, len([r for r in records if r.split == s])))
-        self.splits = {s: PreparedSplit(s, rs, index, folder, self.label_batch, params) for s, rs in by_split.items()}
+                raise DatasetError(self._empty(s, where, len([r for r in records if r.split == s])))
+        self.splits = {s: PreparedSplit(s, rs, source, self.label_batch, params) for s, rs in by_split.items()}
 
-    def _empty(self, split: str, folder: Path, listed: int) -> str:
+    def _empty(self, split: str, where: Path, listed: int) -> str:
         p, counts = self.params, self.manifest["counts"]
         why = f"the annotations list {listed} clips in it"
         if listed == 0 and split == "val":
@@ -255,11 +264,14 @@ class PreparedDataset(Dataset):
             why += f", none within dataset.train_fraction={p.train_fraction}"
         elif listed:
             why += ", none of them prepared (missing or corrupt files; check dataset.root and `harness prepare`)"
-        return f"dataset {self.format}: split {split!r} is empty: {why} (manifest {folder}/manifest.json: {counts})"
+        return f"dataset {self.format}: split {split!r} is empty: {why} (manifest {where}: {counts})"
 
     def provenance(self) -> dict[str, str]:
-        """The fingerprint, and which subset (manifest hash) was decoded by what."""
-        return {**super().provenance(), "harness.manifest_hash": self.manifest["hash"], "harness.decoder": self.decoder}
+        """The fingerprint, which subset (manifest hash) was decoded by what, and the manifest's counts (listed,
+        found, decoded, missing, corrupt, short)."""
+        counts = ", ".join(f"{k} {v}" for k, v in self.manifest["counts"].items())
+        return {**super().provenance(), "harness.manifest_hash": self.manifest["hash"], "harness.decoder": self.decoder,
+                "harness.data_counts": counts}  # fmt: skip
 
     # -- what a format defines ---------------------------------------------------------------------------------
 
@@ -298,6 +310,12 @@ class PreparedDataset(Dataset):
             base = Path(cache_dir) / "prepared" / f"{cls.format}-{tag}"
         return base / settings_hash(cls.settings(params))
 
+    @classmethod
+    def media_index(cls, params: PreparedConfig, cache_dir: str | os.PathLike) -> Path:
+        """Where ``cache: none`` keeps its probes of the media files (:mod:`harness.data.media`)."""
+        tag = hashlib.sha1(str(Path(params.root).resolve()).encode()).hexdigest()[:8]
+        return Path(cache_dir) / "media-index" / f"{cls.format}-{tag}" / f"{settings_hash(cls.settings(params))}.json"
+
     @staticmethod
     def raw_bytes(params: PreparedConfig) -> int:
         """Bytes per clip of the cache before issue 13 (uint8 centre crops of test_clips fixed views + their
@@ -314,6 +332,13 @@ class PreparedDataset(Dataset):
 
         out = out or sys.stdout
         records = cls.list_clips(params)
+        if params.cache == "none":
+            index = cls.media_index(params, cache_dir)
+            print(f"cache: none: clips are decoded from the media files when batches are made; probing them "
+                  f"into {index}", file=out)  # fmt: skip
+            if dry_run:
+                return {"listed": len(records)}
+            return media_manifest(records, Path(params.root), index, cls.settings(params), strict, out, workers or None)
         folder = cls.cache_folder(params, cache_dir)
         est = estimate(records, Path(params.root), cls.settings(params))
         raw, per = cls.raw_bytes(params), est["bytes_per_clip"]
@@ -328,24 +353,3 @@ class PreparedDataset(Dataset):
         if dry_run:
             return est
         return prepare(records, Path(params.root), folder, cls.settings(params), workers, strict, out)
-
-
-def colour_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Brightness, contrast, saturation (torchvision's ColorJitter order), then grey, per clip.
-
-    Args:
-        x: (B, T, 3, H, W) in [0, 1].
-        factors: (B, 4): brightness, contrast, saturation factors and grey (1 = grey); (1, 1, 1, 0) = unchanged.
-    """
-    f = factors.view(-1, 4, 1, 1, 1, 1)
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 1, 3, 1, 1)
-
-    def grey(y: torch.Tensor) -> torch.Tensor:
-        return (y * weights).sum(2, keepdim=True)  # (B, T, 1, H, W)
-
-    x = (x * f[:, 0]).clamp_(0, 1)
-    mean = grey(x).mean(dim=(1, 2, 3, 4), keepdim=True)
-    x = ((x - mean) * f[:, 1] + mean).clamp_(0, 1)
-    g = grey(x)
-    x = ((x - g) * f[:, 2] + g).clamp_(0, 1)
-    return torch.where(f[:, 3] > 0.5, grey(x).expand_as(x), x)

@@ -43,11 +43,20 @@ class SplitLoader:
     def __init__(self, sample: Callable, collate: Callable, workers: int = 0, prefetch: int = 2, pin: bool = True):
         self.groups = Groups()
         extra = {"persistent_workers": True, "prefetch_factor": prefetch} if workers else {}
-        self.loader = DataLoader(_Samples(sample), batch_sampler=self.groups, num_workers=workers, collate_fn=collate,
-                                 pin_memory=pin and torch.cuda.is_available(), **extra)  # fmt: skip
+        self.make = lambda: DataLoader(_Samples(sample), batch_sampler=self.groups, num_workers=workers,
+                                       collate_fn=collate, pin_memory=pin and torch.cuda.is_available(),
+                                       **extra)  # fmt: skip
+        self.loader: DataLoader | None = None
 
     def __call__(self, groups: list[list]) -> Iterator[dict]:
         """The batches of ``groups``, in order."""
         self.groups.groups = groups
         if groups:
+            self.loader = self.loader or self.make()
             yield from self.loader
+
+    def close(self) -> None:
+        """Stop the persistent workers now: the DataLoader's last reference goes, its iterator shuts them down here
+        (left to the collector, a process forked later for another loader may try it, in vain). The next call
+        starts new ones."""
+        self.loader = None

@@ -29,15 +29,17 @@ import json
 import math
 import os
 import sys
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from harness.api.data import DatasetError
 from harness.data import jpeg
 from harness.data.annotations import ClipRecord, unique_clips
-from harness.data.decode import CorruptMediaError, decode, decoder_name
+from harness.data.decode import CorruptMediaError, Decoded, decode, decoder_name
 from harness.data.frontend import audio_features
 from harness.data.shards import scan_shards, settings_hash, write_shard
 
@@ -62,10 +64,11 @@ def grid(duration: float, fps: float) -> list[float]:
     return [(k + 0.5) / fps for k in range(max(1, math.floor(duration * fps + 1e-6)))]
 
 
-def decode_clip(job: tuple[str, float, float, dict]) -> dict:
+def decode_clip(job: tuple[str, float, float, dict], threads: int = 0) -> dict:
     """Decode one clip into what a shard stores (``harness.data.shards.write_shard``'s clip dict).
 
     ``job`` = (path, start, stop, settings); runs in a worker process, so it takes and returns plain values.
+    ``threads``: FFmpeg's threads for this clip (0: its choice; 1 in each of ``--workers N`` processes).
 
     Raises:
         CorruptMediaError: the file does not decode, or the clip starts after its video ends.
@@ -75,14 +78,9 @@ def decode_clip(job: tuple[str, float, float, dict]) -> dict:
     path, start, stop, s = job
     fe = FrontEndConfig(**s["frontend"])
     times = [start + t for t in grid(stop - start, s["cache_fps"])]
-    d = decode(path, times, start, stop, fe.sample_rate, s["cache_short_side"], s["decoder"])
-    if d.video.shape[0] == 0:
-        raise CorruptMediaError(f"{path}: the clip starts at {start:.2f} s, after the video ends ({d.video_end:.2f} s)")
+    d = decode(path, times, start, stop, fe.sample_rate, s["cache_short_side"], s["decoder"], threads)
+    info = clip_info(path, d, start, stop)
     wave = d.audio if d.audio is not None else torch.zeros(round((stop - start) * fe.sample_rate))
-    seconds = min(stop, d.video_end) - start if d.video_end is not None else stop - start
-    info = {"seconds": round(seconds, 4), "short": d.video_end is not None, "hw": list(d.video.shape[-2:])}
-    if d.audio_end is not None:
-        info["audio_seconds"] = round(d.audio_end - start, 4)
     return {
         "jpeg": jpeg.encode(d.video, s["jpeg_quality"]),
         # (M, frames of the whole clip), or LAVISH's (M, S x frames) windows; padded frames NaN (normalise fills them)
@@ -92,16 +90,83 @@ def decode_clip(job: tuple[str, float, float, dict]) -> dict:
     }
 
 
+def clip_info(path: str, d: Decoded, start: float, stop: float) -> dict:
+    """What a clip holds, from its decoded grid frames: ``seconds`` of media within the clip, ``short`` (the file
+    ends first), ``hw`` of the stored frames, ``audio_seconds`` where the audio ends first.
+
+    Raises:
+        CorruptMediaError: no frame: the clip starts after the video ends.
+    """
+    if d.video.shape[0] == 0:
+        raise CorruptMediaError(f"{path}: the clip starts at {start:.2f} s, after the video ends ({d.video_end:.2f} s)")
+    seconds = min(stop, d.video_end) - start if d.video_end is not None else stop - start
+    info = {"seconds": round(seconds, 4), "short": d.video_end is not None, "hw": list(d.video.shape[-2:])}
+    if d.audio_end is not None:
+        info["audio_seconds"] = round(d.audio_end - start, 4)
+    return info
+
+
 def clip_bytes(clip: dict) -> int:
     """Bytes a clip takes in a shard (frames, log-mel, offsets; metadata aside)."""
     return sum(j.numel() for j in clip["jpeg"]) + 8 * len(clip["jpeg"]) + clip["fbank"].numel() * 2 + 17
 
 
-def _try(job):
+def _try(job, threads: int = 0):
     try:
-        return decode_clip(job), None
+        return decode_clip(job, threads), None
     except CorruptMediaError as e:
         return None, str(e)
+
+
+def _try_packed(job, threads: int):
+    """:func:`_try` in a worker process: the clip's tensors as numpy arrays, so the result is pickled as two byte
+    strings (torch tensors would each be handed over as a shared-memory segment: 125 per clip at 12.5 fps)."""
+    clip, err = _try(job, threads)
+    if clip is not None:
+        files = clip.pop("jpeg")
+        clip["jpeg_lengths"] = [f.numel() for f in files]
+        clip["jpeg_blob"] = torch.cat(files).numpy() if files else np.zeros(0, np.uint8)
+        clip["fbank"] = clip["fbank"].numpy()
+    return clip, err
+
+
+def _unpack(result):
+    clip, err = result
+    if clip is not None and "jpeg_blob" in clip:
+        blob = torch.from_numpy(clip.pop("jpeg_blob"))
+        clip["jpeg"] = list(blob.split(clip.pop("jpeg_lengths")))
+        clip["fbank"] = torch.from_numpy(clip["fbank"])
+    return clip, err
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _results(jobs: list, workers: int, threads: int):
+    """(clip, error) of every job in order: in this process, or in ``workers`` processes with a few jobs each in
+    flight (no barrier between shards: the workers decode on while a shard is written)."""
+    if workers <= 1:
+        yield from (_try(j, threads) for j in jobs)
+        return
+    ahead = 4 * workers
+    with ProcessPoolExecutor(workers, initializer=_worker_init) as pool:
+        pending = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(_try_packed, job, threads))
+                if len(pending) >= ahead:
+                    yield _unpack(pending.popleft().result())
+            while pending:
+                yield _unpack(pending.popleft().result())
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def default_threads(workers: int) -> int:
+    """FFmpeg threads per decoding process: its own choice in one process, the cores shared out among ``workers``."""
+    return 0 if workers <= 1 else max(1, (os.cpu_count() or 1) // workers)
 
 
 class _Checksums:
@@ -184,7 +249,8 @@ def estimate(records: list[ClipRecord], root: Path, settings: dict, sample: int 
 
 
 def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict, workers: int = 0,
-            strict: bool = False, out=sys.stdout) -> dict:  # fmt: skip
+            strict: bool = False, out=sys.stdout, threads: int | None = None,
+            shard_clips: int = SHARD_CLIPS) -> dict:  # fmt: skip
     """Decode every listed clip not yet in ``folder`` and write ``manifest.json``; returns the manifest.
 
     Args:
@@ -193,8 +259,10 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
         folder: the cache folder of these settings.
         settings: decoding settings (format, clip_seconds, cache_fps, cache_short_side, jpeg_quality, decoder,
             frontend dict): the folder's key.
-        workers: decoding processes (0 = in this process).
+        workers: decoding processes (0 or 1 = in this process).
         strict: raise :class:`PrepareError` naming the first corrupt file instead of skipping it.
+        threads: FFmpeg threads per decoding process (None: :func:`default_threads`; 1 for a one-core measurement).
+        shard_clips: clips per shard (an interrupted prepare loses at most the shard being filled).
 
     Raises:
         PrepareError: ``strict`` and a file could not be decoded.
@@ -224,34 +292,38 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
     sums.save()
     reused = len(index)
     bar = _progress(len(todo), f"decoding {len(todo)} clips")
-    pool = ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1 else None
-    threads = torch.get_num_threads()
+    threads = default_threads(workers) if threads is None else threads
+    torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one clip's fbank is too small to split; intra-op threads only contend (measured 15x)
+    jobs = [(str(root / r.file), r.start, r.stop, settings) for r, _ in todo]
+    ids, cks, outs = [], [], []
+
+    def flush() -> None:
+        name = write_shard(folder, ids, cks, outs, decoder)
+        index.update({cid: (name, row, ck) for row, (cid, ck) in enumerate(zip(ids, cks))})
+        info.update({cid: o["info"] for cid, o in zip(ids, outs)})
+        ids.clear(), cks.clear(), outs.clear()
+
+    results = _results(jobs, workers, threads)
     try:
-        for at in range(0, len(todo), SHARD_CLIPS):
-            chunk = todo[at : at + SHARD_CLIPS]
-            jobs = [(str(root / r.file), r.start, r.stop, settings) for r, _ in chunk]
-            results = pool.map(_try, jobs) if pool else map(_try, jobs)
-            ids, cks, outs = [], [], []
-            for (r, ck), (out_, err) in zip(chunk, results):
-                bar.update(1)
-                if out_ is None:
-                    if strict:
-                        if outs:
-                            write_shard(folder, ids, cks, outs, decoder)  # keep what was decoded
-                        raise PrepareError(f"corrupt media file {root / r.file} (clip {r.id}): {err}")
-                    corrupt[r.id], errors[r.id] = ck, err
-                    continue
-                ids.append(r.id), cks.append(ck), outs.append(out_)
-            if outs:
-                name = write_shard(folder, ids, cks, outs, decoder)
-                index.update({cid: (name, row, ck) for row, (cid, ck) in enumerate(zip(ids, cks))})
-                info.update({cid: o["info"] for cid, o in zip(ids, outs)})
+        for (r, ck), (out_, err) in zip(todo, results):
+            bar.update(1)
+            if out_ is None:
+                if strict:
+                    if outs:
+                        flush()  # keep what was decoded
+                    raise PrepareError(f"corrupt media file {root / r.file} (clip {r.id}): {err}")
+                corrupt[r.id], errors[r.id] = ck, err
+                continue
+            ids.append(r.id), cks.append(ck), outs.append(out_)
+            if len(outs) == shard_clips:
+                flush()
+        if outs:
+            flush()
     finally:
-        torch.set_num_threads(threads)
+        results.close()  # a failure or an interrupt: cancel the clips not started, wait for those running
+        torch.set_num_threads(torch_threads)
         bar.close()
-        if pool:
-            pool.shutdown(cancel_futures=True)
     short = {k: v["seconds"] for k, v in info.items() if k in index and v["short"]}
     counts = {"listed": len(records), "found": len(records) - len(missing), "decoded": len(index),
               "missing": len(missing), "corrupt": len(corrupt), "short": len(short)}  # fmt: skip

@@ -34,6 +34,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.data.frontend import spectrogram_frames
@@ -194,3 +195,24 @@ def plan_view(p, seconds: float, n_stored: int, hw: tuple[int, int], rng: random
         freq_masks=masks(rng, p.spec_freq_masks, p.spec_freq_width, p.n_mels),
         time_masks=masks(rng, p.spec_time_masks, p.spec_time_width, spectrogram_frames(p)),
     )
+
+
+def colour_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation (torchvision's ColorJitter order), then grey, per clip.
+
+    Args:
+        x: (B, T, 3, H, W) in [0, 1].
+        factors: (B, 4): brightness, contrast, saturation factors and grey (1 = grey); (1, 1, 1, 0) = unchanged.
+    """
+    f = factors.view(-1, 4, 1, 1, 1, 1)
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 1, 3, 1, 1)
+
+    def grey(y: torch.Tensor) -> torch.Tensor:
+        return (y * weights).sum(2, keepdim=True)  # (B, T, 1, H, W)
+
+    x = (x * f[:, 0]).clamp_(0, 1)
+    mean = grey(x).mean(dim=(1, 2, 3, 4), keepdim=True)
+    x = ((x - mean) * f[:, 1] + mean).clamp_(0, 1)
+    g = grey(x)
+    x = ((x - g) * f[:, 2] + g).clamp_(0, 1)
+    return torch.where(f[:, 3] > 0.5, grey(x).expand_as(x), x)

@@ -131,3 +131,31 @@ class ShardReader:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["folder"], state["keep"])
+
+
+class ShardSource:
+    """A split's clips read from the prepared shards: what :class:`harness.data.dataset.PreparedSplit` cuts its
+    views from (:class:`harness.data.media.MediaSource` is the same from the media files).
+
+    Args:
+        folder: the cache folder.
+        index: clip id -> (shard file name, row, checksum), the manifest's ``clips``.
+    """
+
+    def __init__(self, folder: Path, index: dict):
+        self.index, self.shards = index, ShardReader(folder)
+
+    def info(self, rec) -> tuple[float, int, tuple[int, int], bool]:
+        """(media seconds, grid frames held, stored frame size, audio present) of a clip."""
+        shard, row, _ = self.index[rec.id]
+        sh = self.shards(shard)
+        info = sh.info[row]
+        return info["seconds"], sh.n_frames(row), tuple(info["hw"]), sh.present[row]
+
+    def load(self, rec, frames: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The grid frames ``frames`` as (3, h, w) uint8 and the (n_mels, columns) float16 log-mel of the clip."""
+        from harness.data import jpeg
+
+        shard, row, _ = self.index[rec.id]
+        sh = self.shards(shard)
+        return (jpeg.decode(sh.jpeg(row, frames)) if frames else []), sh.fbank(row)

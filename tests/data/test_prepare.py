@@ -1,8 +1,12 @@
-"""synth -> prepare -> load for every layout, on real MP4 files; missing and corrupt files; --strict; resume; runs."""
+"""synth -> prepare -> load for every layout, on real MP4 files; missing and corrupt files; --strict; resume of an
+interrupted prepare; --workers; runs."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -103,7 +107,65 @@ def test_missing_and_corrupt_files_are_counted_and_tagged(tmp_path, capsys):
     final = run_trial(RunSpec.from_dict(run), rec)  # completes on the 6 decoded clips
     assert rec.tags["harness.manifest_hash"] == manifest["hash"]
     assert rec.tags["harness.decoder"] == manifest["decoder"]
+    assert rec.tags["harness.data_counts"] == "listed 8, found 7, decoded 6, missing 1, corrupt 1, short 0"
     assert 0 <= final["test/seg_acc"] <= 100
+
+    # the same without a cache (dataset.cache: none): the same counts and lists, --strict the same failure
+    none = [a for s in (*TINY, "cache=none") for a in ("--set", s)]
+    capsys.readouterr()
+    assert main(["prepare", "ave", "--root", str(root), *none]) == 0
+    assert "listed 8, found 7, decoded 6, missing 1, corrupt 1" in capsys.readouterr().out
+    assert main(["prepare", "ave", "--root", str(root), "--strict", *none]) == 1
+    assert str(root / recs[1].file) in capsys.readouterr().err
+    run["dataset"] = {**run["dataset"], "cache": "none"}
+    final = run_trial(RunSpec.from_dict(run), rec)
+    assert rec.tags["harness.data_counts"] == "listed 8, found 7, decoded 6, missing 1, corrupt 1, short 0"
+    assert 0 <= final["test/seg_acc"] <= 100
+
+
+KILL_AFTER_FIRST_SHARD = """
+import sys
+from pathlib import Path
+from harness.data.prepare import prepare
+from harness.run.prepare import resolve_params
+cls, p = resolve_params("kinetics_sounds", sys.argv[1], sys.argv[2], sys.argv[3:])
+prepare(cls.list_clips(p), Path(p.root), cls.cache_folder(p, "."), cls.settings(p), shard_clips=2)
+"""
+
+
+def test_an_interrupted_prepare_resumes_and_workers_make_the_same_cache(tmp_path, capsys):
+    from harness.data.shards import Shard
+
+    root, a, b = tmp_path / "root", tmp_path / "a", tmp_path / "b"
+    assert main(["synth", "--out", str(root), "--layout", "kinetics_sounds", "--clips", "10"]) == 0
+    cls, params = resolve_params("kinetics_sounds", str(root), str(a), list(TINY))
+    folder = cls.cache_folder(params, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_AFTER_FIRST_SHARD, str(root), str(a), *TINY],
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    while not list(folder.glob("shard-*")) and proc.poll() is None:
+        time.sleep(0.005)
+    proc.kill()  # SIGKILL: no cleanup runs
+    proc.wait()
+    assert not (folder / "manifest.json").exists()  # killed before the end
+    kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard-*.safetensors")}
+    assert kept and not list(folder.glob("*.tmp*"))  # whole shards only
+    sets = [x for s in TINY for x in ("--set", s)]
+    capsys.readouterr()
+    assert main(["prepare", "kinetics_sounds", "--root", str(root), "--cache", str(a), *sets]) == 0
+    out = capsys.readouterr().out
+    assert f"reused {2 * len(kept)} clips" in out and "listed 10, found 10, decoded 10" in out
+    assert all(folder.joinpath(n).stat().st_mtime_ns == t for n, t in kept.items())  # finished shards untouched
+    assert main(["prepare", "kinetics_sounds", "--root", str(root), "--cache", str(b), "--workers", "2", *sets]) == 0
+    other = cls.cache_folder(params.model_copy(update={"cache": str(b)}), tmp_path)
+    ma, mb = (json.loads((f / "manifest.json").read_text()) for f in (folder, other))
+    assert ma["hash"] == mb["hash"] and ma["counts"] == mb["counts"]  # resumed = uninterrupted, 2 workers = 1
+    for cid in ma["clips"]:
+        (sa, ra, _), (sb, rb, _) = ma["clips"][cid], mb["clips"][cid]
+        x, y = Shard(folder / sa), Shard(other / sb)
+        frames = list(range(x.n_frames(ra)))
+        assert frames == list(range(y.n_frames(rb))) and x.info[ra] == y.info[rb]
+        assert all(torch.equal(p, q) for p, q in zip(x.jpeg(ra, frames), y.jpeg(rb, frames)))  # the same JPEG bytes
+        assert torch.equal(x.fbank(ra), y.fbank(rb))
 
 
 def test_ave_scores_every_second_with_lavish_windows(tmp_path):

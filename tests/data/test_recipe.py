@@ -206,3 +206,22 @@ def test_tiny_window_sweep_trains_with_every_augmentation(prepared):
     for final in results:
         assert math.isfinite(final["train/loss"]) and 0 <= final["test/seg_acc"] <= 100
     assert len(list(cache.glob("*/manifest.json"))) == 1  # both windows cut from the one prepared cache
+
+
+def test_media_files_serve_the_cache_views_within_jpeg_tolerance(prepared):
+    """``cache: none``: the same probe counts, the same draws and the same frames as the cache but for its JPEG."""
+    cached, media = _data(prepared, *AUG), _data(prepared, *AUG, "cache=none", "loader_workers=2")
+    assert media.manifest["counts"] == cached.manifest["counts"] and media.manifest["short"] == cached.manifest["short"]
+    for split in ("train", "val", "test"):
+        a, b = cached.splits[split], media.splits[split]
+        assert [r.id for r in a.records] == [r.id for r in b.records]
+        assert all(a.plan(item) == b.plan(item) for item in a.items(True, 7))  # the same windows, crops, masks
+        for x, y in zip(_epoch(a, 7), _epoch(b, 7)):
+            assert x["id"] == y["id"] and torch.equal(x["audio_present"], y["audio_present"])
+            mse = (x["video"].float() - y["video"].float()).pow(2).mean().item()
+            assert 10 * math.log10(255**2 / mse) > 30  # JPEG (quality 90) of small noisy frames
+            assert (x["audio"] - y["audio"]).abs().max() < 0.01  # the cache's log-mel is float16
+    assert media.provenance()["harness.decoder"] == cached.provenance()["harness.decoder"]
+    assert media.fingerprint != cached.fingerprint  # another source: another manifest hash
+    index = next((prepared[1] / "media-index").rglob("*.json"))
+    assert len(json.loads(index.read_text())) == sum(len(s.records) for s in media.splits.values())
