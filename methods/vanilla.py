@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.api import InputSpec, MethodConfig, attn_mask, keep_keys, present_masks
+from harness.api import InputSpec, MethodConfig, attn_mask, complete, keep_keys, present_masks, stream_masks
 from harness.models.backbones import BackboneConfig
 from harness.models.blocks import (
     Readout,
@@ -80,17 +80,18 @@ class Vanilla(ViTStreams):
     def forward(self, batch: dict) -> dict:
         cfg: VanillaConfig = self.cfg
         depth, lf = self.backbone.depth, cfg.fusion_layer
-        present = present_masks(batch, self.order)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        masks = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}
-        z = self.streams(z, masks, range(lf))
+        present, full = present_masks(batch, self.order), complete(batch, self.order)
+        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D)
+        z = self.streams(z, stream_masks(z, present, full), range(lf))
 
         if lf < depth:
             # In the joint sequence a CLS is a key only when its modality is present; a clip with neither present
             # keeps both CLS keys so no attention row is empty.
-            none = ~(present["video"] | present["audio"])  # (B,)
-            keep = [keep_keys(present[m], z[m].shape[1] - 1, keep_cls=present[m] | none) for m in self.order]
-            mask = attn_mask(torch.cat(keep, dim=1))  # (B, 1, 1, 2 + Nv + Na)
+            mask = None  # every key present
+            if not full:
+                none = ~(present["video"] | present["audio"])  # (B,)
+                keep = [keep_keys(present[m], z[m].shape[1] - 1, keep_cls=present[m] | none) for m in self.order]
+                mask = attn_mask(torch.cat(keep, dim=1))  # (B, 1, 1, 2 + Nv + Na)
             sizes = [z[m].shape[1] for m in self.order]
             joint = torch.cat([z[m] for m in self.order], dim=1)  # (B, 2 + Nv + Na, D)
             for layer in range(lf, depth):

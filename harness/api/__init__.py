@@ -15,10 +15,21 @@ from harness.api.data import Dataset
 from harness.api.engine import Checkpoints, Engine, Reporter, TrainHook
 from harness.api.inputs import InputSpec
 from harness.api.method import CheckpointError, FusionMethod, MethodConfig
-from harness.api.modalities import attn_mask, keep_keys, mean_over_modalities, modality_weights, present_masks
+from harness.api.modalities import (
+    COMPLETE,
+    attn_mask,
+    complete,
+    keep_keys,
+    mark_complete,
+    mean_over_modalities,
+    modality_weights,
+    present_masks,
+    stream_masks,
+)
 from harness.api.task import Task, TaskConfig, Tree, average_views, tree_map
 
 __all__ = [
+    "COMPLETE",
     "CheckpointError",
     "Checkpoints",
     "Dataset",
@@ -32,10 +43,13 @@ __all__ = [
     "TrainHook",
     "Tree",
     "attn_mask",
+    "complete",
     "average_views",
     "keep_keys",
+    "mark_complete",
     "mean_over_modalities",
     "modality_weights",
     "present_masks",
+    "stream_masks",
     "tree_map",
 ]

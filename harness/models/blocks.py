@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.api import FusionMethod, InputSpec, MethodConfig, attn_mask, keep_keys, mean_over_modalities, present_masks
+from harness.api import FusionMethod, InputSpec, MethodConfig, complete, mean_over_modalities, present_masks, stream_masks
 from harness.models.backbones import (
     AudioPatchEmbed,
     BackboneConfig,
@@ -85,14 +85,16 @@ class Tokenizers(nn.Module):
             self.register_buffer("video_slot", video_slot, persistent=False)
             self.register_buffer("audio_slot", audio_slot, persistent=False)
 
-    def forward(self, batch: dict, present: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, batch: dict, present: dict[str, Tensor], full: bool = False) -> dict[str, Tensor]:
+        """``{m: (B, 1 + N_m, D)}``; ``full``: every clip has every modality (``harness.api.complete``)."""
         out = {}
         for m, embed in self.patch.items():
             x = batch[m]
             # An absent clip may carry any placeholder (even NaN); masked keys still multiply their values by 0,
             # so the input is replaced, not scaled.
-            keep = present[m].reshape((-1,) + (1,) * (x.dim() - 1))
-            x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            if not full:
+                keep = present[m].reshape((-1,) + (1,) * (x.dim() - 1))
+                x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
             tokens = embed(x) + self.pos[m]  # (B, N_m, D)
             if self.time is not None:
                 tokens = tokens + self.time[getattr(self, f"{m}_slot")]  # (N_m, D) broadcast over B
@@ -120,12 +122,12 @@ class Streams(nn.Module):
         """The block of ``modality`` at ``layer``; ``modality`` may be None when weights are shared."""
         return self.blocks["shared" if self.shared_weights else modality][layer]
 
-    def forward(self, z: dict[str, Tensor], masks: dict[str, Tensor], layers: range) -> dict[str, Tensor]:
+    def forward(self, z: dict[str, Tensor], masks: dict[str, Tensor | None], layers: range) -> dict[str, Tensor]:
         """Runs each modality through its own blocks, z_m <- Block_m(z_m), for ``layers``.
 
         Args:
             z: ``{modality: (B, N_m, D)}``.
-            masks: ``{modality: (B, 1, 1, N_m)}`` bool key masks.
+            masks: ``{modality: (B, 1, 1, N_m)}`` bool key masks, None where every key is present.
             layers: the layer indices to run.
         """
         z = dict(z)
@@ -188,10 +190,10 @@ class ViTStreams(FusionMethod):
         Returns:
             ``{m: (B, 1 + N_m, D)}`` and the presence masks ``{m: (B,) bool}``.
         """
-        present = present_masks(batch, self.order or self.modalities)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        masks = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}
-        z = self.streams(z, masks, range(self.backbone.depth))
+        streams = self.order or self.modalities
+        present, full = present_masks(batch, streams), complete(batch, streams)
+        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D)
+        z = self.streams(z, stream_masks(z, present, full), range(self.backbone.depth))
         return {m: self.norm(x) for m, x in z.items()}, present
 
     def backbone_mapping(self, vit: ImageViT) -> Mapping:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from harness.api import CheckpointError, FusionMethod, InputSpec, mean_over_modalities, present_masks
+from harness.api import CheckpointError, FusionMethod, InputSpec, complete, mean_over_modalities, present_masks
 from harness.models.backbones import BackboneConfig
 from harness.models.weights import LoadReport
 from methods.parts.lavish_adapter import AdapterConfig, LAVISHAdapter
@@ -148,9 +148,9 @@ class SwinLAVISH(FusionMethod):
         return {"audio": audio.expand(-1, 3, -1, -1), "video": video}, clip
 
     def forward(self, batch: dict) -> dict:
-        present = present_masks(batch, self.modalities)
+        present, full = present_masks(batch, self.modalities), complete(batch, self.modalities)
         images, clip = self.pairs(batch, present)
-        rows = {m: p[clip] for m, p in present.items()}  # (P,): the pair's modality is present
+        rows = {m: None if full else p[clip] for m, p in present.items()}  # (P,): the pair's modality is present
         z = {m: self.swin.patch_embed(x) for m, x in images.items()}  # (P, h, w, C_0)
         layer = 0
         for stage in self.swin.layers:
@@ -169,7 +169,7 @@ class SwinLAVISH(FusionMethod):
     def adapt(self, pos: str, layer: int, z: dict[str, Tensor], rows: dict[str, Tensor]) -> dict[str, Tensor]:
         """{m: adapter_{m,pos,layer}(z_m, z_other)} on flattened tokens, reshaped back to each grid."""
         flat = {m: x.flatten(1, 2) for m, x in z.items()}  # (P, h·w, C_s)
-        keep = {m: rows[m][:, None].expand(-1, x.shape[1]) for m, x in flat.items()}  # (P, h·w)
+        keep = {m: None if rows[m] is None else rows[m][:, None].expand(-1, x.shape[1]) for m, x in flat.items()}
         out = {}
         for m, x in flat.items():
             y = self.adapters[f"{m}_{pos}"][layer](x, flat[OTHER[m]], keep[OTHER[m]], rows[m])
