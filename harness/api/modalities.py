@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 COMPLETE = "complete_modalities"  # batch key: the modalities every clip of the batch has, a tuple set on the host
 
 

@@ -16,7 +16,15 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.api import FusionMethod, InputSpec, MethodConfig, complete, mean_over_modalities, present_masks, stream_masks
+from harness.api import (
+    FusionMethod,
+    InputSpec,
+    MethodConfig,
+    complete,
+    mean_over_modalities,
+    present_masks,
+    stream_masks,
+)
 from harness.models.backbones import (
     AudioPatchEmbed,
     BackboneConfig,
