@@ -72,12 +72,13 @@ class SDPAWindowAttention(WindowAttention):
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
         pos = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # (H, N, N)
         pos = 16 * torch.sigmoid(pos)
-        if mask is not None:  # windows are batch-major: view (B, nW, H, N, d) against a (nW, H, N, N) mask
+        if mask is not None:  # windows are batch-major: (B, nW·H, N, d) against a (nW·H, N, N) mask, 4-D for SDPA
             nw = mask.shape[0]
-            q, k, v = (t.view(-1, nw, *t.shape[1:]) for t in (q, k, v))
-            pos = pos[None] + mask[:, None].to(pos.dtype)
+            q, k, v = (t.reshape(-1, nw * t.shape[1], *t.shape[2:]) for t in (q, k, v))  # a copy: heads are strided
+            pos = (pos[None] + mask[:, None].to(pos.dtype)).flatten(0, 1)
         drop = self.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos, dropout_p=drop, scale=1.0)
+        # a 4-D bias (1, heads, N, N): SDPA sends a 3-D mask to its unfused math kernel
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos[None], dropout_p=drop, scale=1.0)
         return self.proj_drop(self.proj(out.reshape(b_, self.num_heads, n, -1).transpose(1, 2).reshape(b_, n, c)))
 
 
