@@ -73,17 +73,22 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
     return method, task
 
 
-def model_cost(method: torch.nn.Module, task: torch.nn.Module, input_spec) -> dict[str, float]:
-    """``model/*`` metrics: params (total, trainable) of method + head, forward FLOPs and MACs of one clip."""
-    from harness.models.complexity import count_params, forward_flops
+def model_cost(method: torch.nn.Module, task: torch.nn.Module, input_spec, batch_size: int = 1) -> dict[str, float]:
+    """``model/*`` metrics: params (total, trainable) of method + head, forward FLOPs and MACs of one clip, and the
+    FLOPs per clip of a training step (forward + backward at ``batch_size`` clips: what ``perf/mfu`` counts).
+
+    Counted on a meta-device copy (``harness.models.complexity.meta_copy``): shapes only, no forward on real tensors.
+    """
+    from harness.models.complexity import count_params, forward_flops, meta_copy, train_flops
 
     total, trainable = count_params(torch.nn.ModuleDict({"method": method, "task": task}))
-    flops = forward_flops(method, task, input_spec)
+    flops = forward_flops(meta_copy(method), meta_copy(task), input_spec)
     return {
         "model/params_total": float(total),
         "model/params_trainable": float(trainable),
         "model/gflops": flops["gflops"],
         "model/gmacs": flops["gmacs"],
+        "model/train_gflops": train_flops(method, task, input_spec, batch_size)["gflops"],
     }
 
 
