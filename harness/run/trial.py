@@ -93,13 +93,16 @@ def model_cost(method: torch.nn.Module, task: torch.nn.Module, input_spec, batch
 
 
 def run_tags(spec: RunSpec, device: torch.device, data, task: torch.nn.Module) -> dict[str, str]:
-    """Tags a trial adds: where it ran, on which data (fingerprint; a prepared set's manifest hash and decoder),
-    which pretrained backbone, and the task's primary metric (what reports sort by)."""
+    """Tags a trial adds: where it ran and at which precision, on which data (fingerprint; a prepared set's manifest
+    hash and decoder), which pretrained backbone, and the task's primary metric (what reports sort by)."""
     from harness.run.pretrain import pretrained_key
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    from harness.run.perf import resolve_precision
+
     tags = {"harness.device": name, "harness.torch_version": torch.__version__, **data.provenance(),
-            "harness.primary_metric": f"test/{task.primary_metric}"}  # fmt: skip
+            "harness.primary_metric": f"test/{task.primary_metric}",
+            "harness.precision": resolve_precision(spec.train.precision, device)}  # fmt: skip
     if (key := pretrained_key(spec)) is not None:  # backbone.pretrained: the cached weights' key
         tags["harness.backbone_pretrained"] = key
     return tags
@@ -130,9 +133,9 @@ def run_trial(spec: RunSpec, reporter: Reporter | None = None, hooks: Sequence[T
         seed_everything(spec.seed)
         data = build_dataset(spec)
         method, task = build_model(spec, data.spec)
-        reporter.start(
-            {"tags": run_tags(spec, engine.device, data, task), "metrics": model_cost(method, task, data.spec)}
-        )
+        cost = model_cost(method, task, data.spec, batch_size=spec.train.batch_size // spec.train.grad_accum)
+        engine.train_gflops = cost["model/train_gflops"]  # perf/mfu (harness/run/perf.py)
+        reporter.start({"tags": run_tags(spec, engine.device, data, task), "metrics": cost})
         cache = None
         if spec.train.frozen_cache:  # the frozen prefix's activations, once per clip (harness/run/frozen_cache.py)
             from harness.run.frozen_cache import attach

@@ -8,6 +8,13 @@ Checkpoints: given a ``harness.api.Checkpoints`` (a sweep's ``TuneReporter``, ``
 each epoch's report carries the whole training state (:meth:`TorchEngine.state`: model, optimiser, schedule, RNG, epoch,
 metrics history), and a trial whose checkpoint exists continues after its last epoch with the same batches, RNG and
 learning rate as if it had never stopped. The last checkpoint also holds the final metrics.
+
+Speed (``harness.run.perf``): ``train.precision`` (autocast; fp16 with a loss scaler), TF32 and fused AdamW on CUDA,
+``train.compile``, ``train.grad_accum`` micro-batches, ``train.activation_checkpointing``. The loop reads no device
+value of the step it has just queued: the loss is checked for NaN one step late (the device runs step i while the
+host waits for step i - 1), and the presence flags stay on the host, so a complete batch needs no attention mask
+(``harness.api.complete``). ``perf/step_ms``, ``perf/data_wait_ms`` / ``_frac`` and ``perf/mfu`` are reported at
+the end.
 """
 
 from __future__ import annotations
@@ -22,13 +29,43 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.api import Checkpoints, Engine, TrainHook, tree_map
+from harness.api import Checkpoints, Engine, TrainHook, mark_complete, tree_map
 from harness.config import EngineConfig, RunSpec
 from harness.run.augment import augment
+from harness.run.perf import (
+    StepClock,
+    autocast,
+    checkpoint_activations,
+    enable_tf32,
+    mfu,
+    peak_tflops,
+    resolve_precision,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names where and what to try."""
+
+
+def _slice(value, lo: int, hi: int):
+    """Rows ``lo:hi`` of a batch entry: a tensor, a list (ids) or a dict of them (multi-head labels)."""
+    if isinstance(value, dict):
+        return {k: _slice(v, lo, hi) for k, v in value.items()}
+    return value[lo:hi] if torch.is_tensor(value) or isinstance(value, list) else value
+
+
+def micro_batches(batch: dict, n: int) -> list[dict]:
+    """``batch`` split into ``n`` contiguous micro-batches along the batch dimension (``train.grad_accum``)."""
+    if n == 1:
+        return [batch]
+    rows = len(batch["id"])
+    if rows < n:  # an engine steps after exactly n micro-batches: an empty one would shift its boundary
+        raise ValueError(
+            f"a batch of {rows} clips cannot make train.grad_accum={n} micro-batches; raise train.batch_size "
+            "or lower train.grad_accum (or engine.workers)"
+        )
+    bounds = [b.tolist() for b in torch.arange(rows).tensor_split(n)]
+    return [{k: _slice(v, b[0], b[-1] + 1) for k, v in batch.items()} for b in bounds]
 
 
 class TorchEngine(Engine):
@@ -44,6 +81,9 @@ class TorchEngine(Engine):
     def __init__(self, spec: RunSpec, device: str | None = None):
         super().__init__(spec)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(spec.train.precision, self.device)  # fp32 | bf16 | fp16
+        # FLOPs per clip of a training step (model/train_gflops), set by run_trial; None = no perf/mfu
+        self.train_gflops: float | None = None
 
     # -- pieces ------------------------------------------------------------------------------------------------
 
@@ -55,7 +95,7 @@ class TorchEngine(Engine):
             {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": t.weight_decay},
             {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr)
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, fused=self.device.type == "cuda")
 
     def schedule(self, opt: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
         """Per-step learning rate: linear warmup to ``lr``, then cosine decay to ``min_lr``."""
@@ -80,6 +120,15 @@ class TorchEngine(Engine):
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+    def _on_device(self, batch: dict) -> dict:
+        """:meth:`_to_device`, with the presence flags kept on the host: methods decide there whether a batch needs
+        masks at all and copy the flags to the device without blocking (``harness.api.modalities``)."""
+        return {**self._to_device(batch), **{k: v for k, v in batch.items() if k.endswith("_present")}}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the run's precision around a forward and its loss (nothing for fp32)."""
+        return autocast(self.device, self.precision)
+
     @torch.no_grad()
     def evaluate(self, method: nn.Module, task: nn.Module, split, mask: str | None = None) -> dict[str, float]:
         """Metrics of ``task`` on ``split``; ``mask`` = ``"audio"`` or ``"video"`` marks that modality absent.
@@ -92,8 +141,10 @@ class TorchEngine(Engine):
         for batch in split.batches(self.spec.train.eval_batch_size):
             if mask is not None:
                 batch[f"{mask}_present"] = torch.zeros_like(batch[f"{mask}_present"])
-            batch = self._to_device(batch)
-            scores.append(tree_map(lambda s: s.float().cpu(), task.scores(method(batch), batch)))
+            batch = mark_complete(self._on_device(batch))
+            with self.autocast():
+                out = task.scores(method(batch), batch)
+            scores.append(tree_map(lambda s: s.float().cpu(), out))
             labels.append(tree_map(lambda y: y.cpu(), batch["label"]))
             ids.extend(batch["id"])
         return task.summarize(scores, labels, ids)
@@ -118,8 +169,14 @@ class TorchEngine(Engine):
         t = self.spec.train
         method.to(self.device)
         task.to(self.device)
+        enable_tf32(self.device)
+        if t.activation_checkpointing:
+            checkpoint_activations(method)
+        if t.compile:  # in place: the state dict keeps its keys (checkpoints load either way)
+            method.compile(backend=t.compile_backend)
         model = nn.ModuleDict({"method": method, "task": task})
         opt = self.optimizer(model)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         train = data.splits["train"]
         steps = len(train) // t.batch_size or 1
         sched = self.schedule(opt, steps)
@@ -131,6 +188,8 @@ class TorchEngine(Engine):
             model.load_state_dict(restored["model"])
             opt.load_state_dict(restored["optimizer"])
             sched.load_state_dict(restored["scheduler"])
+            if restored.get("scaler"):
+                scaler.load_state_dict(restored["scaler"])
             set_rng_state(restored["rng"])
             seen, train_time, history = restored["seen"], restored["train_time"], restored["history"]
             start -= restored["wall_s"]  # perf/wall_s counts the time before the restart too
@@ -146,30 +205,40 @@ class TorchEngine(Engine):
             if checkpoints is None:
                 return report(metrics, step)
             state = self.state(model, opt, sched, epoch, history, seen, train_time, time.perf_counter() - start, final)
+            state["scaler"] = scaler.state_dict()
             checkpoints.report(metrics, step, state)
 
+        clock = StepClock()
         for epoch in range(first, t.epochs):
             method.train()
-            tick, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
-            for i, batch in enumerate(self.train_batches(train, epoch)):
+            tick, total, n, pending = time.perf_counter(), torch.zeros((), device=self.device), 0, None
+            for i, batch in enumerate(clock.batches(self.train_batches(train, epoch))):
                 for hook in hooks:
                     hook.on_step(epoch, i)
-                batch = augment(self._to_device(batch), task, t, key=(self.spec.seed, epoch, i))
-                loss = task.loss(method(batch), batch)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"train/loss is {loss.item()} at epoch {epoch} step {i} "
-                        f"(method.name={self.spec.method.name}, train.lr={t.lr}); lower train.lr, set train.grad_clip, "
-                        "or check the inputs for NaN"
-                    )
+                batch = augment(self._on_device(batch), task, t, key=(self.spec.seed, epoch, i))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = torch.zeros((), device=self.device)
+                for micro in micro_batches(batch, t.grad_accum):
+                    micro = mark_complete(micro)
+                    with self.autocast():
+                        part = task.loss(method(micro), micro).float() / t.grad_accum
+                    scaler.scale(part).backward()
+                    loss += part.detach()
                 if t.grad_clip:
+                    scaler.unscale_(opt)
                     nn.utils.clip_grad_norm_(params, t.grad_clip)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
-                total += loss.detach()
+                if pending is not None:  # the previous step's loss: read while this one runs on the device
+                    self._check_finite(*pending)
+                    clock.done()
+                pending = (loss, epoch, i)
+                total += loss
                 n += 1
+            if pending is not None:
+                self._check_finite(*pending)
+                clock.done()
             seen += n * t.batch_size
             train_time += time.perf_counter() - tick
             val = self.evaluate(method, task, data.splits["val"])
@@ -178,8 +247,33 @@ class TorchEngine(Engine):
             emit(history[epoch], epoch, epoch)
 
         final = self.final_metrics(method, task, data, seen / max(train_time, 1e-9), start)
+        final.update(self.speed_metrics(clock, train_time))
         emit(final, t.epochs, t.epochs - 1, final)
         return {**last, **final}
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Raise :class:`NonFiniteLossError` if the step's loss is NaN or infinite (reads it back: a sync)."""
+        value = loss.item()
+        if not math.isfinite(value):
+            t = self.spec.train
+            raise NonFiniteLossError(
+                f"train/loss is {value} at epoch {epoch} step {step} (method.name={self.spec.method.name}, "
+                f"train.lr={t.lr}, train.precision={t.precision}); lower train.lr, set train.grad_clip, use "
+                "train.precision=fp32, or check the inputs for NaN"
+            )
+
+    def speed_metrics(self, clock: StepClock, train_time: float, devices: int = 1) -> dict[str, float]:
+        """``perf/step_ms``, ``perf/data_wait_*`` and, where the FLOPs and the device's peak are known, ``perf/mfu``
+        (and ``perf/train_tflops``, the achieved rate) over ``devices`` (data-parallel ranks)."""
+        t = self.spec.train
+        out = clock.metrics(train_time)
+        step = clock.step_s()
+        if self.train_gflops is not None and step is not None:
+            rate = self.train_gflops * t.batch_size / step  # GFLOP/s of the whole (global) batch
+            out["perf/train_tflops"] = rate / 1e3
+            if (peak := peak_tflops(self.device, self.precision, t.peak_tflops)) is not None:
+                out["perf/mfu"] = mfu(self.train_gflops, t.batch_size / step, peak, devices)
+        return out
 
     def state(self, model: nn.Module, opt, sched, epoch: int, history: dict, seen: int, train_time: float,
               wall_s: float, final: dict | None = None) -> dict:  # fmt: skip
