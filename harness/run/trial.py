@@ -20,7 +20,7 @@ from harness.api import Checkpoints, Reporter, TrainHook
 from harness.config import RunSpec
 from harness.data.storage import harness_cache
 from harness.registry import ENGINES, FORMATS, METHODS, TASKS, resolve_target
-from harness.run.reporting import PrintReporter
+from harness.run.reporting import LocalCheckpoints, PrintReporter
 
 HOOKS_ENV = "HARNESS_HOOKS"  # comma-separated ``module:attr`` factories of harness.api.TrainHook
 
@@ -142,7 +142,11 @@ def run_trial(spec: RunSpec, reporter: Reporter | None = None, hooks: Sequence[T
 
             cache = attach(method, spec, data, cache_dir(spec) / "activations")
         checkpoints = reporter if isinstance(reporter, Checkpoints) else None
-        final = engine.fit(method, task, data, reporter.report, checkpoints, [*hooks, *env_hooks(spec)])
+        try:
+            final = engine.fit(method, task, data, reporter.report, checkpoints, [*hooks, *env_hooks(spec)])
+        finally:
+            if isinstance(reporter, LocalCheckpoints):
+                reporter.wait()  # a checkpoint still being written is on disk when the trial ends, even by an error
         if cache is not None:
             cache.save()  # later trials over the same frozen part and data start from it
             print(f"frozen cache: {cache.hits} hits, {cache.misses} misses", file=sys.stderr)

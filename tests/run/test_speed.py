@@ -8,7 +8,7 @@ import torch
 
 from harness.config import ConfigError, RunSpec
 from harness.run.perf import checkpoint_activations, mfu, peak_tflops, resolve_precision
-from harness.run.trial import run_trial
+from harness.run.trial import build_dataset, build_model, run_trial
 from harness.testing.contract import TINY_BACKBONE, TINY_SPEC, build, make_batch, weighted_sum
 
 
@@ -146,3 +146,35 @@ def test_gpu_trial(tiny_run, precision):
     assert rec.info["tags"]["harness.precision"] == precision and "perf/mfu" in final
     assert torch.get_float32_matmul_precision() == "high"
 
+
+class StateRecorder(Recorder):
+    """A ``harness.api.Checkpoints`` in memory: keeps every state it is handed; restores a chosen one."""
+
+    def __init__(self, restore_from: dict | None = None):
+        super().__init__()
+        self.states, self.restore_from = [], restore_from
+
+    def restore(self):
+        return self.restore_from
+
+    def report(self, metrics, step, state=None):
+        super().report(metrics, step)
+        self.states.append((step, state))
+
+
+def test_checkpoints_every_k_epochs_hold_only_what_resume_needs(tiny_run):
+    tiny_run["method"] = {"name": "lavish"}  # a frozen backbone: its weights are never saved
+    tiny_run["train"].update(epochs=3, checkpoint_every=2)
+    spec = RunSpec.from_dict(tiny_run)
+    whole = StateRecorder()
+    expected = run_trial(spec, whole)
+    assert [(step, state is not None) for step, state in whole.states] == [(0, False), (1, True), (2, True),
+                                                                           (3, True)]  # fmt: skip
+    state = whole.states[1][1]
+    method, _ = build_model(spec, build_dataset(spec).spec)
+    frozen = {f"method.{n}" for n, p in method.named_parameters() if not p.requires_grad}
+    assert frozen and not frozen & set(state["model"]) and any(k.startswith("method.adapters") for k in state["model"])
+    assert all(v.device.type == "cpu" for v in state["model"].values())
+    resumed = run_trial(spec, StateRecorder(restore_from=state))  # after epoch 1, as if the trial had died in 2
+    for key in ("train/loss", "val/top1", "test/top1"):
+        assert resumed[key] == expected[key], key

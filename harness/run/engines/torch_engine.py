@@ -5,9 +5,12 @@ Every epoch: train over the shuffled train split, evaluate on val, report ``trai
 masked, ``:video_only`` the audio), and the ``perf/*`` figures.
 
 Checkpoints: given a ``harness.api.Checkpoints`` (a sweep's ``TuneReporter``, ``harness run``'s ``LocalCheckpoints``),
-each epoch's report carries the whole training state (:meth:`TorchEngine.state`: model, optimiser, schedule, RNG, epoch,
-metrics history), and a trial whose checkpoint exists continues after its last epoch with the same batches, RNG and
-learning rate as if it had never stopped. The last checkpoint also holds the final metrics.
+every ``train.checkpoint_every``-th epoch's report (and the last's) carries the training state
+(:meth:`TorchEngine.state`: the trainable parameters and the buffers, optimiser, schedule, loss scaler, RNG, epoch,
+metrics history), a host snapshot that a reporter may write in the background; a trial whose checkpoint exists
+continues after its last
+epoch with the same batches, RNG and learning rate as if it had never stopped. Frozen parameters are not saved: the
+rebuilt model has them already (same seed, same backbone weights). The last checkpoint also holds the final metrics.
 
 Speed (``harness.run.perf``): ``train.precision`` (autocast; fp16 with a loss scaler), TF32 and fused AdamW on CUDA,
 ``train.compile``, ``train.grad_accum`` micro-batches, ``train.activation_checkpointing``. The loop reads no device
@@ -185,7 +188,7 @@ class TorchEngine(Engine):
         start, seen, train_time, last, history = time.perf_counter(), 0, 0.0, {}, {}
         restored = checkpoints.restore() if checkpoints else None
         if restored is not None:
-            model.load_state_dict(restored["model"])
+            load_trainable_state(model, restored["model"])
             opt.load_state_dict(restored["optimizer"])
             sched.load_state_dict(restored["scheduler"])
             if restored.get("scaler"):
@@ -204,6 +207,8 @@ class TorchEngine(Engine):
         def emit(metrics: dict, step: int, epoch: int, final: dict | None = None) -> None:
             if checkpoints is None:
                 return report(metrics, step)
+            if final is None and (epoch + 1) % t.checkpoint_every and epoch + 1 < t.epochs:
+                return checkpoints.report(metrics, step, None)  # no state this epoch (train.checkpoint_every)
             state = self.state(model, opt, sched, epoch, history, seen, train_time, time.perf_counter() - start, final)
             state["scaler"] = scaler.state_dict()
             checkpoints.report(metrics, step, state)
@@ -278,11 +283,12 @@ class TorchEngine(Engine):
     def state(self, model: nn.Module, opt, sched, epoch: int, history: dict, seen: int, train_time: float,
               wall_s: float, final: dict | None = None) -> dict:  # fmt: skip
         """The training state after ``epoch``: what :meth:`fit` needs to continue exactly (``torch.load``-able with
-        ``weights_only=True``: tensors, numbers, strings, containers). ``final`` holds the test/perf metrics once the
-        trial has finished."""
-        return {"format": 1, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": rng_state(), "history": dict(history), "seen": seen,
-                "train_time": train_time, "wall_s": wall_s, "final": final}  # fmt: skip
+        ``weights_only=True``: tensors, numbers, strings, containers), copied to the host so that training may go on
+        while it is written. ``final`` holds the test/perf metrics once the trial has finished."""
+        state = {"format": 2, "epoch": epoch, "model": trainable_state(model), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "rng": rng_state(), "history": dict(history), "seen": seen,
+                 "train_time": train_time, "wall_s": wall_s, "final": final}  # fmt: skip
+        return host_copy(state)
 
     def final_metrics(self, method, task, data, samples_per_s: float, start: float) -> dict[str, float]:
         """``test/*`` with both modalities and with each masked, and the ``perf/*`` figures of the run."""
@@ -295,6 +301,38 @@ class TorchEngine(Engine):
         final["perf/peak_mem_mb"] = peak_memory_mb(self.device)
         final["perf/wall_s"] = time.perf_counter() - start
         return final
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The part of ``model.state_dict()`` that training changes: trainable parameters and buffers (norm statistics);
+    frozen parameters are left out (the rebuilt model has them)."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load :func:`trainable_state` (or a whole state dict) into ``model``.
+
+    Raises:
+        KeyError: a key the model lacks, or a trainable parameter or buffer the state lacks.
+    """
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in frozen]
+    if missing or result.unexpected_keys:
+        raise KeyError(f"the checkpoint does not fit the model: missing {missing[:5]}, unexpected "
+                       f"{result.unexpected_keys[:5]} (another method or backbone?)")  # fmt: skip
+
+
+def host_copy(tree):
+    """``tree`` with every tensor copied to the host (a snapshot: training may change the originals)."""
+    if torch.is_tensor(tree):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: host_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(host_copy(v) for v in tree)
+    return tree
 
 
 def rng_state() -> dict:
