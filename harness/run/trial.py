@@ -103,6 +103,8 @@ def run_tags(spec: RunSpec, device: torch.device, data, task: torch.nn.Module) -
     tags = {"harness.device": name, "harness.torch_version": torch.__version__, **data.provenance(),
             "harness.primary_metric": f"test/{task.primary_metric}",
             "harness.precision": resolve_precision(spec.train.precision, device)}  # fmt: skip
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPU(s) a sweep's trial was given (harness/sweep/driver.py)
+        tags["harness.cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     if (key := pretrained_key(spec)) is not None:  # backbone.pretrained: the cached weights' key
         tags["harness.backbone_pretrained"] = key
     return tags
