@@ -89,7 +89,7 @@ def test_two_rank_trials_with_zero_0_and_2_log_like_the_torch_engine(tiny_run, t
 
 def test_micro_batches_split_every_entry_kind():
     # Gradient accumulation splits tensors, id lists and multi-head label dicts along the same rows.
-    from harness.run.engines.torch_engine import micro_batches as _chunks
+    from harness.run.engines.common import micro_batches as _chunks
 
     batch = {
         "video": torch.arange(5),

@@ -36,13 +36,8 @@ from torch import nn
 from harness.api import TrainHook, mark_complete
 from harness.config import EngineConfig, RunSpec, TrainConfig
 from harness.run.augment import augment
-from harness.run.engines.torch_engine import (
-    TorchEngine,
-    micro_batches,
-    reset_peak_memory,
-    rng_state,
-    set_rng_state,
-)
+from harness.run.engines.common import micro_batches
+from harness.run.engines.torch_engine import TorchEngine, reset_peak_memory, rng_state, set_rng_state
 from harness.run.perf import DTYPES, StepClock
 
 MOVED = {"precision": "train.precision", "grad_accum": "train.grad_accum"}  # one spelling for both engines

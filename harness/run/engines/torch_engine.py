@@ -35,6 +35,7 @@ from torch import nn
 from harness.api import Checkpoints, Engine, TrainHook, mark_complete, tree_map
 from harness.config import EngineConfig, RunSpec
 from harness.run.augment import augment
+from harness.run.engines.common import host_copy, load_trainable_state, micro_batches, trainable_state
 from harness.run.perf import (
     StepClock,
     autocast,
@@ -48,27 +49,6 @@ from harness.run.perf import (
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names where and what to try."""
-
-
-def _slice(value, lo: int, hi: int):
-    """Rows ``lo:hi`` of a batch entry: a tensor, a list (ids) or a dict of them (multi-head labels)."""
-    if isinstance(value, dict):
-        return {k: _slice(v, lo, hi) for k, v in value.items()}
-    return value[lo:hi] if torch.is_tensor(value) or isinstance(value, list) else value
-
-
-def micro_batches(batch: dict, n: int) -> list[dict]:
-    """``batch`` split into ``n`` contiguous micro-batches along the batch dimension (``train.grad_accum``)."""
-    if n == 1:
-        return [batch]
-    rows = len(batch["id"])
-    if rows < n:  # an engine steps after exactly n micro-batches: an empty one would shift its boundary
-        raise ValueError(
-            f"a batch of {rows} clips cannot make train.grad_accum={n} micro-batches; raise train.batch_size "
-            "or lower train.grad_accum (or engine.workers)"
-        )
-    bounds = [b.tolist() for b in torch.arange(rows).tensor_split(n)]
-    return [{k: _slice(v, b[0], b[-1] + 1) for k, v in batch.items()} for b in bounds]
 
 
 class TorchEngine(Engine):
@@ -221,20 +201,7 @@ class TorchEngine(Engine):
                 for hook in hooks:
                     hook.on_step(epoch, i)
                 batch = augment(self._on_device(batch), task, t, key=(self.spec.seed, epoch, i))
-                opt.zero_grad(set_to_none=True)
-                loss = torch.zeros((), device=self.device)
-                for micro in micro_batches(batch, t.grad_accum):
-                    micro = mark_complete(micro)
-                    with self.autocast():
-                        part = task.loss(method(micro), micro).float() / t.grad_accum
-                    scaler.scale(part).backward()
-                    loss += part.detach()
-                if t.grad_clip:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(params, t.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
+                loss = self.train_step(method, task, batch, opt, sched, scaler, params)
                 if pending is not None:  # the previous step's loss: read while this one runs on the device
                     self._check_finite(*pending)
                     clock.done()
@@ -255,6 +222,31 @@ class TorchEngine(Engine):
         final.update(self.speed_metrics(clock, train_time))
         emit(final, t.epochs, t.epochs - 1, final)
         return {**last, **final}
+
+    def train_step(self, method: nn.Module, task: nn.Module, batch: dict, opt: torch.optim.Optimizer, sched,
+                   scaler: torch.amp.GradScaler, params: list[nn.Parameter]) -> torch.Tensor:  # fmt: skip
+        """One optimiser step on ``batch`` (on the device, augmented): ``train.grad_accum`` micro-batches, each
+        forward and loss under autocast, the loss scaled for fp16, gradients clipped, then the schedule's step.
+
+        Returns:
+            The step's loss, a device scalar (not read back: no sync).
+        """
+        t = self.spec.train
+        opt.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=self.device)
+        for micro in micro_batches(batch, t.grad_accum):
+            micro = mark_complete(micro)
+            with self.autocast():
+                part = task.loss(method(micro), micro).float() / t.grad_accum
+            scaler.scale(part).backward()
+            loss += part.detach()
+        if t.grad_clip:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, t.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        return loss
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Raise :class:`NonFiniteLossError` if the step's loss is NaN or infinite (reads it back: a sync)."""
@@ -301,38 +293,6 @@ class TorchEngine(Engine):
         final["perf/peak_mem_mb"] = peak_memory_mb(self.device)
         final["perf/wall_s"] = time.perf_counter() - start
         return final
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The part of ``model.state_dict()`` that training changes: trainable parameters and buffers (norm statistics);
-    frozen parameters are left out (the rebuilt model has them)."""
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k not in frozen}
-
-
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load :func:`trainable_state` (or a whole state dict) into ``model``.
-
-    Raises:
-        KeyError: a key the model lacks, or a trainable parameter or buffer the state lacks.
-    """
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k not in frozen]
-    if missing or result.unexpected_keys:
-        raise KeyError(f"the checkpoint does not fit the model: missing {missing[:5]}, unexpected "
-                       f"{result.unexpected_keys[:5]} (another method or backbone?)")  # fmt: skip
-
-
-def host_copy(tree):
-    """``tree`` with every tensor copied to the host (a snapshot: training may change the originals)."""
-    if torch.is_tensor(tree):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        return {k: host_copy(v) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(host_copy(v) for v in tree)
-    return tree
 
 
 def rng_state() -> dict:
