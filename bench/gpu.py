@@ -175,7 +175,8 @@ def measure_step(name: str, preset: str, batch_size: int, device: torch.device, 
         loss.backward()
         ref_opt.step()
 
-    _timed(ours, 2, device), _timed(ref, 2, device)  # warm-up: kernels, allocator, optimizer state
+    warm = 1 if dry else 3
+    _timed(ours, warm, device), _timed(ref, warm, device)  # warm-up: kernels, allocator, optimizer state, autotuning
     times = [(_timed(ours, block, device), _timed(ref, block, device)) for _ in range(rounds)]
     t_ours, t_ref = statistics.median(a for a, _ in times), statistics.median(b for _, b in times)
     clips, ref_clips = batch_size / t_ours, batch_size / t_ref
