@@ -64,7 +64,7 @@ def test_dry_run_of_every_part(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["failed"] == []
     _check_step_and_curves(tmp_path, results)
-    assert results["deepspeed"]["precision"] == "bf16" and "test/top1" in results["deepspeed"]
+    assert results["deepspeed"]["precision"] == "bf16" and {"test/top1", "perf/mfu"} <= set(results["deepspeed"])
     assert results["sweep"]["makespan_ratio"] > 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for name, trials in (("gpu_deepspeed", 1), ("gpu_sweep_shared", 4), ("gpu_sweep_sequential", 4)):
