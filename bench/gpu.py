@@ -259,7 +259,7 @@ def sweep_part(log: Log, out: Path, dry: bool, cuda: bool) -> None:
         if code != 0:
             raise RuntimeError(f"harness sweep ({label}) exited {code}:\n{tail}")
         walls[label] = wall
-        log(f"  sweep {label:10s} 4 trials, {concurrent} at a time, gpu {gpu} each: {wall:.1f} s")
+        log(f"  sweep {label:10s} 4 trials, {concurrent} at a time, cpu {cpu}, gpu {gpu} each: {wall:.1f} s")
     ratio = walls["shared"] / walls["sequential"]
     log.results["sweep"] = {**walls, "makespan_ratio": ratio}
     log.figure("sweep_makespan[4 x 0.25 GPU / one at a time]", f"{ratio:.2f}x (Ray start-up in both)", "<= 0.5x",
@@ -323,7 +323,8 @@ def curves_part(log: Log, out: Path, dry: bool, steps: int) -> None:
                              "tail_rel_diff": tail_diff, "fp32_first": fp32[0], "fp32_tail_mean": a,
                              "bf16_tail_mean": b, "agree": agree}  # fmt: skip
     log(f"  loss fp32 {fp32[0]:.3f} -> {a:.3f}, bf16 {bf16[0]:.3f} -> {b:.3f} (means of the last {tail} steps)")
-    value = f"worst {w}-step window {worst:.1%}, last {tail} steps {tail_diff:.1%}: {'agree' if agree else 'DISAGREE'}"
+    verdict = "agree" if agree else "DISAGREE"
+    value = f"worst {w}-step window {_pct(worst)}, last {tail} steps {_pct(tail_diff)}: {verdict}"
     target = f"windows <= {CURVE_TOL:.0%}, last {tail} <= {CURVE_TAIL_TOL:.0%}"
     log.figure(f"loss_curves_fp32_vs_bf16[{steps} steps]", value, target, agree)
 

@@ -71,3 +71,12 @@ def test_dry_run_of_every_part(tmp_path):
         runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
         finished = [r for r in runs if r.info.status == "FINISHED" and "test/top1" in r.data.metrics]
         assert len(finished) == trials, (name, [(r.info.run_name, r.info.status) for r in runs])
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_fp32_and_bf16_curves_agree(tmp_path):
+    """The curve part for real, shortened: the synthetic default on the GPU, TF32 vs bf16 autocast, 40 steps."""
+    code = _bench().main([str(tmp_path), "--only", "curves", "--steps", "40"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert code == 0 and results["device"]["name"] != "cpu" and not results["device"]["dry_run"]
+    assert results["curves"]["agree"], results["curves"]
