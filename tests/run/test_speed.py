@@ -134,6 +134,8 @@ def test_peak_table(monkeypatch):
     assert peak_tflops(cuda, "bf16") is None and peak_tflops(cuda, "bf16", override=100.0) == 100.0
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L40S")
     assert peak_tflops(cuda, "bf16") == 362.1  # not L4's
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200 NVL")
+    assert peak_tflops(cuda, "bf16") == 835.5  # not the SXM part's
     assert peak_tflops(torch.device("cpu"), "fp32") is None
 
 
