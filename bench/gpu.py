@@ -285,7 +285,7 @@ def curve(precision: str, steps: int, out: Path, dry: bool) -> list[float]:
     from harness.run.trial import build_dataset, build_model, seed_everything
 
     spec = load_config(REPO / "run.yaml", [f"train.precision={precision}", *_common(out, dry)])
-    engine = TorchEngine(spec)
+    engine = TorchEngine(spec, device="cpu" if dry else None)
     seed_everything(spec.seed)
     data = build_dataset(spec)
     method, task = build_model(spec, data.spec)
