@@ -23,7 +23,7 @@ stand-in peak of 1 TFLOP/s), so the script is known to start; its figures are no
 
 Writes ``OUT/results.json`` (every figure), ``OUT/summary.md`` (the figures against their targets, then everything
 it printed), ``OUT/curves.csv``, ``OUT/mlflow.db`` with the DeepSpeed trial and the sweeps, and the synthetic data's
-cache under ``OUT/cache``.
+cache under ``OUT/cache`` (``--cache-dir`` elsewhere).
 """
 
 from __future__ import annotations
@@ -210,16 +210,16 @@ def _sets(values: list[str]) -> list[str]:
     return [a for v in values for a in ("--set", v)]
 
 
-def _common(out: Path, dry: bool) -> list[str]:
-    """Overrides of every run: the synthetic data cached under OUT; the tiny size in a dry run."""
-    return [f"cache_dir={out / 'cache'}", *(TINY_RUN if dry else [])]
+def _common(cache: Path, dry: bool) -> list[str]:
+    """Overrides of every run: where the synthetic data is cached (``--cache-dir``); the tiny size in a dry run."""
+    return [f"cache_dir={cache}", *(TINY_RUN if dry else [])]
 
 
-def deepspeed_part(log: Log, out: Path, dry: bool) -> None:
+def deepspeed_part(log: Log, out: Path, cache: Path, dry: bool) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    sets = ["name=gpu_deepspeed", "engine.name=deepspeed", "train.precision=bf16", *_common(out, dry)]
+    sets = ["name=gpu_deepspeed", "engine.name=deepspeed", "train.precision=bf16", *_common(cache, dry)]
     sets += ["train.peak_tflops=1.0"] if dry else []  # a CPU has no peak in the table: perf/mfu is logged anyway
     code, wall, tail = _cli(["run", str(REPO / "run.yaml"), "--tracking-uri", uri, *_sets(sets)], out, 600)
     if code != 0:
@@ -241,7 +241,7 @@ def deepspeed_part(log: Log, out: Path, dry: bool) -> None:
 # -- 3. a sweep sharing the GPU vs one trial at a time --------------------------------------------------------------
 
 
-def sweep_part(log: Log, out: Path, dry: bool, cuda: bool) -> None:
+def sweep_part(log: Log, out: Path, cache: Path, dry: bool, cuda: bool) -> None:
     run = yaml.safe_load((REPO / "run.yaml").read_text())
     walls = {}
     for label, share, concurrent in (("shared", 0.25, 4), ("sequential", 1.0, 1)):
@@ -252,7 +252,7 @@ def sweep_part(log: Log, out: Path, dry: bool, cuda: bool) -> None:
         sweep["train"] = {**run["train"], "epochs": 1 if dry else 5}
         path = out / f"sweep_{label}.yaml"
         path.write_text(yaml.safe_dump(sweep))
-        sets = [s for s in _common(out, dry) if not s.startswith("train.epochs")]
+        sets = [s for s in _common(cache, dry) if not s.startswith("train.epochs")]
         args = ["sweep", str(path), "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--storage",
                 str(out / "ray"), *_sets(sets)]  # fmt: skip
         code, wall, tail = _cli(args, out, 900)
@@ -277,14 +277,14 @@ def _to_device(batch: dict, split, device: torch.device) -> dict:
     return getattr(split, "on_device", lambda b: b)(moved)
 
 
-def curve(precision: str, steps: int, out: Path, dry: bool) -> list[float]:
+def curve(precision: str, steps: int, cache: Path, dry: bool) -> list[float]:
     """The training loss of each of ``steps`` steps of the synthetic default at ``precision`` (torch engine step)."""
     from harness.config import load_config
     from harness.run.augment import augment
     from harness.run.engines.torch_engine import TorchEngine
     from harness.run.trial import build_dataset, build_model, seed_everything
 
-    spec = load_config(REPO / "run.yaml", [f"train.precision={precision}", *_common(out, dry)])
+    spec = load_config(REPO / "run.yaml", [f"train.precision={precision}", *_common(cache, dry)])
     engine = TorchEngine(spec, device="cpu" if dry else None)
     seed_everything(spec.seed)
     data = build_dataset(spec)
@@ -308,8 +308,8 @@ def curve(precision: str, steps: int, out: Path, dry: bool) -> list[float]:
     return [x.item() for x in losses]
 
 
-def curves_part(log: Log, out: Path, dry: bool, steps: int) -> None:
-    fp32, bf16 = curve("fp32", steps, out, dry), curve("bf16", steps, out, dry)
+def curves_part(log: Log, out: Path, cache: Path, dry: bool, steps: int) -> None:
+    fp32, bf16 = curve("fp32", steps, cache, dry), curve("bf16", steps, cache, dry)
     (out / "curves.csv").write_text("step,fp32,bf16\n" + "".join(f"{i},{a},{b}\n" for i, (a, b) in
                                                                    enumerate(zip(fp32, bf16))))  # fmt: skip
     w = min(CURVE_WINDOW, steps)
@@ -338,11 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per model (step)")
     ap.add_argument("--block", type=int, default=5, help="steps per timed block (step)")
     ap.add_argument("--steps", type=int, default=200, help="steps per loss curve (curves)")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="the synthetic data's cache (default OUT/cache)")
     args = ap.parse_args(argv)
     parts = [p for p in args.only.split(",") if p]
     if unknown := set(parts) - set(PARTS):
         ap.error(f"--only: unknown part(s) {sorted(unknown)}; parts are {', '.join(PARTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    cache = (args.cache_dir or args.out / "cache").resolve()
     cuda = torch.cuda.is_available() and not args.dry_run
     device = torch.device("cuda" if cuda else "cpu")
     enable_tf32(device)
@@ -363,11 +365,11 @@ def main(argv: list[str] | None = None) -> int:
             if part == "step":
                 step_part(log, device, args.dry_run, peak, rounds, block)
             elif part == "deepspeed":
-                deepspeed_part(log, args.out, args.dry_run)
+                deepspeed_part(log, args.out, cache, args.dry_run)
             elif part == "sweep":
-                sweep_part(log, args.out, args.dry_run, cuda)
+                sweep_part(log, args.out, cache, args.dry_run, cuda)
             else:
-                curves_part(log, args.out, args.dry_run, steps)
+                curves_part(log, args.out, cache, args.dry_run, steps)
         except Exception:  # one part's failure is reported; the others still run
             failed.append(part)
             log(f"{part}: FAILED\n{traceback.format_exc()}")
