@@ -61,7 +61,7 @@ def test_unknown_part_is_refused(tmp_path, capsys):
     assert "'flops'" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # 9.5 min on 2 cores at load 11 (two Ray sweeps, a DeepSpeed trial); the step part alone ~1-2 min
+@pytest.mark.slow  # 6-10 min on 2 loaded cores (two Ray sweeps, a DeepSpeed trial); the step part alone 1-2 min
 @pytest.mark.ray
 def test_dry_run_of_every_part(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--dry-run"], capture_output=True, text=True,
