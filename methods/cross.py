@@ -30,9 +30,17 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.api import InputSpec, MethodConfig, attn_mask, present_masks
+from harness.api import InputSpec, MethodConfig, attn_mask, complete, keep_keys, present_masks
 from harness.models.backbones import BackboneConfig
-from harness.models.blocks import MBTReadout, ViTStreams, check_fusion_layer, own_keys, read_out, readout_field
+from harness.models.blocks import (
+    MBTReadout,
+    ViTStreams,
+    check_fusion_layer,
+    own_keys,
+    own_masks,
+    read_out,
+    readout_field,
+)
 
 
 class CrossConfig(MethodConfig):
@@ -62,16 +70,18 @@ class Cross(ViTStreams):
     def forward(self, batch: dict) -> dict:
         cfg: CrossConfig = self.cfg
         depth, lf = self.backbone.depth, cfg.fusion_layer
-        present = present_masks(batch, self.modalities)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        present, full = present_masks(batch, self.modalities), complete(batch, self.modalities)
+        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D)
         own = {m: own_keys(present[m], x.shape[1], self.tokens.has_cls) for m, x in z.items()}  # m -> (B, N)
-        z = self.streams(z, {m: attn_mask(k) for m, k in own.items()}, range(lf))
+        z = self.streams(z, own_masks(own, full, self.tokens.has_cls), range(lf))
 
         if lf < depth:
             # As context, a modality's CLS is a key only when it is present: an absent modality adds no key at all.
-            ctx = {m: present[m][:, None].expand(-1, x.shape[1]) for m, x in z.items()}
             others = {m: [o for o in self.modalities if o != m] for m in self.modalities}
-            masks = {m: attn_mask(torch.cat([*(ctx[o] for o in others[m]), own[m]], dim=1)) for m in z}
+            masks = dict.fromkeys(z)  # every key present
+            if not full:
+                ctx = {m: keep_keys(present[m], x.shape[1] - 1, keep_cls=present[m]) for m, x in z.items()}
+                masks = {m: attn_mask(torch.cat([*(ctx[o] for o in others[m]), own[m]], dim=1)) for m in z}
             for layer in range(lf, depth):
                 new = {}
                 for m, x in z.items():

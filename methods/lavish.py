@@ -54,7 +54,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.api import FusionMethod, InputSpec, attn_mask, keep_keys, present_masks
+from harness.api import FusionMethod, InputSpec, complete, present_masks, stream_masks
 from harness.models.backbones import BackboneConfig
 from harness.models.blocks import readout_cls
 from harness.models.shared_vit import FrozenBackbone
@@ -119,14 +119,15 @@ class LAVISH(FrozenBackbone):
         return {m: self.adapters[f"{m}_{pos}"][layer](x, z[OTHER[m]], keys[OTHER[m]], present[m]) for m, x in z.items()}
 
     def forward(self, batch: dict) -> dict:
-        present = present_masks(batch, self.modalities)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        own = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}  # (B, 1, 1, 1 + N_m)
-        keys = {m: present[m][:, None].expand(-1, x.shape[1]) for m, x in z.items()}  # as Y: (B, 1 + N_m)
+        present, full = present_masks(batch, self.modalities), complete(batch, self.modalities)
+        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D)
+        own = stream_masks(z, present, full)  # m -> (B, 1, 1, 1 + N_m) or None
+        keys = {m: None if full else present[m][:, None].expand(-1, x.shape[1]) for m, x in z.items()}  # (B, 1 + N_m)
+        rows = dict.fromkeys(present) if full else present  # BatchNorm rows; None: all
         for layer, blk in enumerate(self.blocks):
-            res = self.adapt("p1", layer, z, keys, present)
+            res = self.adapt("p1", layer, z, keys, rows)
             mhsa = {m: blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x), attn_mask=own[m]))) for m, x in z.items()}
             z = {m: x + mhsa[m] + res[m] for m, x in z.items()}
-            res = self.adapt("p2", layer, z, keys, present)
+            res = self.adapt("p2", layer, z, keys, rows)
             z = {m: x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x)))) + res[m] for m, x in z.items()}
         return readout_cls({m: self.norm(x) for m, x in z.items()}, present)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -57,7 +58,10 @@ class LoRA(FrozenBackbone):
 
     def __init__(self, cfg: LoRAConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)
-        from peft import LoraConfig, inject_adapter_in_model  # imports transformers: only when a LoRA is built
+        # peft imports transformers (only when a LoRA is built) and torchaudio, whose module-level tensors must be
+        # made on the CPU even when this runs under torch.device("meta") (harness profile, the no-sync tests)
+        with torch.device("cpu"):
+            from peft import LoraConfig, inject_adapter_in_model
 
         lora = LoraConfig(
             r=cfg.rank,

@@ -65,7 +65,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
-from harness.api import FusionMethod, InputSpec, MethodConfig, attn_mask, keep_keys, present_masks
+from harness.api import FusionMethod, InputSpec, MethodConfig, attn_mask, complete, keep_keys, present_masks
 from harness.models.backbones import BackboneConfig, drop_path_rate
 from harness.models.blocks import Readout, Tokenizers, readout_cls, readout_field, readout_gap
 
@@ -258,7 +258,7 @@ class FactorLayer(nn.Module):
         self.ffn_in, self.ffn_out = make(d, hidden), make(hidden, d)
         self.norm1, self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps), nn.LayerNorm(d, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: Tensor, group: str, mask: Tensor, p_drop_path: float = 0.0) -> Tensor:
+    def forward(self, x: Tensor, group: str, mask: Tensor | None, p_drop_path: float = 0.0) -> Tensor:
         b, n, d = x.shape
         drop = lambda y: drop_path(F.dropout(y, self.dropout, self.training), p_drop_path, self.training)  # noqa: E731
         h = self.norm1(x) if self.pre_norm else x
@@ -291,8 +291,8 @@ class Encoders(nn.Module):
             groups = [tuple(e for e in encoders if self.share_layers or self.depths[e] > i) for i in range(n)]
             self.stacks[unit] = nn.ModuleList(FactorLayer(backbone, cfg, g) for g in groups)
 
-    def forward(self, encoder: str, x: Tensor, mask: Tensor, p_drop_path: list[float]) -> Tensor:
-        """Runs ``encoder``'s layers over x (B, N, D) with the key mask (B, 1, 1, N)."""
+    def forward(self, encoder: str, x: Tensor, mask: Tensor | None, p_drop_path: list[float]) -> Tensor:
+        """Runs ``encoder``'s layers over x (B, N, D) with the key mask (B, 1, 1, N) (None: every key present)."""
         stack = self.stacks["shared" if self.share_modalities else encoder]
         for i in range(self.depths.get(encoder, 0)):
             x = stack[0 if self.share_layers else i](x, encoder, mask, p_drop_path[i])
@@ -344,23 +344,26 @@ class LowRank(FusionMethod):
 
     def forward(self, batch: dict) -> dict:
         cfg: LowRankConfig = self.cfg
-        present = present_masks(batch, ORDER)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        present, full = present_masks(batch, ORDER), complete(batch, ORDER)
+        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D)
         rates = [drop_path_rate(self.backbone, i) for i in range(self.lu + self.lm)]
         with parametrize.cached():  # each Q_k computed once per forward, however many layers share it
             if self.lu:
                 for m in ORDER:
-                    mask = attn_mask(keep_keys(present[m], z[m].shape[1] - 1))  # (B, 1, 1, 1 + N_m)
+                    mask = None if full else attn_mask(keep_keys(present[m], z[m].shape[1] - 1))  # (B, 1, 1, 1 + N_m)
                     z[m] = self.encoders(m, self.embed_norm[m](z[m]), mask, rates[: self.lu])
             if self.lm:
                 # A CLS is a key only when its modality is present; with neither present both stay keys.
-                none = ~(present["video"] | present["audio"])  # (B,)
-                keep = [keep_keys(present[m], z[m].shape[1] - 1, keep_cls=present[m] | none) for m in ORDER]
+                mask = None  # every key present
+                if not full:
+                    none = ~(present["video"] | present["audio"])  # (B,)
+                    keep = [keep_keys(present[m], z[m].shape[1] - 1, keep_cls=present[m] | none) for m in ORDER]
+                    mask = attn_mask(torch.cat(keep, dim=1))  # (B, 1, 1, 2 + Nv + Na)
                 sizes = [z[m].shape[1] for m in ORDER]
                 pos = {m: 0 if self.mm_pos is None else self.mm_pos[:, : z[m].shape[1]] for m in ORDER}  # ids 0..N_m
                 joint = torch.cat([z[m] + pos[m] + self.token_type[i] for i, m in enumerate(ORDER)], dim=1)  # (B, N, D)
                 joint = self.embed_norm["multimodal"](joint)
-                joint = self.encoders("multimodal", joint, attn_mask(torch.cat(keep, dim=1)), rates[self.lu :])
+                joint = self.encoders("multimodal", joint, mask, rates[self.lu :])
                 z = dict(zip(ORDER, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
         z = {m: self.norm(x) for m, x in z.items()}
         return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)

@@ -35,7 +35,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.api import InputSpec, MethodConfig, attn_mask, mean_over_modalities, present_masks
+from harness.api import InputSpec, MethodConfig, attn_mask, complete, mean_over_modalities, present_masks
 from harness.models.backbones import BackboneConfig
 from harness.models.blocks import MBTReadout, ViTStreams, check_fusion_layer, own_keys, read_out, readout_field
 from harness.models.weights import ImageViT, Mapping, bottleneck_factors, bottleneck_pos
@@ -106,15 +106,18 @@ class MBT(ViTStreams):
         depth = self.backbone.depth
         fuse = self.bottleneck is not None and (self.training or cfg.test_with_bottlenecks)
         lf = cfg.fusion_layer if fuse else depth
-        present = present_masks(batch, self.modalities)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        keep = {m: own_keys(present[m], x.shape[1], self.tokens.has_cls) for m, x in z.items()}  # m -> (B, N)
-        z = self.streams(z, {m: attn_mask(k) for m, k in keep.items()}, range(lf))
+        present, full = present_masks(batch, self.modalities), complete(batch, self.modalities)
+        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D)
+        cls = self.tokens.has_cls
+        # None: every key of the stream is a key (a complete batch; or no CLS tokens, scenic's GAP model)
+        keep = {m: None if full or not cls else own_keys(present[m], x.shape[1]) for m, x in z.items()}  # (B, N)
+        z = self.streams(z, {m: None if k is None else attn_mask(k) for m, k in keep.items()}, range(lf))
 
         if fuse:
             b = self.bottleneck.expand(next(iter(z.values())).shape[0], -1, -1)  # (B, Nb, D)
             nb = b.shape[1]
-            masks = {m: attn_mask(torch.cat([k, k.new_ones(k.shape[0], nb)], dim=1)) for m, k in keep.items()}
+            masks = {m: None if k is None else attn_mask(torch.cat([k, k.new_ones(k.shape[0], nb)], dim=1))
+                     for m, k in keep.items()}  # fmt: skip
             for layer in range(lf, depth):
                 b_new = {}
                 for m in z:

@@ -61,8 +61,9 @@ class Prompt(FrozenBackbone):
             # functional dropout: a module fed a view of a parameter breaks FlopCounterMode's hooks under no_grad
             prompts = F.dropout(self.prompts[m][layer], self.cfg.dropout, self.training)
             prompts = prompts.expand(x.shape[0], -1, -1)  # (B, p, D)
-            keys = own[m]  # (B, 1, 1, N_m): [CLS, patches]
-            keys = torch.cat([keys[..., :1], keys[..., :1].new_ones(keys.shape[:-1] + (p,)), keys[..., 1:]], dim=-1)
+            keys = own[m]  # (B, 1, 1, N_m): [CLS, patches]; None: every key present
+            if keys is not None:
+                keys = torch.cat([keys[..., :1], keys[..., :1].new_ones(keys.shape[:-1] + (p,)), keys[..., 1:]], -1)
             y = blk(torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1), attn_mask=keys)  # (B, N_m + p, D)
             out[m] = torch.cat([y[:, :1], y[:, 1 + p :]], dim=1)  # the prompts' outputs are discarded
         return out

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.api import InputSpec, MethodConfig, attn_mask, present_masks
+from harness.api import InputSpec, MethodConfig, attn_mask, complete, present_masks
 from harness.models.backbones import BackboneConfig
 from harness.models.blocks import (
     MBTReadout,
@@ -36,6 +36,7 @@ from harness.models.blocks import (
     check_fusion_layer,
     joint_keys,
     own_keys,
+    own_masks,
     read_out,
     readout_field,
 )
@@ -84,16 +85,16 @@ class Vanilla(ViTStreams):
     def forward(self, batch: dict) -> dict:
         cfg: VanillaConfig = self.cfg
         depth, lf = self.backbone.depth, cfg.fusion_layer
-        present = present_masks(batch, self.order)
+        present, full = present_masks(batch, self.order), complete(batch, self.order)
         cls = self.tokens.has_cls
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D); (B, N_m, D) without CLS tokens (gap)
-        masks = {m: attn_mask(own_keys(present[m], x.shape[1], cls)) for m, x in z.items()}
-        z = self.streams(z, masks, range(lf))
+        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D); (B, N_m, D) without CLS tokens (gap)
+        own = {m: own_keys(present[m], x.shape[1], cls) for m, x in z.items()}  # m -> (B, N)
+        z = self.streams(z, own_masks(own, full, cls), range(lf))
 
         if lf < depth:
             # In the joint sequence only a present modality's tokens (its CLS included) are keys; a clip with neither
-            # present keeps the CLS keys (without CLS tokens: all), so no attention row is empty.
-            mask = attn_mask(joint_keys(present, {m: z[m] for m in self.order}, cls))  # (B, 1, 1, 2 + Nv + Na)
+            # present keeps the CLS keys (without CLS tokens: all), so no attention row is empty. None: all present.
+            mask = None if full else attn_mask(joint_keys(present, {m: z[m] for m in self.order}, cls))
             sizes = [z[m].shape[1] for m in self.order]
             joint = torch.cat([z[m] for m in self.order], dim=1)  # (B, 2 + Nv + Na, D)
             for layer in range(lf, depth):

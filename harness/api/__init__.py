@@ -16,11 +16,22 @@ from harness.api.data import Dataset, DatasetError
 from harness.api.engine import Checkpoints, Engine, Reporter, TrainHook
 from harness.api.inputs import InputSpec
 from harness.api.method import CheckpointError, FusionMethod, MethodConfig
-from harness.api.modalities import attn_mask, keep_keys, mean_over_modalities, modality_weights, present_masks
+from harness.api.modalities import (
+    COMPLETE,
+    attn_mask,
+    complete,
+    keep_keys,
+    mark_complete,
+    mean_over_modalities,
+    modality_weights,
+    present_masks,
+    stream_masks,
+)
 from harness.api.segments import check_segments, score_per_segment, segment_spec
 from harness.api.task import Task, TaskConfig, Tree, average_views, tree_map
 
 __all__ = [
+    "COMPLETE",
     "CheckpointError",
     "Checkpoints",
     "Dataset",
@@ -35,13 +46,16 @@ __all__ = [
     "TrainHook",
     "Tree",
     "attn_mask",
+    "complete",
     "average_views",
     "check_segments",
     "keep_keys",
+    "mark_complete",
     "mean_over_modalities",
     "modality_weights",
     "present_masks",
     "score_per_segment",
     "segment_spec",
+    "stream_masks",
     "tree_map",
 ]

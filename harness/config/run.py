@@ -61,6 +61,22 @@ class TrainConfig(_Strict):
                                  "modality's logits trained on its own mixed label; needs mixup_alpha > 0")  # fmt: skip
     modality_dropout: float = Field(0.0, ge=0, le=1, description="probability that a training clip loses one "
                                     "modality (audio or video, 50/50; never both); 0 = off")  # fmt: skip
+    # -- speed on the hardware (docs/performance.md) --
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU that has bf16, fp32 elsewhere (CPU); bf16 / fp16: mixed "
+        "precision (fp16 with a loss scaler); fp32 matmuls use TF32 on a GPU; both engines",
+    )  # fmt: skip
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step (batch_size / grad_accum clips "
+                            "each, all workers together); batch_size must be a multiple")  # fmt: skip
+    compile: bool = Field(False, description="torch.compile the method (torch engine); the first steps compile")
+    compile_backend: str = Field("inductor", description="torch.compile backend: inductor; aot_eager or eager to "
+                                 "find what breaks")  # fmt: skip
+    activation_checkpointing: bool = Field(False, description="recompute every attention and MLP in the backward "
+                                           "pass instead of keeping their activations (torch engine)")  # fmt: skip
+    checkpoint_every: int = Field(1, ge=1, description="epochs between training-state checkpoints (written in the "
+                                  "background); the last epoch's always")  # fmt: skip
+    peak_tflops: float | None = Field(None, gt=0, description="the device's peak dense TFLOP/s at this precision, "
+                                      "for perf/mfu; null = harness/run/perf.py's table (no MFU on a CPU)")  # fmt: skip
 
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw: torch AdamW, decoupled weight decay; "
                                                "sgd: SGD with momentum (scenic's 'momentum', MBT's recipe), weight "
@@ -91,6 +107,16 @@ class TrainConfig(_Strict):
             raise ValueError(f"nesterov=true applies to optimizer: sgd only (optimizer is {self.optimizer!r})")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=true needs momentum > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _micro_batches_fit(self) -> TrainConfig:
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum} "
+                             "(equal micro-batches)")  # fmt: skip
+        if self.compile and self.frozen_cache:
+            raise ValueError("compile=true with frozen_cache=true: the cache looks clips up in Python inside the "
+                             "forward; turn one off")  # fmt: skip
         return self
 
 

@@ -40,7 +40,8 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     cpu: float = Field(1, ge=0, description="CPU cores per trial")
-    gpu: float = Field(0, ge=0, description="GPUs per trial (fractions share a GPU)")
+    gpu: float | None = Field(None, ge=0, description="GPUs per trial, fractions share one (e.g. 0.25: four trials "
+                              "per GPU); null = one GPU per trial when the cluster has GPUs, else 0")  # fmt: skip
 
 
 class AshaConfig(BaseModel):

@@ -16,7 +16,16 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.api import FusionMethod, InputSpec, MethodConfig, attn_mask, keep_keys, mean_over_modalities, present_masks
+from harness.api import (
+    FusionMethod,
+    InputSpec,
+    MethodConfig,
+    attn_mask,
+    complete,
+    keep_keys,
+    mean_over_modalities,
+    present_masks,
+)
 from harness.models.backbones import (
     AudioPatchEmbed,
     BackboneConfig,
@@ -61,6 +70,16 @@ def own_keys(present: Tensor, n_tokens: int, cls: bool = True) -> Tensor:
     if cls:
         return keep_keys(present, n_tokens - 1)
     return torch.ones(present.shape[0], n_tokens, dtype=torch.bool, device=present.device)
+
+
+def own_masks(keys: dict[str, Tensor], full: bool, cls: bool = True) -> dict[str, Tensor | None]:
+    """Attention masks ``{m: (B, 1, 1, N_m)}`` of each modality's own sequence from its :func:`own_keys`, or None where
+    every token is a key: a complete batch (``full``, :func:`harness.api.complete`), or no CLS tokens (scenic's GAP
+    model keeps an absent modality's placeholder tokens as keys of its own sequence). None lets SDPA take its fused
+    kernels."""
+    if full or not cls:
+        return dict.fromkeys(keys)
+    return {m: attn_mask(k) for m, k in keys.items()}
 
 
 def joint_keys(present: dict[str, Tensor], z: dict[str, Tensor], cls: bool = True) -> Tensor:
@@ -123,14 +142,16 @@ class Tokenizers(nn.Module):
             self.register_buffer("video_slot", video_slot, persistent=False)
             self.register_buffer("audio_slot", audio_slot, persistent=False)
 
-    def forward(self, batch: dict, present: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, batch: dict, present: dict[str, Tensor], full: bool = False) -> dict[str, Tensor]:
+        """``{m: (B, 1 + N_m, D)}``; ``full``: every clip has every modality (``harness.api.complete``)."""
         out = {}
         for m, embed in self.patch.items():
             x = batch[m]
             # An absent clip may carry any placeholder (even NaN); masked keys still multiply their values by 0,
             # so the input is replaced, not scaled.
-            keep = present[m].reshape((-1,) + (1,) * (x.dim() - 1))
-            x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            if not full:
+                keep = present[m].reshape((-1,) + (1,) * (x.dim() - 1))
+                x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
             tokens = embed(x) + self.pos[m]  # (B, N_m, D)
             if self.time is not None:
                 tokens = tokens + self.time[getattr(self, f"{m}_slot")]  # (N_m, D) broadcast over B
@@ -161,12 +182,12 @@ class Streams(nn.Module):
         """The block of ``modality`` at ``layer``; ``modality`` may be None when weights are shared."""
         return self.blocks["shared" if self.shared_weights else modality][layer]
 
-    def forward(self, z: dict[str, Tensor], masks: dict[str, Tensor], layers: range) -> dict[str, Tensor]:
+    def forward(self, z: dict[str, Tensor], masks: dict[str, Tensor | None], layers: range) -> dict[str, Tensor]:
         """Runs each modality through its own blocks, z_m <- Block_m(z_m), for ``layers``.
 
         Args:
             z: ``{modality: (B, N_m, D)}``.
-            masks: ``{modality: (B, 1, 1, N_m)}`` bool key masks.
+            masks: ``{modality: (B, 1, 1, N_m)}`` bool key masks, None where every key is present.
             layers: the layer indices to run.
         """
         z = dict(z)
@@ -246,10 +267,11 @@ class ViTStreams(FusionMethod):
         Returns:
             ``{m: (B, 1 + N_m, D)}`` and the presence masks ``{m: (B,) bool}``.
         """
-        present = present_masks(batch, self.order or self.modalities)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        masks = {m: attn_mask(own_keys(present[m], x.shape[1], self.tokens.has_cls)) for m, x in z.items()}
-        z = self.streams(z, masks, range(self.backbone.depth))
+        streams = self.order or self.modalities
+        present, full = present_masks(batch, streams), complete(batch, streams)
+        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D)
+        own = {m: own_keys(present[m], x.shape[1], self.tokens.has_cls) for m, x in z.items()}  # m -> (B, N)
+        z = self.streams(z, own_masks(own, full, self.tokens.has_cls), range(self.backbone.depth))
         return {m: self.norm(x) for m, x in z.items()}, present
 
     def backbone_mapping(self, vit: ImageViT) -> Mapping:

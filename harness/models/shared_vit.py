@@ -30,7 +30,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.api import CheckpointError, FusionMethod, InputSpec, MethodConfig, attn_mask, keep_keys, present_masks
+from harness.api import (
+    CheckpointError,
+    FusionMethod,
+    InputSpec,
+    MethodConfig,
+    complete,
+    present_masks,
+    stream_masks,
+)
 from harness.models.backbones import BackboneConfig, audio_grid, layer_norm, make_blocks, num_audio_tokens
 from harness.models.blocks import Tokenizers, readout_cls
 from harness.models.weights import ImageViT, LoadReport, Mapping, apply_mapping, image_vit, vit_mapping
@@ -113,9 +121,11 @@ class SharedTokenizer(Tokenizers):
             fa, ta = audio_grid(image, spec)
             self.audio_slot = (torch.arange(fa * ta) // fa) * self.time.shape[0] // max(ta, 1)
 
-    def forward(self, batch: dict, present: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = super().forward(batch, present)  # {"video": (B, 1 + Nv, D)}
-        x = torch.where(present["audio"][:, None, None, None], batch["audio"], 0.0)  # placeholder -> 0, even NaN
+    def forward(self, batch: dict, present: dict[str, Tensor], full: bool = False) -> dict[str, Tensor]:
+        out = super().forward(batch, present, full)  # {"video": (B, 1 + Nv, D)}
+        x = batch["audio"]
+        if not full:
+            x = torch.where(present["audio"][:, None, None, None], x, 0.0)  # placeholder -> 0, even NaN
         if self.time_major:
             x = x.transpose(2, 3)  # (B, 1, n_frames, n_mels): Kaldi's (frames, mel) fbank as the AVE code keeps it
         proj = self.patch["video"].proj
@@ -163,19 +173,20 @@ class FrozenBackbone(FusionMethod):
         Args:
             layer: l.
             z: ``{m: (B, 1 + N_m, D)}``.
-            own: ``{m: (B, 1, 1, 1 + N_m)}`` key masks of each modality's own sequence.
-            present: ``{m: (B,)}`` bool.
+            own: ``{m: (B, 1, 1, 1 + N_m)}`` key masks of each modality's own sequence; None: every key present.
+            present: ``{m: (B,)}`` bool; ``{m: None}`` when every clip has every modality.
         """
         blk = self.blocks[layer]
         return {m: blk(x, attn_mask=own[m]) for m, x in z.items()}
 
     def encode(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Every token after the final norm, ``{m: (B, 1 + N_m, D)}``, and the presence masks ``{m: (B,)}``."""
-        present = present_masks(batch, self.modalities)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
-        own = {m: attn_mask(keep_keys(present[m], x.shape[1] - 1)) for m, x in z.items()}  # (B, 1, 1, 1 + N_m)
+        present, full = present_masks(batch, self.modalities), complete(batch, self.modalities)
+        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D)
+        own = stream_masks(z, present, full)  # m -> (B, 1, 1, 1 + N_m) or None
+        rows = dict.fromkeys(present) if full else present  # what the blocks' adapters see
         for layer in range(len(self.blocks)):
-            z = self.block(layer, z, own, present)
+            z = self.block(layer, z, own, rows)
         return {m: self.norm(x) for m, x in z.items()}, present
 
     def forward(self, batch: dict) -> dict:

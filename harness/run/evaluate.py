@@ -1,7 +1,8 @@
 """``harness eval``: score a trained model from its checkpoint and log the figures as a child run of the original.
 
 What is evaluated is the training checkpoint the engine writes after every epoch (``TorchEngine.state``): its
-``model`` entry (method + task head, as trained: the last epoch's is what the final test scored) and its ``spec``
+``model`` entry (method + task head as trained, the last epoch's being what the final test scored: format 2 keeps
+only what training changed, the frozen weights are rebuilt from the spec's backbone as in training) and its ``spec``
 entry (the resolved run as JSON). It is read with ``torch.load(weights_only=True)``: tensors, numbers and strings
 only, no code runs. Where a run keeps it, its MLflow run says in the tag ``harness.checkpoint``: ``harness run``'s
 local folder (``.harness/checkpoints/<name>-<digest>``), a sweep trial's Tune checkpoint in the sweep's storage.
@@ -30,6 +31,7 @@ import torch
 
 from harness.config import ConfigError, RunSpec, load_config, resolve_run
 from harness.config.files import apply_overrides, parse_overrides
+from harness.run.engines.common import load_trainable_state
 from harness.run.engines.torch_engine import TorchEngine
 from harness.run.trial import build_dataset, build_model, deterministic, model_cost, run_tags, seed_everything
 from harness.tracking import MlflowReporter, tracking_uri
@@ -85,8 +87,11 @@ def score(spec: RunSpec, state: dict, split: str = "test") -> tuple[dict[str, fl
     Raises:
         ConfigError: the checkpoint's weights do not fit the model the spec builds (names the first keys).
     """
-    # The trained weights replace whatever init or backbone file the spec names: don't read (or need) those.
+    # Format 1 holds every weight, so the backbone's init or file is not read (nor needed). Format 2 (what the
+    # engines write now) holds what training changed: the frozen weights come from the spec's backbone, as in training.
+    full = state.get("format", 1) == 1
     build = replace(spec, backbone=spec.backbone.model_copy(update={"checkpoint": None, "pretrained": "none"}))
+    build = build if full else spec
     engine = TorchEngine(spec)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
@@ -96,8 +101,11 @@ def score(spec: RunSpec, state: dict, split: str = "test") -> tuple[dict[str, fl
         method, task = build_model(build, data.spec)
         model = torch.nn.ModuleDict({"method": method, "task": task})
         try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:  # missing, unexpected or differently shaped weights: torch names them
+            if full:
+                model.load_state_dict(state["model"])
+            else:
+                load_trainable_state(model, state["model"])
+        except (RuntimeError, KeyError) as e:  # missing, unexpected or differently shaped weights: torch names them
             detail = " ".join(str(e).split("\n", 1)[-1].split())[:600]
             raise ConfigError([("CHECKPOINT", f"its weights do not fit the model of this spec: {detail}")]) from e
         method.to(engine.device)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -46,8 +47,11 @@ def checkpoint_dir(spec: RunSpec) -> Path:
 class LocalCheckpoints:
     """A reporter that keeps the trial's latest checkpoint in a local folder, then passes each report on.
 
-    ``DIR/state.pt`` (``torch.save``; read back with ``weights_only=True``) is replaced atomically after every epoch
-    and holds ``extra`` too (``harness run``: the MLflow run id, so that ``--resume`` continues the same run).
+    ``DIR/state.pt`` (``torch.save``; read back with ``weights_only=True``) is replaced atomically with each state the
+    engine hands over (a host snapshot) and holds ``extra`` too (``harness run``: the MLflow run id, so that
+    ``--resume`` continues the same run). It is written by a background thread while training goes on; the next
+    state waits for it, and the final one is on disk before ``report`` returns. A process killed mid-write keeps the
+    previous checkpoint.
 
     Args:
         reporter: where the figures go (an ``MlflowReporter``).
@@ -58,6 +62,8 @@ class LocalCheckpoints:
 
     def __init__(self, reporter: Reporter, folder: Path, extra: dict | None = None, resume: bool = False):
         self.reporter, self.folder, self.extra, self.resume = reporter, Path(folder), extra or {}, resume
+        self.writing: threading.Thread | None = None
+        self.error: BaseException | None = None
 
     @staticmethod
     def read(folder: Path) -> dict | None:
@@ -73,8 +79,31 @@ class LocalCheckpoints:
 
     def report(self, metrics: dict[str, float], step: int, state: dict | None = None) -> None:
         if state is not None:
+            self.wait()
+            self.writing = threading.Thread(target=self._write, args=({**state, **self.extra},), daemon=False)
+            self.writing.start()
+            if state.get("final") is not None:  # the trial's end: on disk before it is reported
+                self.wait()
+        try:
+            self.reporter.report(metrics, step)
+        except BaseException:
+            self.wait()  # what was handed over is on disk before the error goes on
+            raise
+
+    def wait(self) -> None:
+        """Until the checkpoint being written is on disk; re-raises its error."""
+        if self.writing is not None:
+            self.writing.join()
+            self.writing = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _write(self, state: dict) -> None:
+        try:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = self.folder / "state.pt.tmp"
-            torch.save({**state, **self.extra}, tmp)
+            torch.save(state, tmp)
             os.replace(tmp, self.folder / "state.pt")  # a crash mid-write leaves the previous checkpoint intact
-        self.reporter.report(metrics, step)
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
+            self.error = e

@@ -20,7 +20,7 @@ from harness.api import Checkpoints, Reporter, TrainHook
 from harness.config import RunSpec
 from harness.data.storage import harness_cache
 from harness.registry import ENGINES, FORMATS, METHODS, TASKS, resolve_target
-from harness.run.reporting import PrintReporter
+from harness.run.reporting import LocalCheckpoints, PrintReporter
 
 HOOKS_ENV = "HARNESS_HOOKS"  # comma-separated ``module:attr`` factories of harness.api.TrainHook
 
@@ -84,30 +84,40 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
     return method, task
 
 
-def model_cost(method: torch.nn.Module, task: torch.nn.Module, input_spec) -> dict[str, float]:
-    """``model/*`` metrics: params (total, trainable) of method + head, forward FLOPs and MACs of one clip."""
-    from harness.models.complexity import count_params, forward_flops
+def model_cost(method: torch.nn.Module, task: torch.nn.Module, input_spec, batch_size: int = 1) -> dict[str, float]:
+    """``model/*`` metrics: params (total, trainable) of method + head, forward FLOPs and MACs of one clip, and the
+    FLOPs per clip of a training step (forward + backward at ``batch_size`` clips: what ``perf/mfu`` counts).
+
+    Counted on a meta-device copy (``harness.models.complexity.meta_copy``): shapes only, no forward on real tensors.
+    """
+    from harness.models.complexity import count_params, forward_flops, meta_copy, train_flops
 
     total, trainable = count_params(torch.nn.ModuleDict({"method": method, "task": task}))
-    flops = forward_flops(method, task, input_spec)
+    flops = forward_flops(meta_copy(method), meta_copy(task), input_spec)
     return {
         "model/params_total": float(total),
         "model/params_trainable": float(trainable),
         "model/gflops": flops["gflops"],
         "model/gmacs": flops["gmacs"],
+        "model/train_gflops": train_flops(method, task, input_spec, batch_size)["gflops"],
     }
 
 
 def run_tags(spec: RunSpec, device: torch.device, data, task: torch.nn.Module) -> dict[str, str]:
-    """Tags a trial adds: where it ran, with which package versions (those of the trial's own process: a sweep's
-    workers may differ from its driver), on which data (fingerprint; a prepared set's manifest hash and decoder),
-    which pretrained backbone, and the task's primary metric (what reports sort by)."""
+    """Tags a trial adds: where it ran and at which precision, with which package versions (those of the trial's own
+    process: a sweep's workers may differ from its driver), on which data (fingerprint; a prepared set's manifest hash
+    and decoder), which pretrained backbone, and the task's primary metric (what reports sort by)."""
     from harness.run.pretrain import pretrained_key
     from harness.tracking import package_versions
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    from harness.run.perf import resolve_precision
+
     tags = {"harness.device": name, "harness.torch_version": torch.__version__, **package_versions(),
-            **data.provenance(), "harness.primary_metric": f"test/{task.primary_metric}"}  # fmt: skip
+            **data.provenance(), "harness.primary_metric": f"test/{task.primary_metric}",
+            "harness.precision": resolve_precision(spec.train.precision, device)}  # fmt: skip
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPU(s) a sweep's trial was given (harness/sweep/driver.py)
+        tags["harness.cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     if (key := pretrained_key(spec)) is not None:  # backbone.pretrained: the cached weights' key
         tags["harness.backbone_pretrained"] = key
     return tags
@@ -138,16 +148,20 @@ def run_trial(spec: RunSpec, reporter: Reporter | None = None, hooks: Sequence[T
         seed_everything(spec.seed)
         data = build_dataset(spec)
         method, task = build_model(spec, data.spec)
-        reporter.start(
-            {"tags": run_tags(spec, engine.device, data, task), "metrics": model_cost(method, task, data.spec)}
-        )
+        cost = model_cost(method, task, data.spec, batch_size=spec.train.batch_size // spec.train.grad_accum)
+        engine.train_gflops = cost["model/train_gflops"]  # perf/mfu (harness/run/perf.py)
+        reporter.start({"tags": run_tags(spec, engine.device, data, task), "metrics": cost})
         cache = None
         if spec.train.frozen_cache:  # the frozen prefix's activations, once per clip (harness/run/frozen_cache.py)
             from harness.run.frozen_cache import attach
 
             cache = attach(method, spec, data, cache_dir(spec) / "activations")
         checkpoints = reporter if isinstance(reporter, Checkpoints) else None
-        final = engine.fit(method, task, data, reporter.report, checkpoints, [*hooks, *env_hooks(spec)])
+        try:
+            final = engine.fit(method, task, data, reporter.report, checkpoints, [*hooks, *env_hooks(spec)])
+        finally:
+            if isinstance(reporter, LocalCheckpoints):
+                reporter.wait()  # a checkpoint still being written is on disk when the trial ends, even by an error
         if cache is not None:
             cache.save()  # later trials over the same frozen part and data start from it
             print(f"frozen cache: {cache.hits} hits, {cache.misses} misses", file=sys.stderr)

@@ -104,8 +104,9 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
     # A distributed engine's trial process only waits on its Ray Train workers: tune.resources are per worker,
     # and the trial holds a token amount of memory (Ray refuses a request for nothing).
     workers = _distributed_workers(spec)
-    held = {"cpu": 0, "gpu": 0, "memory": 2**20} if workers else {"cpu": res.cpu, "gpu": res.gpu}
-    gpu = max(res.gpu, float(ray.cluster_resources().get("GPU", 0) > 0)) if workers else res.gpu
+    share = trial_gpus(res.gpu, ray.cluster_resources())  # Ray then pins each trial to its GPU (CUDA_VISIBLE_DEVICES)
+    held = {"cpu": 0, "gpu": 0, "memory": 2**20} if workers else {"cpu": res.cpu, "gpu": share}
+    gpu = max(res.gpu or 0, float(ray.cluster_resources().get("GPU", 0) > 0)) if workers else share
     concurrent = spec.tune.max_concurrent_trials or _max_concurrent(ray.cluster_resources(), res.cpu * max(1, workers),
                                                                     gpu * max(1, workers))  # fmt: skip
     what = "resuming its unfinished trials" if resume else f"{spec.num_trials} trials"
@@ -252,6 +253,17 @@ def _distributed_workers(spec: SweepSpec) -> int:
     run = first_trial(spec)
     engine = ENGINES.get(choose_engine(run.engine.name))
     return run.engine.workers if engine.distributed else 0
+
+
+def trial_gpus(requested: float | None, cluster: dict) -> float:
+    """GPUs each trial holds: ``tune.resources.gpu`` when the sweep names it, else one when the cluster has GPUs.
+
+    Holding a share is what spreads trials over a node's GPUs: Ray sets each trial's ``CUDA_VISIBLE_DEVICES`` to the
+    GPU it was given; a trial that holds none sees every GPU and the torch engine takes GPU 0.
+    """
+    if requested is not None:
+        return requested
+    return 1.0 if cluster.get("GPU", 0) > 0 else 0.0
 
 
 def _max_concurrent(resources: dict, cpu: float, gpu: float) -> int:

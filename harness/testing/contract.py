@@ -8,7 +8,10 @@ and with each option set in its class's ``contract_variants``. A method is held 
 - determinism under a seed; a safetensors state-dict round trip gives the same outputs;
 - missing modalities: an absent modality's input (random or NaN) changes nothing, a present one's does; a batch
   without ``*_present`` keys means both are present;
-- the trainable count is ``requires_grad``.
+- the trainable count is ``requires_grad``;
+- with ``precision = "bf16"`` every check runs with each forward under bf16 autocast (``train.precision: bf16``);
+  :class:`CompileContract` checks ``torch.compile`` (``train.compile``) with ``fullgraph=True``: no graph break, so
+  no host sync and no Python branch on a tensor, and eager's outputs and gradients.
 
 Usage in a plug-in's tests::
 
@@ -22,6 +25,7 @@ Shapes of the tiny inputs: width 16, 3 layers, 4 frames of 16², a 16 x 48 spect
 
 from __future__ import annotations
 
+import types
 from typing import Any, ClassVar
 
 import pytest
@@ -57,15 +61,27 @@ def make_batch(spec: InputSpec, audio_present: list[bool], video_present: list[b
     }
 
 
+_AUTOCAST: torch.dtype | None = None  # set by MethodContract.precision: every built method's forward autocasts
+
+
+def _autocast_forward(self: FusionMethod, batch: dict) -> dict:
+    with torch.autocast("cpu", dtype=_AUTOCAST or torch.bfloat16):  # per forward, as the engines do
+        return type(self).forward(self, batch)
+
+
 def build(name: str, overrides: dict[str, Any], backbone: BackboneConfig, spec: InputSpec, seed: int = 0
           ) -> FusionMethod:  # fmt: skip
-    """Registered method ``name`` with ``overrides`` (``backbone: swinv2`` picks :data:`SWIN_BACKBONE`), seeded."""
+    """Registered method ``name`` with ``overrides`` (``backbone: swinv2`` picks :data:`SWIN_BACKBONE`), seeded;
+    under a contract class with ``precision = "bf16"`` its forward runs under autocast (built outside it)."""
     overrides = dict(overrides)
     if overrides.pop("backbone", None) == "swinv2":
         backbone = BackboneConfig(**SWIN_BACKBONE, drop_path=backbone.drop_path)
     torch.manual_seed(seed)
     cls = METHODS.get(name)
-    return cls.build(cls.Config(name=name, **overrides), backbone, spec)
+    model = cls.build(cls.Config(name=name, **overrides), backbone, spec)
+    if _AUTOCAST is not None:
+        model.forward = types.MethodType(_autocast_forward, model)
+    return model
 
 
 def cases(names: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
@@ -91,8 +107,8 @@ def weighted_sum(out: dict) -> torch.Tensor:
     return sum((x * torch.randn(x.shape, generator=g)).sum() for x in outputs(out).values())
 
 
-class MethodContract:
-    """The contract tests; a subclass sets ``methods`` (registry names) or leaves it empty for every method."""
+class _Cases:
+    """Parametrises ``name, overrides`` over :func:`cases` of ``methods``; the tiny backbone and input shapes."""
 
     methods: ClassVar[tuple[str, ...]] = ()
 
@@ -108,6 +124,24 @@ class MethodContract:
     @pytest.fixture
     def spec(self) -> InputSpec:
         return TINY_SPEC
+
+
+class MethodContract(_Cases):
+    """The contract tests; a subclass sets ``methods`` (registry names) or leaves it empty for every method.
+
+    ``precision = "bf16"`` runs every check with each forward under bf16 autocast, as ``train.precision: bf16``.
+    """
+
+    precision: ClassVar[str] = "fp32"
+
+    @pytest.fixture(autouse=True)
+    def _precision(self):
+        global _AUTOCAST
+        _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        try:
+            yield
+        finally:
+            _AUTOCAST = None
 
     def test_shapes_and_finite(self, name, overrides, backbone, spec):
         model = build(name, overrides, backbone, spec)
@@ -197,3 +231,35 @@ class MethodContract:
         for p in frozen:
             p.requires_grad_(False)
         assert count_params(model) == (total, trainable - sum(p.numel() for p in frozen))
+
+
+class CompileContract(_Cases):
+    """``torch.compile`` of a method (``train.compile``) with ``fullgraph=True``: no graph break (no host sync, no
+    Python branch on a tensor), and eager's outputs and gradients. ``compile_backend``: ``aot_eager`` (dynamo's
+    graph capture and AOT autograd, no code generation) or ``inductor`` (what ``train.compile`` runs by default)."""
+
+    compile_backend: ClassVar[str] = "aot_eager"
+
+    def test_compiled_equals_eager(self, name, overrides, backbone, spec):
+        import torch._dynamo
+
+        from harness.api import mark_complete
+
+        torch._dynamo.reset()
+        eager = build(name, overrides, backbone, spec)
+        compiled = build(name, overrides, backbone, spec)
+        compiled.compile(backend=self.compile_backend, fullgraph=True)  # a graph break fails here
+        for pattern in (([True] * 2, [True] * 2), ([True, False], [True, True])):
+            batch = mark_complete(make_batch(spec, *pattern))  # what the engines hand over
+            runs = []
+            for model in (eager, compiled):
+                model.zero_grad()
+                out = outputs(model(batch))
+                weighted_sum(out).backward()
+                runs.append((out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+            (out_e, grad_e), (out_c, grad_c) = runs
+            for key in out_e:
+                torch.testing.assert_close(out_c[key], out_e[key], rtol=1e-4, atol=1e-5, msg=key)
+            assert grad_c.keys() == grad_e.keys()
+            for key in grad_e:
+                torch.testing.assert_close(grad_c[key], grad_e[key], rtol=1e-3, atol=1e-5, msg=key)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from harness.api import CheckpointError, FusionMethod, InputSpec, mean_over_modalities, present_masks
+from harness.api import CheckpointError, FusionMethod, InputSpec, complete, mean_over_modalities, present_masks
 from harness.models.backbones import BackboneConfig
 from harness.models.weights import LoadReport
 from methods.parts.lavish_adapter import AdapterConfig, LAVISHAdapter
@@ -78,12 +78,13 @@ class SDPAWindowAttention(WindowAttention):
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
         pos = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # (H, N, N)
         pos = 16 * torch.sigmoid(pos)
-        if mask is not None:  # windows are batch-major: view (B, nW, H, N, d) against a (nW, H, N, N) mask
+        if mask is not None:  # windows are batch-major: (B, nW·H, N, d) against a (nW·H, N, N) mask, 4-D for SDPA
             nw = mask.shape[0]
-            q, k, v = (t.view(-1, nw, *t.shape[1:]) for t in (q, k, v))
-            pos = pos[None] + mask[:, None].to(pos.dtype)
+            q, k, v = (t.reshape(-1, nw * t.shape[1], *t.shape[2:]) for t in (q, k, v))  # a copy: heads are strided
+            pos = (pos[None] + mask[:, None].to(pos.dtype)).flatten(0, 1)
         drop = self.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos, dropout_p=drop, scale=1.0)
+        # a 4-D bias (1, heads, N, N): SDPA sends a 3-D mask to its unfused math kernel
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos[None], dropout_p=drop, scale=1.0)
         return self.proj_drop(self.proj(out.reshape(b_, self.num_heads, n, -1).transpose(1, 2).reshape(b_, n, c)))
 
 
@@ -156,9 +157,9 @@ class SwinLAVISH(FusionMethod):
         return {"audio": audio.expand(-1, 3, -1, -1), "video": video}, clip
 
     def forward(self, batch: dict) -> dict:
-        present = present_masks(batch, self.modalities)
+        present, full = present_masks(batch, self.modalities), complete(batch, self.modalities)
         images, clip = self.pairs(batch, present)
-        rows = {m: p[clip] for m, p in present.items()}  # (P,): the pair's modality is present
+        rows = {m: None if full else p[clip] for m, p in present.items()}  # (P,): the pair's modality is present
         z = {m: self.swin.patch_embed(x) for m, x in images.items()}  # (P, h, w, C_0)
         layer = 0
         for stage in self.swin.layers:
@@ -177,7 +178,7 @@ class SwinLAVISH(FusionMethod):
     def adapt(self, pos: str, layer: int, z: dict[str, Tensor], rows: dict[str, Tensor]) -> dict[str, Tensor]:
         """{m: adapter_{m,pos,layer}(z_m, z_other)} on flattened tokens, reshaped back to each grid."""
         flat = {m: x.flatten(1, 2) for m, x in z.items()}  # (P, h·w, C_s)
-        keep = {m: rows[m][:, None].expand(-1, x.shape[1]) for m, x in flat.items()}  # (P, h·w)
+        keep = {m: None if rows[m] is None else rows[m][:, None].expand(-1, x.shape[1]) for m, x in flat.items()}
         out = {}
         for m, x in flat.items():
             y = self.adapters[f"{m}_{pos}"][layer](x, flat[OTHER[m]], keep[OTHER[m]], rows[m])

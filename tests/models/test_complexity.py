@@ -102,3 +102,50 @@ def test_vanilla_forward_flops_with_head():
     flops = forward_flops(model, head, SPEC)
     assert flops["gmacs"] == pytest.approx(expected / 1e9)
     assert flops["gflops"] == pytest.approx(2 * flops["gmacs"])
+
+
+# -- meta-device counts (model_cost) ----------------------------------------------------------------------------------
+
+from harness.registry import TASKS  # noqa: E402
+from harness.run.trial import model_cost  # noqa: E402
+from harness.testing.contract import TINY_BACKBONE, TINY_SPEC, build, case_id, cases, make_batch  # noqa: E402
+
+CASES = cases()
+
+
+def _task(method: nn.Module) -> nn.Module:
+    cls = TASKS.get("classification")
+    return cls(cls.Config(), TINY_SPEC.num_classes, method.embed_dim)
+
+
+@pytest.mark.parametrize("name,overrides", CASES, ids=[case_id(n, o) for n, o in CASES])
+def test_model_cost_on_meta_equals_a_forward_on_real_tensors(name, overrides):
+    method = build(name, overrides, BackboneConfig(**TINY_BACKBONE), TINY_SPEC)
+    task = _task(method)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    real = forward_flops(method, task, TINY_SPEC)  # what model_cost counted before: a forward on CPU tensors
+    cost = model_cost(method, task, TINY_SPEC, batch_size=2)
+    assert cost["model/gflops"] == real["gflops"] > 0 and cost["model/gmacs"] == real["gmacs"]
+    assert cost["model/gflops"] < cost["model/train_gflops"] < 3.01 * cost["model/gflops"]
+    assert all(torch.equal(v, before[k]) for k, v in method.state_dict().items())  # the copy, not the model, ran
+    assert all(p.device.type == "cpu" and p.grad is None for p in method.parameters())
+
+
+@pytest.mark.parametrize("name", ["mbt", "lavish", "lowrank", "prompt"])
+def test_training_flops_on_meta_equal_a_counted_training_step(name):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from harness.models.complexity import train_flops
+
+    torch.manual_seed(0)
+    method = build(name, {}, BackboneConfig(**TINY_BACKBONE), TINY_SPEC).train()
+    task = _task(method).train()
+    batch = make_batch(TINY_SPEC, [True] * 3, [True] * 3)
+    register_sdpa_formulas()
+    # The math kernel: its backward is the model's 4 matmuls per attention; a fused kernel's formula adds its
+    # recomputation of the scores, which is not the model's work (MFU counts model FLOPs, as the meta device does).
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        task.loss(method(batch), batch).backward()
+    assert train_flops(method, task, TINY_SPEC, batch_size=3)["gflops"] == pytest.approx(
+        counter.get_total_flops() / 3 / 1e9, rel=1e-9
+    )

@@ -21,15 +21,24 @@ def _run(tiny_run: dict, **engine) -> dict:
 
 def test_engine_settings_are_validated_with_the_engine(tiny_run):
     spec = RunSpec.from_dict(_run(tiny_run, name="deepspeed", workers=2, zero_stage=2))
-    assert (spec.engine.workers, spec.engine.zero_stage, spec.engine.precision) == (2, 2, "fp32")
-    assert spec.to_dict()["engine"]["grad_accum"] == 1
+    assert (spec.engine.workers, spec.engine.zero_stage, spec.train.precision) == (2, 2, "auto")
+    assert spec.to_dict()["train"]["grad_accum"] == 1 and "grad_accum" not in spec.to_dict()["engine"]
     with pytest.raises(ConfigError) as e:
-        RunSpec.from_dict(_run(tiny_run, name="deepspeed", workers=3, zero_stage=4, precision="fp8"))
-    keys = {k for k, _ in e.value.errors}
-    assert {"engine.zero_stage", "engine.precision"} <= keys
+        RunSpec.from_dict(_run(tiny_run, name="deepspeed", workers=3, zero_stage=4))
+    assert {k for k, _ in e.value.errors} == {"engine.zero_stage"}
     with pytest.raises(ConfigError) as e:  # 8 clips do not split over 3 ranks
         RunSpec.from_dict(_run(tiny_run, name="deepspeed", workers=3))
     assert e.value.errors[0][0] == "train.batch_size" and "3" in e.value.errors[0][1]
+    with pytest.raises(ConfigError) as e:  # 8 clips over 2 ranks x 4 micro-batches: 1 each, fine; x 8: not
+        RunSpec.from_dict({**_run(tiny_run, name="deepspeed", workers=2), "train": {**tiny_run["train"],
+                                                                                    "grad_accum": 8}})  # fmt: skip
+    assert e.value.errors[0][0] == "train.batch_size" and "16" in e.value.errors[0][1]
+    with pytest.raises(ConfigError) as e:  # one spelling for both engines, and where the old one went
+        RunSpec.from_dict(_run(tiny_run, name="deepspeed", precision="bf16", grad_accum=2))
+    assert "engine.precision is now train.precision" in str(e.value) and "train.grad_accum" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        RunSpec.from_dict({**_run(tiny_run, name="deepspeed"), "train": {**tiny_run["train"], "compile": True}})
+    assert e.value.errors[0][0] == "train.compile"
     with pytest.raises(ConfigError) as e:  # the torch engine has no workers
         RunSpec.from_dict(_run(tiny_run, name="torch", workers=2))
     assert e.value.errors[0][0] == "engine.workers"
@@ -64,7 +73,7 @@ def test_two_rank_trials_with_zero_0_and_2_log_like_the_torch_engine(tiny_run, t
     assert sorted(c.data.params["engine.zero_stage"] for c in children) == ["0", "2"]
     spec = RunSpec.from_dict(_run(tiny_run))
     data = build_dataset(spec)
-    cost = model_cost(*build_model(spec, data.spec), data.spec)
+    cost = model_cost(*build_model(spec, data.spec), data.spec, batch_size=4)  # 8 clips over 2 ranks
     for run in children:
         m = run.data.metrics
         assert run.info.status == "FINISHED", run.data.tags.get("harness.error")
@@ -80,7 +89,7 @@ def test_two_rank_trials_with_zero_0_and_2_log_like_the_torch_engine(tiny_run, t
 
 def test_micro_batches_split_every_entry_kind():
     # Gradient accumulation splits tensors, id lists and multi-head label dicts along the same rows.
-    from harness.run.engines.deepspeed_engine import _chunks
+    from harness.run.engines.common import micro_batches as _chunks
 
     batch = {
         "video": torch.arange(5),
@@ -90,5 +99,5 @@ def test_micro_batches_split_every_entry_kind():
     parts = _chunks(batch, 2)
     assert [p["id"] for p in parts] == [["a", "b", "c"], ["d", "e"]]
     assert parts[1]["label"]["noun"].tolist() == [13, 14] and parts[1]["video"].tolist() == [3, 4]
-    with pytest.raises(ValueError, match="engine.grad_accum=8"):  # never an empty micro-batch
+    with pytest.raises(ValueError, match="train.grad_accum=8"):  # never an empty micro-batch
         _chunks(batch, 8)

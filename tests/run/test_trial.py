@@ -25,16 +25,20 @@ class Recorder:
 def test_run_trial_reports_every_contract_metric(tiny_run):
     rec = Recorder()
     final = run_trial(RunSpec.from_dict(tiny_run), rec)
-    assert set(rec.info["metrics"]) == {"model/params_total", "model/params_trainable", "model/gflops", "model/gmacs"}
+    assert set(rec.info["metrics"]) == {"model/params_total", "model/params_trainable", "model/gflops", "model/gmacs",
+                                        "model/train_gflops"}  # fmt: skip
     assert rec.info["metrics"]["model/gflops"] == pytest.approx(2 * rec.info["metrics"]["model/gmacs"])
-    assert rec.info["tags"]["harness.device"] == "cpu"
+    assert rec.info["tags"]["harness.device"] == "cpu" and rec.info["tags"]["harness.precision"] == "fp32"
     steps = [s for s, _ in rec.reports]
     assert steps == [0, 1]  # one epoch, then the final figures at step = epochs
     assert {"train/loss", "val/top1", "val/top5", "lr", "epoch"} <= set(rec.reports[0][1])
     for key in ("test/top1", "test/top5", "test/top1:audio_only", "test/top1:video_only", "perf/train_samples_per_s",
-                "perf/peak_mem_mb", "perf/wall_s"):  # fmt: skip
+                "perf/peak_mem_mb", "perf/wall_s", "perf/step_ms", "perf/data_wait_ms", "perf/data_wait_frac",
+                "perf/train_tflops"):  # fmt: skip
         assert key in final and final[key] == final[key], key  # present and not NaN
     assert 0 <= final["test/top1"] <= 100
+    assert "perf/mfu" not in final  # a CPU has no peak in the table
+    assert 0 < final["perf/data_wait_frac"] < 1 and final["perf/step_ms"] > 0
 
 
 def test_run_trial_is_deterministic(tiny_run):

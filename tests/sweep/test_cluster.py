@@ -58,7 +58,10 @@ def _stop(head: subprocess.Popen) -> None:
             continue
 
 
-def test_two_trial_sweep_on_a_started_ray_head(tiny_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("gpus", [0, 2], ids=["cpus", "two_fake_gpus"])
+def test_two_trial_sweep_on_a_started_ray_head(tiny_run, tmp_path, monkeypatch, gpus):
+    """With ``--num-gpus 2`` (Ray believes it; torch finds no CUDA and trains on the CPU) and no ``tune.resources.gpu``
+    each trial holds one GPU by default: Ray sets its CUDA_VISIBLE_DEVICES to that GPU alone."""
     port = _free_port()
     # Ray 2.5x+ clusters started by `ray start` use token authentication: head, workers and this driver share a
     # token of the test's own (not ~/.ray/auth_token).
@@ -68,7 +71,8 @@ def test_two_trial_sweep_on_a_started_ray_head(tiny_run, tmp_path, monkeypatch):
     log = tmp_path / "head.log"
     ray = Path(sys.executable).parent / "ray"
     cmd = [str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-           "--include-dashboard=false", "--temp-dir", temp, "--block", "--disable-usage-stats"]  # fmt: skip
+           "--include-dashboard=false", "--temp-dir", temp, "--block", "--disable-usage-stats",
+           "--num-gpus", str(gpus)]  # fmt: skip
     with open(log, "w") as out:
         head = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -88,5 +92,8 @@ def test_two_trial_sweep_on_a_started_ray_head(tiny_run, tmp_path, monkeypatch):
         assert all(c.info.status == "FINISHED" and "test/top1" in c.data.metrics for c in children)
         # the trials ran in workers of this head (not in a local instance): their logs are in its session folder
         assert list((Path(temp) / "session_latest" / "logs").glob("worker-*.out"))
+        # each trial held one of the two GPUs (which one depends on timing: a reused worker keeps its GPU)
+        devices = [c.data.tags.get("harness.cuda_visible_devices", "-") for c in children]
+        assert all(d in ("0", "1") for d in devices) if gpus else devices == ["-", "-"], devices
     finally:
         _stop(head)

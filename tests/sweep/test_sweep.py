@@ -53,3 +53,12 @@ def test_finished_trials_log_their_learning_curves(finished_sweep, tmp_path):
         assert list(curves["val/top1"]) == pytest.approx([h.value for h in sorted(history, key=lambda h: h.step)])
         png = Path(client.download_artifacts(run.info.run_id, "curves.png", str(tmp_path)))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
+def test_trials_hold_a_gpu_by_default_when_the_cluster_has_gpus():
+    from harness.sweep.driver import trial_gpus
+
+    assert trial_gpus(None, {"CPU": 8, "GPU": 2}) == 1.0  # one each: Ray pins every trial to its own GPU
+    assert trial_gpus(None, {"CPU": 8}) == 0.0
+    assert trial_gpus(0.25, {"CPU": 8, "GPU": 1}) == 0.25  # four trials share one
+    assert trial_gpus(0, {"CPU": 8, "GPU": 2}) == 0  # named: as the sweep says

@@ -27,22 +27,20 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from harness.api import TrainHook
+from harness.api import TrainHook, mark_complete
 from harness.config import EngineConfig, RunSpec, TrainConfig
 from harness.run.augment import augment
-from harness.run.engines.torch_engine import (
-    NonFiniteLossError,
-    TorchEngine,
-    reset_peak_memory,
-    rng_state,
-    set_rng_state,
-)
+from harness.run.engines.common import micro_batches
+from harness.run.engines.torch_engine import TorchEngine, reset_peak_memory, rng_state, set_rng_state
+from harness.run.perf import DTYPES, StepClock
+
+MOVED = {"precision": "train.precision", "grad_accum": "train.grad_accum"}  # one spelling for both engines
 
 
 class DeepSpeedConfig(EngineConfig):
@@ -51,16 +49,26 @@ class DeepSpeedConfig(EngineConfig):
     workers: int = Field(1, ge=1, description="data-parallel ranks (Ray Train workers) per trial; 1 GPU each on GPU")
     zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage: 0 = plain data parallel, 1/2/3 = partition "
                             "optimiser state / + gradients / + parameters")  # fmt: skip
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training precision; fp16 needs a GPU")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step on each rank")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (moved := [k for k in MOVED if k in data]):
+            raise ValueError("; ".join(f"engine.{k} is now {MOVED[k]} (one key for every engine)" for k in moved))
+        return data
 
     def check(self, train: TrainConfig) -> list[tuple[str, str]]:
-        """``train.batch_size`` must split evenly into ``workers`` × ``grad_accum`` micro-batches."""
-        n = self.workers * self.grad_accum
+        """``train.batch_size`` must split evenly into ``workers`` × ``grad_accum`` micro-batches; the torch engine's
+        compile and activation checkpointing are not wired into DeepSpeed."""
+        n, errors = self.workers * train.grad_accum, []
         if train.batch_size % n:
-            return [("train.batch_size", f"must be a multiple of engine.workers × engine.grad_accum = {n} "
-                                         f"(got {train.batch_size})")]  # fmt: skip
-        return []
+            errors.append(("train.batch_size", f"must be a multiple of engine.workers × train.grad_accum = {n} "
+                                               f"(got {train.batch_size})"))  # fmt: skip
+        for key in ("compile", "activation_checkpointing"):
+            if getattr(train, key):
+                errors.append((f"train.{key}", "is a torch-engine setting; the deepspeed engine does not apply it "
+                                               "(set it to false, or use engine.name=torch)"))  # fmt: skip
+        return errors
 
 
 class _Joint(nn.Module):
@@ -71,28 +79,8 @@ class _Joint(nn.Module):
         self.method, self.task = method, task
 
     def forward(self, batch: dict) -> torch.Tensor:
+        batch = mark_complete(batch)  # from the host flags: no mask for a complete micro-batch
         return self.task.loss(self.method(batch), batch)
-
-
-def _slice(value, lo: int, hi: int):
-    """Rows ``lo:hi`` of a batch entry: a tensor, a list (ids) or a dict of them (multi-head labels)."""
-    if isinstance(value, dict):
-        return {k: _slice(v, lo, hi) for k, v in value.items()}
-    return value[lo:hi] if torch.is_tensor(value) or isinstance(value, list) else value
-
-
-def _chunks(batch: dict, n: int) -> list[dict]:
-    """``batch`` split into ``n`` contiguous micro-batches along the batch dimension."""
-    if n == 1:
-        return [batch]
-    rows = len(batch["id"])
-    if rows < n:  # DeepSpeed steps after exactly n micro-batches: an empty one would shift its boundary
-        raise ValueError(
-            f"a rank's batch of {rows} clips cannot make engine.grad_accum={n} micro-batches; raise train.batch_size "
-            "or lower engine.grad_accum / engine.workers"
-        )
-    bounds = [b.tolist() for b in torch.arange(rows).tensor_split(n)]
-    return [{k: _slice(v, b[0], b[-1] + 1) for k, v in batch.items()} for b in bounds]
 
 
 class DeepSpeedEngine(TorchEngine):
@@ -108,7 +96,7 @@ class DeepSpeedEngine(TorchEngine):
 
     def __init__(self, spec: RunSpec, device: str | None = None):
         super().__init__(spec, device)
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.engine.precision]
+        self.dtype = DTYPES[self.precision]  # train.precision resolved on this device (auto: bf16 on a GPU with it)
 
     def _to_device(self, batch: dict, split) -> dict:
         batch = super()._to_device(batch, split)  # moved, then the split's on_device (uint8 video -> float)
@@ -120,12 +108,12 @@ class DeepSpeedEngine(TorchEngine):
         t, e = self.spec.train, self.spec.engine
         return {
             "train_batch_size": t.batch_size,
-            "train_micro_batch_size_per_gpu": t.batch_size // (e.workers * e.grad_accum),
-            "gradient_accumulation_steps": e.grad_accum,
+            "train_micro_batch_size_per_gpu": t.batch_size // (e.workers * t.grad_accum),
+            "gradient_accumulation_steps": t.grad_accum,
             "gradient_clipping": t.grad_clip or 0.0,
             "zero_optimization": {"stage": e.zero_stage},
-            "bf16": {"enabled": e.precision == "bf16"},
-            "fp16": {"enabled": e.precision == "fp16"},
+            "bf16": {"enabled": self.precision == "bf16"},
+            "fp16": {"enabled": self.precision == "fp16"},
             "zero_allow_untested_optimizer": True,  # a torch AdamW, not DeepSpeed's own
             "steps_per_print": 2**31 - 1,
         }
@@ -237,27 +225,31 @@ class DeepSpeedEngine(TorchEngine):
             last = {k: v for k, v in history[max(history)].items() if "/" in k} if history else {}
         for hook in hooks:
             hook.on_fit_start(self.spec, resumed=checkpoint is not None, steps=steps, rank=rank, world=world)
+        clock = StepClock()
         for epoch in range(first, t.epochs):
             engine.train()
-            tick, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
-            for i, batch in enumerate(self.train_batches(train, epoch, shard=(rank, world))):
+            tick, total, n, pending = time.perf_counter(), torch.zeros((), device=self.device), 0, None
+            for i, batch in enumerate(clock.batches(self.train_batches(train, epoch, shard=(rank, world)))):
                 for hook in hooks:
                     hook.on_step(epoch, i)
                 batch = augment(
                     self._to_device(batch, train), task, t, key=(self.spec.seed, epoch, i)
-                )  # harness/run/augment.py
-                for micro in _chunks(batch, e.grad_accum):
-                    loss = engine(micro)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"train/loss is {loss.item()} at epoch {epoch} step {i} on rank {rank} "
-                            f"(method.name={self.spec.method.name}, train.lr={t.lr}, engine.precision={e.precision}); "
-                            "lower train.lr, set train.grad_clip, use engine.precision=fp32, or check the inputs"
-                        )
-                    engine.backward(loss)
+                )  # run/augment.py
+                loss = torch.zeros((), device=self.device)
+                for micro in micro_batches(batch, t.grad_accum):
+                    part = engine(micro)
+                    engine.backward(part)
                     engine.step()
-                    total += loss.detach().float() / e.grad_accum
+                    loss += part.detach().float() / t.grad_accum
+                if pending is not None:  # the previous step's loss, read while this one runs (one step late)
+                    self._check_finite(*pending)
+                    clock.done()
+                pending = (loss, epoch, i)
+                total += loss
                 n += 1
+            if pending is not None:
+                self._check_finite(*pending)
+                clock.done()
             dist.all_reduce(total)  # sum over ranks of each rank's mean loss per step
             seen += n * t.batch_size
             train_time += time.perf_counter() - tick
@@ -271,6 +263,7 @@ class DeepSpeedEngine(TorchEngine):
                 report(history[epoch], epoch, folder)
 
         final = self.final_metrics(method, task, data, seen / max(train_time, 1e-9), start)
+        final.update(self.speed_metrics(clock, train_time, devices=world))
         report(final, t.epochs, None)
         return {**last, **final}
 
@@ -333,7 +326,10 @@ def _train_worker(spec: RunSpec) -> None:
         tags = {**run_tags(spec, engine.device, data, task), "harness.engine": "deepspeed",
                 "harness.deepspeed_version": deepspeed.__version__,
                 "harness.workers": str(spec.engine.workers)}  # fmt: skip
-        info = start_report({"tags": tags, "metrics": model_cost(method, task, data.spec)})
+        micro = spec.train.batch_size // (spec.engine.workers * spec.train.grad_accum)
+        cost = model_cost(method, task, data.spec, batch_size=micro)
+        engine.train_gflops = cost["model/train_gflops"]  # perf/mfu on the lead rank, which reports
+        info = start_report({"tags": tags, "metrics": cost})
     ray.train.report(info)
 
     def report(metrics: dict, step: int, folder: str | None) -> None:

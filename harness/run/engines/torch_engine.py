@@ -5,9 +5,19 @@ Every epoch: train over the shuffled train split, evaluate on val, report ``trai
 masked, ``:video_only`` the audio), and the ``perf/*`` figures.
 
 Checkpoints: given a ``harness.api.Checkpoints`` (a sweep's ``TuneReporter``, ``harness run``'s ``LocalCheckpoints``),
-each epoch's report carries the whole training state (:meth:`TorchEngine.state`: model, optimiser, schedule, RNG, epoch,
-metrics history), and a trial whose checkpoint exists continues after its last epoch with the same batches, RNG and
-learning rate as if it had never stopped. The last checkpoint also holds the final metrics.
+every ``train.checkpoint_every``-th epoch's report (and the last's) carries the training state
+(:meth:`TorchEngine.state`: the trainable parameters and the buffers, optimiser, schedule, loss scaler, RNG, epoch,
+metrics history), a host snapshot that a reporter may write in the background; a trial whose checkpoint exists
+continues after its last
+epoch with the same batches, RNG and learning rate as if it had never stopped. Frozen parameters are not saved: the
+rebuilt model has them already (same seed, same backbone weights). The last checkpoint also holds the final metrics.
+
+Speed (``harness.run.perf``): ``train.precision`` (autocast; fp16 with a loss scaler), TF32 and fused AdamW on CUDA,
+``train.compile``, ``train.grad_accum`` micro-batches, ``train.activation_checkpointing``. The loop reads no device
+value of the step it has just queued: the loss is checked for NaN one step late (the device runs step i while the
+host waits for step i - 1), and the presence flags stay on the host, so a complete batch needs no attention mask
+(``harness.api.complete``). ``perf/step_ms``, ``perf/data_wait_ms`` / ``_frac`` and ``perf/mfu`` are reported at
+the end.
 """
 
 from __future__ import annotations
@@ -23,10 +33,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.api import Checkpoints, Engine, TrainHook, tree_map
+from harness.api import Checkpoints, Engine, TrainHook, mark_complete, tree_map
 from harness.config import EngineConfig, RunSpec
 from harness.run.augment import augment
+from harness.run.engines.common import host_copy, load_trainable_state, micro_batches, trainable_state
 from harness.run.optim import param_groups
+from harness.run.perf import (
+    StepClock,
+    autocast,
+    checkpoint_activations,
+    enable_tf32,
+    mfu,
+    peak_tflops,
+    resolve_precision,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -46,6 +66,9 @@ class TorchEngine(Engine):
     def __init__(self, spec: RunSpec, device: str | None = None):
         super().__init__(spec)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(spec.train.precision, self.device)  # fp32 | bf16 | fp16
+        # FLOPs per clip of a training step (model/train_gflops), set by run_trial; None = no perf/mfu
+        self.train_gflops: float | None = None
 
     # -- pieces ------------------------------------------------------------------------------------------------
 
@@ -56,7 +79,7 @@ class TorchEngine(Engine):
         groups = param_groups(model, t)
         if t.optimizer == "sgd":  # scenic's 'momentum' (optax.sgd): buf = m buf + g; p -= lr buf, as torch's SGD
             return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
-        return torch.optim.AdamW(groups, lr=t.lr)
+        return torch.optim.AdamW(groups, lr=t.lr, fused=self.device.type == "cuda")
 
     def schedule(self, opt: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
         """Per-step learning rate: linear warmup to ``lr``, then cosine decay to ``min_lr``."""
@@ -79,9 +102,16 @@ class TorchEngine(Engine):
         return train.batches(self.spec.train.batch_size, shuffle=True, seed=seed, drop_last=True, **kwargs)
 
     def _to_device(self, batch: dict, split) -> dict:
-        """The batch on the device, then through its split's ``on_device`` (uint8 video -> normalised there)."""
-        moved = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        """The batch on the device, then through its split's ``on_device`` (uint8 video -> normalised there). The
+        presence flags stay on the host: methods decide there whether a batch needs masks at all and copy the flags
+        to the device without blocking (``harness.api.modalities``)."""
+        moved = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) and not k.endswith("_present") else v
+                 for k, v in batch.items()}  # fmt: skip
         return split.on_device(moved)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the run's precision around a forward and its loss (nothing for fp32)."""
+        return autocast(self.device, self.precision)
 
     @torch.no_grad()
     def evaluate(self, method: nn.Module, task: nn.Module, split, mask: str | None = None) -> dict[str, float]:
@@ -95,8 +125,10 @@ class TorchEngine(Engine):
         for batch in split.batches(self.spec.train.eval_batch_size):
             if mask is not None:
                 batch[f"{mask}_present"] = torch.zeros_like(batch[f"{mask}_present"])
-            batch = self._to_device(batch, split)
-            scores.append(tree_map(lambda s: s.float().cpu(), task.scores(method(batch), batch)))
+            batch = mark_complete(self._to_device(batch, split))
+            with self.autocast():
+                out = task.scores(method(batch), batch)
+            scores.append(tree_map(lambda s: s.float().cpu(), out))
             labels.append(tree_map(lambda y: y.cpu(), batch["label"]))
             ids.extend(batch["id"])
         return task.summarize(scores, labels, ids)
@@ -121,8 +153,14 @@ class TorchEngine(Engine):
         t = self.spec.train
         method.to(self.device)
         task.to(self.device)
+        enable_tf32(self.device)
+        if t.activation_checkpointing:
+            checkpoint_activations(method)
+        if t.compile:  # in place: the state dict keeps its keys (checkpoints load either way)
+            method.compile(backend=t.compile_backend)
         model = nn.ModuleDict({"method": method, "task": task})
         opt = self.optimizer(model)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         train = data.splits["train"]
         steps = len(train) // t.batch_size or 1
         sched = self.schedule(opt, steps)
@@ -131,9 +169,11 @@ class TorchEngine(Engine):
         start, seen, train_time, last, history = time.perf_counter(), 0, 0.0, {}, {}
         restored = checkpoints.restore() if checkpoints else None
         if restored is not None:
-            model.load_state_dict(restored["model"])
+            load_trainable_state(model, restored["model"])
             opt.load_state_dict(restored["optimizer"])
             sched.load_state_dict(restored["scheduler"])
+            if restored.get("scaler"):
+                scaler.load_state_dict(restored["scaler"])
             set_rng_state(restored["rng"])
             seen, train_time, history = restored["seen"], restored["train_time"], restored["history"]
             start -= restored["wall_s"]  # perf/wall_s counts the time before the restart too
@@ -148,31 +188,30 @@ class TorchEngine(Engine):
         def emit(metrics: dict, step: int, epoch: int, final: dict | None = None) -> None:
             if checkpoints is None:
                 return report(metrics, step)
+            if final is None and (epoch + 1) % t.checkpoint_every and epoch + 1 < t.epochs:
+                return checkpoints.report(metrics, step, None)  # no state this epoch (train.checkpoint_every)
             state = self.state(model, opt, sched, epoch, history, seen, train_time, time.perf_counter() - start, final)
+            state["scaler"] = scaler.state_dict()
             checkpoints.report(metrics, step, state)
 
+        clock = StepClock()
         for epoch in range(first, t.epochs):
             method.train()
-            tick, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
-            for i, batch in enumerate(self.train_batches(train, epoch)):
+            tick, total, n, pending = time.perf_counter(), torch.zeros((), device=self.device), 0, None
+            for i, batch in enumerate(clock.batches(self.train_batches(train, epoch))):
                 for hook in hooks:
                     hook.on_step(epoch, i)
                 batch = augment(self._to_device(batch, train), task, t, key=(self.spec.seed, epoch, i))
-                loss = task.loss(method(batch), batch)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"train/loss is {loss.item()} at epoch {epoch} step {i} "
-                        f"(method.name={self.spec.method.name}, train.lr={t.lr}); lower train.lr, set train.grad_clip, "
-                        "or check the inputs for NaN"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip:
-                    nn.utils.clip_grad_norm_(params, t.grad_clip)
-                opt.step()
-                sched.step()
-                total += loss.detach()
+                loss = self.train_step(method, task, batch, opt, sched, scaler, params)
+                if pending is not None:  # the previous step's loss: read while this one runs on the device
+                    self._check_finite(*pending)
+                    clock.done()
+                pending = (loss, epoch, i)
+                total += loss
                 n += 1
+            if pending is not None:
+                self._check_finite(*pending)
+                clock.done()
             seen += n * t.batch_size
             train_time += time.perf_counter() - tick
             val = self.evaluate(method, task, data.splits["val"])
@@ -181,18 +220,70 @@ class TorchEngine(Engine):
             emit(history[epoch], epoch, epoch)
 
         final = self.final_metrics(method, task, data, seen / max(train_time, 1e-9), start)
+        final.update(self.speed_metrics(clock, train_time))
         emit(final, t.epochs, t.epochs - 1, final)
         return {**last, **final}
+
+    def train_step(self, method: nn.Module, task: nn.Module, batch: dict, opt: torch.optim.Optimizer, sched,
+                   scaler: torch.amp.GradScaler, params: list[nn.Parameter]) -> torch.Tensor:  # fmt: skip
+        """One optimiser step on ``batch`` (on the device, augmented): ``train.grad_accum`` micro-batches, each
+        forward and loss under autocast, the loss scaled for fp16, gradients clipped, then the schedule's step.
+
+        Returns:
+            The step's loss, a device scalar (not read back: no sync).
+        """
+        t = self.spec.train
+        opt.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=self.device)
+        for micro in micro_batches(batch, t.grad_accum):
+            micro = mark_complete(micro)
+            with self.autocast():
+                part = task.loss(method(micro), micro).float() / t.grad_accum
+            scaler.scale(part).backward()
+            loss += part.detach()
+        if t.grad_clip:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, t.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Raise :class:`NonFiniteLossError` if the step's loss is NaN or infinite (reads it back: a sync)."""
+        value = loss.item()
+        if not math.isfinite(value):
+            t = self.spec.train
+            raise NonFiniteLossError(
+                f"train/loss is {value} at epoch {epoch} step {step} (method.name={self.spec.method.name}, "
+                f"train.lr={t.lr}, train.precision={t.precision}); lower train.lr, set train.grad_clip, use "
+                "train.precision=fp32, or check the inputs for NaN"
+            )
+
+    def speed_metrics(self, clock: StepClock, train_time: float, devices: int = 1) -> dict[str, float]:
+        """``perf/step_ms``, ``perf/data_wait_*`` and, where the FLOPs and the device's peak are known, ``perf/mfu``
+        (and ``perf/train_tflops``, the achieved rate) over ``devices`` (data-parallel ranks)."""
+        t = self.spec.train
+        out = clock.metrics(train_time)
+        step = clock.step_s()
+        if self.train_gflops is not None and step is not None:
+            rate = self.train_gflops * t.batch_size / step  # GFLOP/s of the whole (global) batch
+            out["perf/train_tflops"] = rate / 1e3
+            if (peak := peak_tflops(self.device, self.precision, t.peak_tflops)) is not None:
+                out["perf/mfu"] = mfu(self.train_gflops, t.batch_size / step, peak, devices)
+        return out
 
     def state(self, model: nn.Module, opt, sched, epoch: int, history: dict, seen: int, train_time: float,
               wall_s: float, final: dict | None = None) -> dict:  # fmt: skip
         """The training state after ``epoch``: what :meth:`fit` needs to continue exactly (``torch.load``-able with
-        ``weights_only=True``: tensors, numbers, strings, containers). ``final`` holds the test/perf metrics once the
-        trial has finished; ``spec`` is the resolved run as JSON, what ``harness eval`` rebuilds the model from."""
-        return {"format": 1, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": rng_state(), "history": dict(history), "seen": seen,
-                "train_time": train_time, "wall_s": wall_s, "final": final,
-                "spec": json.dumps(self.spec.to_dict())}  # fmt: skip
+        ``weights_only=True``: tensors, numbers, strings, containers), copied to the host so that training may go on
+        while it is written. ``final`` holds the test/perf metrics once the trial has finished; ``spec`` is the resolved
+        run as JSON, what ``harness eval`` rebuilds the model from."""
+        state = {"format": 2, "epoch": epoch, "model": trainable_state(model), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "rng": rng_state(), "history": dict(history), "seen": seen,
+                 "train_time": train_time, "wall_s": wall_s, "final": final,
+                 "spec": json.dumps(self.spec.to_dict())}  # fmt: skip
+        return host_copy(state)
 
     def final_metrics(self, method, task, data, samples_per_s: float, start: float) -> dict[str, float]:
         """``test/*`` with both modalities and with each masked, and the ``perf/*`` figures of the run."""
