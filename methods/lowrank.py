@@ -55,7 +55,7 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``Dh`` h
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,8 @@ ORDER = ("video", "audio")  # the multimodal sequence is [video ‖ audio], toke
 
 class LowRankConfig(MethodConfig):
     """Fusion stage, sharing scheme and rank of the factorised linear maps."""
+
+    families: ClassVar[tuple[str, ...]] = ("vit", "cnn")  # cnn: AVBERT's per-clip CNN embeddings (its own inputs)
 
     fusion: Literal["early", "mid", "late"] = Field(
         "mid",
@@ -343,15 +345,24 @@ class LowRank(FusionMethod):
         self.norm = nn.LayerNorm(d, eps=eps) if cfg.pre_norm else nn.Identity()
 
     def forward(self, batch: dict) -> dict:
-        cfg: LowRankConfig = self.cfg
         present = present_masks(batch, ORDER)
-        z = self.tokens(batch, present)  # m -> (B, 1 + N_m, D)
+        embedded = self.tokens.embed(batch, present)  # m -> (B, N_m, D): patches, or one CNN embedding per clip
+        streams = self.encode_tokens(embedded, present)
+        z = streams["multimodal"] or streams["unimodal"]
+        out = readout_cls(z, present) if self.cfg.readout == "cls" else readout_gap(z, present)
+        return {**out, "tokens": embedded}  # the front ends' outputs, for harness.api.TokenSequences tasks
+
+    def encode_tokens(self, tokens: dict[str, Tensor], present: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        """The encoders over front-end embeddings (harness.api.TokenSequences); the last stream ends in the norm."""
+        z = self.tokens.assemble(tokens)  # m -> (B, 1 + N_m, D)
         rates = [drop_path_rate(self.backbone, i) for i in range(self.lu + self.lm)]
+        streams: dict[str, dict[str, Tensor]] = {"unimodal": {}, "multimodal": {}}
         with parametrize.cached():  # each Q_k computed once per forward, however many layers share it
             if self.lu:
                 for m in ORDER:
                     mask = attn_mask(keep_keys(present[m], z[m].shape[1] - 1))  # (B, 1, 1, 1 + N_m)
                     z[m] = self.encoders(m, self.embed_norm[m](z[m]), mask, rates[: self.lu])
+                streams["unimodal"] = dict(z)
             if self.lm:
                 # A CLS is a key only when its modality is present; with neither present both stay keys.
                 none = ~(present["video"] | present["audio"])  # (B,)
@@ -361,6 +372,7 @@ class LowRank(FusionMethod):
                 joint = torch.cat([z[m] + pos[m] + self.token_type[i] for i, m in enumerate(ORDER)], dim=1)  # (B, N, D)
                 joint = self.embed_norm["multimodal"](joint)
                 joint = self.encoders("multimodal", joint, attn_mask(torch.cat(keep, dim=1)), rates[self.lu :])
-                z = dict(zip(ORDER, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
-        z = {m: self.norm(x) for m, x in z.items()}
-        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)
+                streams["multimodal"] = dict(zip(ORDER, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
+        last = "multimodal" if self.lm else "unimodal"
+        streams[last] = {m: self.norm(x) for m, x in streams[last].items()}
+        return streams

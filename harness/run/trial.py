@@ -81,6 +81,7 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
         score_per_segment(method, segments)
     task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
     task.loss_reduction = spec.train.loss_reduction  # over a clip's per-class loss terms (Task.reduce_classes)
+    task.bind(method)
     return method, task
 
 
