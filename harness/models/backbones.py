@@ -148,8 +148,10 @@ class BackboneConfig(BaseModel):
             ``(key, message)`` pairs, empty when the config is usable.
         """
         errors: list[tuple[str, str]] = []
-        if self.checkpoint is not None and not self.checkpoint.startswith("mlflow:") and not _checkpoint_exists(
-            self.checkpoint
+        if (
+            self.checkpoint is not None
+            and not self.checkpoint.startswith("mlflow:")
+            and not _checkpoint_exists(self.checkpoint)
         ):
             errors.append(("backbone.checkpoint", f"{self.checkpoint!r} is not a file, nor a folder holding a state.pt "
                            "(checkpoints are local files, or mlflow:RUN_ID)"))  # fmt: skip

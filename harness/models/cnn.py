@@ -144,4 +144,3 @@ def clip_errors(spec: InputSpec) -> list[tuple[str, str]]:
 def parts(module: nn.Module) -> dict[str, int]:
     """Parameters of each CNN front end inside ``module`` (its ``ClipEmbed`` s by name), for ``harness profile``."""
     return {n: sum(p.numel() for p in m.parameters()) for n, m in module.named_modules() if isinstance(m, ClipEmbed)}
-
