@@ -1,11 +1,14 @@
 """Transfer from an earlier harness run: its trained method as the backbone of a new run, fine-tuned or frozen.
 
 ``backbone.checkpoint`` names the earlier run's training checkpoint: ``mlflow:RUN_ID`` (the run's
-``harness.checkpoint`` tag: ``harness run``'s checkpoint folder, a sweep trial's last Tune checkpoint), the folder, or
-its ``state.pt``. The checkpoint's ``method.*`` weights (its ``model`` entry, read with ``weights_only=True``) load by
-name into the new run's method, which must be the same architecture; its task's weights (``task.*``: the av_pretrain
-heads, a classifier) are left behind, and the new task starts fresh. Any other file is an image-ViT checkpoint for
-the method's own ``load_backbone`` (``harness/models/weights.py``).
+``harness.checkpoint`` tag: ``harness run``'s checkpoint folder, a sweep trial's last Tune checkpoint),
+``mlflow:EXPERIMENT?KEY=VALUE`` (the matching run of a pretraining sweep, :func:`resolve`), the folder, or its
+``state.pt``. A trial reads the MLflow store for this (only reads: the sweep driver stays the only writer), so on
+a cluster whose workers cannot reach the store, give paths instead. The checkpoint's ``method.*`` weights (its
+``model`` entry, read with ``weights_only=True``) load by name into the new run's method, which must be the same
+architecture; its task's weights (``task.*``: the av_pretrain heads, a classifier) are left behind, and the new
+task starts fresh. Any other file is an image-ViT checkpoint for the method's own ``load_backbone``
+(``harness/models/weights.py``).
 
 ``backbone.transfer: linear`` is linear evaluation: the method is frozen (no gradients) and always runs in eval mode
 (BatchNorm statistics and dropout as loaded), so only the task's head trains. The run's tags name the source:
@@ -28,11 +31,15 @@ MLFLOW = "mlflow:"
 CHECKPOINT_TAG = "harness.checkpoint"  # as harness/run/evaluate.py: where a run's training checkpoint is
 
 
-def resolve(ref: str, uri: str | None = None) -> tuple[Path, str | None]:
+def resolve(ref: str, uri: str | None = None, spec: RunSpec | None = None) -> tuple[Path, str | None]:
     """``backbone.checkpoint`` -> (the file to read, the MLflow run id it came from or None).
 
+    ``mlflow:EXPERIMENT?KEY=VALUE&...`` (a two-stage sweep's transfer trials) is the latest FINISHED run of that
+    experiment with a checkpoint whose params have those values and ``spec``'s own ``seed``, ``method.*`` and
+    ``backbone.*`` (but ``backbone.checkpoint`` / ``transfer``): the pretraining run of this architecture and seed.
+
     Raises:
-        CheckpointError: an unknown run, or a run without a checkpoint tag.
+        CheckpointError: an unknown run, no matching run, or a run without a checkpoint tag.
     """
     if not ref.startswith(MLFLOW):
         path = Path(ref)
@@ -44,16 +51,42 @@ def resolve(ref: str, uri: str | None = None) -> tuple[Path, str | None]:
 
     run_id = ref[len(MLFLOW) :]
     store = tracking_uri(uri)
+    client = MlflowClient(store)
     try:
-        run = MlflowClient(store).get_run(run_id)
+        run = find_run(client, run_id, spec) if "?" in run_id else client.get_run(run_id)
     except MlflowException as e:
         raise CheckpointError(f"backbone.checkpoint: {ref!r}: no run {run_id!r} in {store}") from e
+    run_id = run.info.run_id
     where = run.data.tags.get(CHECKPOINT_TAG)
     if where is None:
         raise CheckpointError(f"backbone.checkpoint: run {run_id} has no {CHECKPOINT_TAG} tag (a deepspeed trial, or "
                               "a run logged before checkpoints were tagged): give its checkpoint folder")  # fmt: skip
     path = Path(where)
     return (path / "state.pt" if path.is_dir() else path), run_id
+
+
+def find_run(client, query: str, spec: RunSpec | None):
+    """The run of ``EXPERIMENT?KEY=VALUE&...`` (:func:`resolve`)."""
+    from harness.tracking import run_params
+
+    experiment, _, pairs = query.partition("?")
+    wanted = dict(p.split("=", 1) for p in pairs.split("&") if p)
+    if spec is not None:
+        own = run_params(spec.to_dict())
+        skip = ("backbone.checkpoint", "backbone.transfer", "method.name")
+        wanted = {**{k: v for k, v in own.items() if k.startswith(("method.", "backbone.")) and k not in skip},
+                  "seed": own["seed"], "method.name": own["method.name"], **wanted}  # fmt: skip
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise CheckpointError(f"backbone.checkpoint: mlflow:{query}: no experiment {experiment!r}")
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"])  # fmt: skip
+    for run in runs:
+        if CHECKPOINT_TAG in run.data.tags and all(run.data.params.get(k) == v for k, v in wanted.items()):
+            return run
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(wanted.items()) if k in pairs or k in ("seed", "method.name"))
+    raise CheckpointError(f"backbone.checkpoint: mlflow:{query}: no finished run with a checkpoint in experiment "
+                          f"{experiment!r} has {shown} and this run's method and backbone")  # fmt: skip
 
 
 def is_run_state(state: dict[str, torch.Tensor]) -> bool:
@@ -90,7 +123,7 @@ def load_backbone(method: nn.Module, spec: RunSpec) -> None:
     from harness.models.weights import read_checkpoint
 
     ref = spec.backbone.checkpoint
-    path, _ = resolve(ref, spec.tracking.uri)
+    path, _ = resolve(ref, spec.tracking.uri, spec)
     state = read_checkpoint(path)
     if is_run_state(state):
         n = load_method_state(method, state, ref)
@@ -114,7 +147,7 @@ def transfer_tags(spec: RunSpec) -> dict[str, str]:
     """The tags that name where a transferred run started from (empty without ``backbone.checkpoint``)."""
     if spec.backbone.checkpoint is None:
         return {}
-    path, run_id = resolve(spec.backbone.checkpoint, spec.tracking.uri)
+    path, run_id = resolve(spec.backbone.checkpoint, spec.tracking.uri, spec)
     source = run_id or str(path.resolve())
     return {"harness.pretrained_from": source, "harness.pretrained_checkpoint": str(path.resolve()),
             "harness.transfer": spec.backbone.transfer}  # fmt: skip

@@ -99,3 +99,29 @@ def test_mlflow_run_id_resolves_to_its_checkpoint(pretrained, tmp_path):
     assert resolve(f"mlflow:{run.info.run_id}", uri) == (pretrained[1] / "state.pt", run.info.run_id)
     with pytest.raises(CheckpointError, match="no run 'nope'"):
         resolve("mlflow:nope", uri)
+
+
+def test_a_pretraining_sweep_run_is_found_by_its_params(pretrained, tmp_path):
+    """mlflow:EXPERIMENT?KEY=VALUE: the finished run with those params and this run's method, backbone and seed."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.run.transfer import resolve
+    from harness.tracking import log_params, run_params
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("pretraining")
+    run, folder = pretrained
+    ids = {}
+    for sampling in ("random", "similar"):
+        pre = RunSpec.from_dict({**run, "task": {**run["task"], "negative_sampling": sampling}})
+        r = client.create_run(exp, tags={"harness.checkpoint": str(folder / sampling)})
+        log_params(client, r.info.run_id, run_params(pre.to_dict()))
+        client.set_terminated(r.info.run_id)
+        ids[sampling] = r.info.run_id
+    spec = RunSpec.from_dict(transfer_run(pretrained, transfer="linear"))
+    got = resolve("mlflow:pretraining?task.negative_sampling=similar", uri, spec)
+    assert got == (folder / "similar", ids["similar"])
+    other = RunSpec.from_dict({**transfer_run(pretrained), "seed": 1})
+    with pytest.raises(CheckpointError, match="seed=1"):
+        resolve("mlflow:pretraining?task.negative_sampling=similar", uri, other)
