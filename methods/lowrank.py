@@ -20,8 +20,20 @@ Init and step size (the paper is silent on both; docs/methods.md has the measure
 Reference implementation: sangho-vision/avbert ``code/models/{factor_linear,albert,bert,avbert}.py``, ``config.py``
 (``SHARING_ACROSS_LAYERS``, ``SHARING_ACROSS_MODELS``, ``USE_DECOMPOSITION``, ``ORTHOGONAL_SIZE = 128``).
 Paper vs official code vs here:
-- Inputs: AVBERT feeds per-clip CNN embeddings (3-D / 2-D ResNet-50, 10 clips); here the harness tokenisers' patch
-  tokens, each modality's ``[CLS ‖ patches + pos]``. The CLS is AVBERT's per-modality BOS "summary" token.
+- Inputs: AVBERT feeds per-clip CNN embeddings (3-D / 2-D ResNet-50, 10 clips). ``backbone.family: cnn`` with
+  ``dataset.clips_per_sample: K`` is that model (harness/models/cnn.py): a visual 3-D CNN on each of the K short
+  clips (torchvision's r3d_18 / mc3_18 / r2plus1d_18, or a tiny 2-stage one for CPU; the paper's is a SlowFast-codebase
+  3-D ResNet-50, not in torchvision) and an audio 2-D CNN on each clip's log-mel window (a timm ResNet with one input
+  channel; the code's AudioResNet-50 is a width-32-per-group variant), pooled, projected to D and LayerNormed as the
+  code's ``visual_conv`` / ``audio_conv`` heads; then ``[BOS ‖ clips + temporal table]`` per modality (the tokeniser's
+  positional table has K entries, one per clip; ``cnn_tiny`` adds the shared time table). Differences: the clips of
+  a sample are consecutive cuts of one clip's frames and of its spectrogram (AVBERT decodes each short clip and
+  computes its own 80 x 128 log-mel), random init only (no released CNN weights are loaded), and the BOS is
+  zero-initialised (code: an ``nn.Embedding`` under ``init_weights``). The ViT family feeds the harness tokenisers'
+  patch tokens, each modality's ``[CLS ‖ patches + pos]``. The CLS is AVBERT's per-modality BOS "summary" token.
+- Pretraining: the paper's MEP + CPP with content-aware negative sampling is the task ``av_pretrain``
+  (harness/tasks/av_pretrain.py, which states its own differences); it uses :meth:`LowRank.encode_tokens`
+  (harness.api.TokenSequences) on masked and re-paired clip embeddings. The code releases no pretraining.
 - Q_k: the paper writes W = U Σ_k V_kᵀ; the code makes the private middle factor an orthogonal O×O matrix (expRNN,
   static mode: Q = expm(A - Aᵀ), Cayley-initialised) and L2-normalises V_kᵀx over its O entries. Here Q_k is
   ``torch.nn.utils.parametrizations.orthogonal`` with ``orthogonal_map`` (default ``matrix_exp``: Q = B·expm(A - Aᵀ)
