@@ -64,3 +64,14 @@ def test_clips_must_divide_the_sample():
     bad = dataclasses.replace(TINY_SPEC, clips=5)  # neither 4 frames nor 48 columns
     assert [k for k, _ in clip_errors(bad)] == ["dataset.clips_per_sample", "dataset.clips_per_sample"]
     assert clip_errors(CNN_SPEC) == []
+
+
+def test_a_run_whose_clips_do_not_split_is_a_config_error(cache):
+    from harness.config import ConfigError, RunSpec
+
+    run = {"name": "bad", "dataset": {"name": "synthetic", "clips_per_sample": 3}, "backbone": {"name": "cnn_tiny"},
+           "method": {"name": "lowrank"}, "cache_dir": str(cache)}  # fmt: skip
+    with pytest.raises(ConfigError, match="dataset.clips_per_sample.*3 does not divide the 4 frames"):
+        RunSpec.from_dict(run)
+    with pytest.raises(ConfigError, match="backbone.family"):  # a method without a cnn implementation
+        RunSpec.from_dict({**run, "dataset": {"name": "synthetic", "clips_per_sample": 2}, "method": {"name": "mbt"}})
