@@ -306,6 +306,7 @@ METHODS.register("video_only", "methods.unimodal:VideoOnly", "video stream only 
 TASKS.register("classification", "harness.tasks.classification:ClassificationTask", "single-label classification: shared linear head, cross-entropy, top-1/top-5")  # noqa: E501
 TASKS.register("multilabel", "harness.tasks.multilabel:MultilabelTask", "multi-label classification (AudioSet): shared linear head, sigmoid BCE, mAP/AUC")  # noqa: E501
 TASKS.register("localization", "harness.tasks.localization:LocalizationTask", "per-segment event labels (AVE): shared head per segment, CE, segment accuracy")  # noqa: E501
+TASKS.register("av_pretrain", "harness.tasks.av_pretrain:AVPretrainTask", "self-supervised AVBERT pretraining: masked embedding prediction + correct pair prediction, random or CANS negatives; no labels")  # noqa: E501
 TASKS.register("multihead", "harness.tasks.multihead:MultiheadTask", "verb + noun heads (EPIC-KITCHENS-100): mean CE, per-head and action (joint) top-1/top-5")  # noqa: E501
 BACKBONES.register("tiny", "harness.models.backbones:tiny", "tiny ViT for CPU tests and the synthetic dataset")
 BACKBONES.register("vit_ti16", "harness.models.backbones:vit_ti16", "ViT-Ti/16 (D=192, L=12, 3 heads)")
@@ -314,6 +315,8 @@ BACKBONES.register("vit_b16", "harness.models.backbones:vit_b16", "ViT-B/16 (D=7
 BACKBONES.register("vit_l16", "harness.models.backbones:vit_l16", "ViT-L/16 (D=1024, L=24, 16 heads)")
 BACKBONES.register("swinv2_b", "harness.models.backbones:swinv2_b", "Swin-V2-B, window 12 (C=128, stages 2/2/18/2); lavish, avish")  # noqa: E501
 BACKBONES.register("swinv2_l", "harness.models.backbones:swinv2_l", "Swin-V2-L, window 12 (C=192, stages 2/2/18/2); lavish, avish")  # noqa: E501
+BACKBONES.register("cnn_tiny", "harness.models.backbones:cnn_tiny", "AVBERT layout for CPU: tiny 3-D / 2-D ResNets per short clip, D=64, L=4")  # noqa: E501
+BACKBONES.register("cnn_r2plus1d18", "harness.models.backbones:cnn_r2plus1d18", "R(2+1)D-18 + ResNet-18 per short clip, D=768, L=12")  # noqa: E501
 BACKBONES.register("swinv2_micro", "harness.models.backbones:swinv2_micro", "2-stage C=32 Swin-V2 for CPU tests; lavish, avish")  # noqa: E501
 ENGINES.register("torch", "harness.run.engines.torch_engine:TorchEngine", "plain PyTorch train/eval loop (CPU or one GPU)")  # noqa: E501
 ENGINES.register("deepspeed", "harness.run.engines.deepspeed_engine:DeepSpeedEngine", "DeepSpeed (ZeRO 0-3, bf16/fp16) on engine.workers Ray Train ranks; gloo on CPU, nccl on GPU")  # noqa: E501

@@ -20,8 +20,20 @@ Init and step size (the paper is silent on both; docs/methods.md has the measure
 Reference implementation: sangho-vision/avbert ``code/models/{factor_linear,albert,bert,avbert}.py``, ``config.py``
 (``SHARING_ACROSS_LAYERS``, ``SHARING_ACROSS_MODELS``, ``USE_DECOMPOSITION``, ``ORTHOGONAL_SIZE = 128``).
 Paper vs official code vs here:
-- Inputs: AVBERT feeds per-clip CNN embeddings (3-D / 2-D ResNet-50, 10 clips); here the harness tokenisers' patch
-  tokens, each modality's ``[CLS ‖ patches + pos]``. The CLS is AVBERT's per-modality BOS "summary" token.
+- Inputs: AVBERT feeds per-clip CNN embeddings (3-D / 2-D ResNet-50, 10 clips). ``backbone.family: cnn`` with
+  ``dataset.clips_per_sample: K`` is that model (harness/models/cnn.py): a visual 3-D CNN on each of the K short
+  clips (torchvision's r3d_18 / mc3_18 / r2plus1d_18, or a tiny 2-stage one for CPU; the paper's is a SlowFast-codebase
+  3-D ResNet-50, not in torchvision) and an audio 2-D CNN on each clip's log-mel window (a timm ResNet with one input
+  channel; the code's AudioResNet-50 is a width-32-per-group variant), pooled, projected to D and LayerNormed as the
+  code's ``visual_conv`` / ``audio_conv`` heads; then ``[BOS ‖ clips + temporal table]`` per modality (the tokeniser's
+  positional table has K entries, one per clip; ``cnn_tiny`` adds the shared time table). Differences: the clips of
+  a sample are consecutive cuts of one clip's frames and of its spectrogram (AVBERT decodes each short clip and
+  computes its own 80 x 128 log-mel), random init only (no released CNN weights are loaded), and the BOS is
+  zero-initialised (code: an ``nn.Embedding`` under ``init_weights``). The ViT family feeds the harness tokenisers'
+  patch tokens, each modality's ``[CLS ‖ patches + pos]``. The CLS is AVBERT's per-modality BOS "summary" token.
+- Pretraining: the paper's MEP + CPP with content-aware negative sampling is the task ``av_pretrain``
+  (harness/tasks/av_pretrain.py, which states its own differences); it uses :meth:`LowRank.encode_tokens`
+  (harness.api.TokenSequences) on masked and re-paired clip embeddings. The code releases no pretraining.
 - Q_k: the paper writes W = U Σ_k V_kᵀ; the code makes the private middle factor an orthogonal O×O matrix (expRNN,
   static mode: Q = expm(A - Aᵀ), Cayley-initialised) and L2-normalises V_kᵀx over its O entries. Here Q_k is
   ``torch.nn.utils.parametrizations.orthogonal`` with ``orthogonal_map`` (default ``matrix_exp``: Q = B·expm(A - Aᵀ)
@@ -55,7 +67,7 @@ Shapes: ``B`` batch, ``Nv`` / ``Na`` video / audio tokens, ``D`` width, ``Dh`` h
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +88,8 @@ ORDER = ("video", "audio")  # the multimodal sequence is [video ‖ audio], toke
 
 class LowRankConfig(MethodConfig):
     """Fusion stage, sharing scheme and rank of the factorised linear maps."""
+
+    families: ClassVar[tuple[str, ...]] = ("vit", "cnn")  # cnn: AVBERT's per-clip CNN embeddings (its own inputs)
 
     fusion: Literal["early", "mid", "late"] = Field(
         "mid",
@@ -343,15 +357,26 @@ class LowRank(FusionMethod):
         self.norm = nn.LayerNorm(d, eps=eps) if cfg.pre_norm else nn.Identity()
 
     def forward(self, batch: dict) -> dict:
-        cfg: LowRankConfig = self.cfg
         present, full = present_masks(batch, ORDER), complete(batch, ORDER)
-        z = self.tokens(batch, present, full)  # m -> (B, 1 + N_m, D)
+        embedded = self.tokens.embed(batch, present, full)  # m -> (B, N_m, D): patches, or one CNN embedding per clip
+        streams = self.encode_tokens(embedded, present, full)
+        z = streams["multimodal"] or streams["unimodal"]
+        out = readout_cls(z, present) if self.cfg.readout == "cls" else readout_gap(z, present)
+        return {**out, "tokens": embedded}  # the front ends' outputs, for harness.api.TokenSequences tasks
+
+    def encode_tokens(self, tokens: dict[str, Tensor], present: dict[str, Tensor],
+                      full: bool = False) -> dict[str, dict[str, Tensor]]:  # fmt: skip
+        """The encoders over front-end embeddings (harness.api.TokenSequences); the last stream ends in the norm.
+        ``full``: every clip has every modality (no key masks)."""
+        z = self.tokens.assemble(tokens)  # m -> (B, 1 + N_m, D)
         rates = [drop_path_rate(self.backbone, i) for i in range(self.lu + self.lm)]
+        streams: dict[str, dict[str, Tensor]] = {"unimodal": {}, "multimodal": {}}
         with parametrize.cached():  # each Q_k computed once per forward, however many layers share it
             if self.lu:
                 for m in ORDER:
                     mask = None if full else attn_mask(keep_keys(present[m], z[m].shape[1] - 1))  # (B, 1, 1, 1 + N_m)
                     z[m] = self.encoders(m, self.embed_norm[m](z[m]), mask, rates[: self.lu])
+                streams["unimodal"] = dict(z)
             if self.lm:
                 # A CLS is a key only when its modality is present; with neither present both stay keys.
                 mask = None  # every key present
@@ -364,6 +389,7 @@ class LowRank(FusionMethod):
                 joint = torch.cat([z[m] + pos[m] + self.token_type[i] for i, m in enumerate(ORDER)], dim=1)  # (B, N, D)
                 joint = self.embed_norm["multimodal"](joint)
                 joint = self.encoders("multimodal", joint, mask, rates[self.lu :])
-                z = dict(zip(ORDER, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
-        z = {m: self.norm(x) for m, x in z.items()}
-        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)
+                streams["multimodal"] = dict(zip(ORDER, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
+        last = "multimodal" if self.lm else "unimodal"
+        streams[last] = {m: self.norm(x) for m, x in streams[last].items()}
+        return streams

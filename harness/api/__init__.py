@@ -4,6 +4,7 @@
   every format of ``harness.data`` (and each ``harness.formats`` plug-in) is and yields;
 - the missing-modality masks (``harness.api.modalities``): what methods and tasks honour;
 - per-segment scoring (``harness.api.segments``): a clip of S (frame(s), audio window) pairs run as S mini-clips;
+- token-level access (``harness.api.sequences``): :class:`TokenSequences`, what self-supervised tasks mask and re-pair;
 - :class:`FusionMethod`, :class:`MethodConfig` (``harness.api.method``): ``methods/`` and ``harness.methods`` plug-ins;
 - :class:`Task`, :class:`TaskConfig` (``harness.api.task``): ``harness.tasks`` and ``harness.tasks`` plug-ins;
 - :class:`Engine`, :class:`Reporter`, :class:`Checkpoints`, :class:`TrainHook` (``harness.api.engine``): the
@@ -28,6 +29,7 @@ from harness.api.modalities import (
     stream_masks,
 )
 from harness.api.segments import check_segments, score_per_segment, segment_spec
+from harness.api.sequences import TokenSequences
 from harness.api.task import Task, TaskConfig, Tree, average_views, tree_map
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "Reporter",
     "Task",
     "TaskConfig",
+    "TokenSequences",
     "TrainHook",
     "Tree",
     "attn_mask",

@@ -27,6 +27,9 @@ class InputSpec:
         segments: S, labels per clip for localisation (AVE: 10 one-second segments), each for frames T/S and
             n_frames/S of the clip in order; 0 = one label per clip.
         heads: ``(("verb", 97), ("noun", 300))``: name and classes of each head of a multi-head task; () = one.
+        clips: K, short clips per sample: a long video as K consecutive clips, clip k being frames [k T/K, (k + 1)
+            T/K) and spectrogram columns [k F/K, (k + 1) F/K); a ``backbone.family: cnn`` front end embeds each
+            (AVBERT's clip sequences). 1 = one clip; the ViT tokenisers ignore it.
     """
 
     frames: int
@@ -36,6 +39,7 @@ class InputSpec:
     num_classes: int
     segments: int = 0
     heads: tuple[tuple[str, int], ...] = ()
+    clips: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -108,6 +108,11 @@ class Task(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
 
+    def bind(self, method: nn.Module) -> None:
+        """Called once by ``harness.run.trial.build_model`` with the method this task trains; a task that needs more
+        than the method's outputs (``av_pretrain``: its token sequences, ``harness.api.TokenSequences``) keeps it
+        here. The default keeps nothing."""
+
     # -- what a task defines -----------------------------------------------------------------------------------
 
     def head_logits(self, embedding: Tensor) -> Tree:

@@ -72,6 +72,20 @@ class SyntheticConfig(BaseModel):
         0.0, ge=0, le=1, description="brightness of an object outside its flashes (0 = visible only when flashing)"
     )
     seed: int = Field(0, description="generation seed (fixed across training seeds, so every trial sees one dataset)")
+    clips_per_sample: int = Field(
+        1,
+        ge=1,
+        description="K: each sample is read as K consecutive short clips (frames / K frames and n_frames / K "
+        "spectrogram columns each), one token per clip for a backbone.family: cnn front end (AVBERT); the clips "
+        "themselves are unchanged (set slots = K for one event slot per short clip)",
+    )
+    train_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="keep this fraction of the train split (a fixed subset, drawn with dataset.seed), for transfer "
+        "with a small label budget; val and test are whole, and the clips are the same as with 1.0",
+    )
 
 
 def _event_sets(n: int, cfg: SyntheticConfig, g: torch.Generator) -> torch.Tensor:
@@ -247,7 +261,9 @@ def latent_attributes(cfg: SyntheticConfig, colour, shape, timbre, events, frame
 
 def config_hash(cfg: SyntheticConfig) -> str:
     """Hash of the parameters and of the generator's version: the cache key."""
-    blob = json.dumps({"v": 2, **cfg.model_dump()}, sort_keys=True).encode()
+    # how the clips are read (K short clips, a train subset) does not change what is generated
+    blob = json.dumps({"v": 2, **cfg.model_dump(exclude={"clips_per_sample", "train_fraction"})}, sort_keys=True)
+    blob = blob.encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -267,7 +283,14 @@ def load_or_generate(cfg: SyntheticConfig, cache_dir: str | os.PathLike) -> dict
 
 
 def input_spec(cfg: SyntheticConfig) -> InputSpec:
-    return InputSpec(cfg.frames, cfg.image_size, cfg.n_mels, cfg.n_frames, cfg.colours * cfg.timbres)
+    return InputSpec(cfg.frames, cfg.image_size, cfg.n_mels, cfg.n_frames, cfg.colours * cfg.timbres,
+                     clips=cfg.clips_per_sample)  # fmt: skip
+
+
+def train_subset(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of the ``round(n * fraction)`` (at least 1) train clips kept, a fixed draw of ``seed``, sorted."""
+    keep = max(1, round(n * fraction))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:keep].sort().values
 
 
 class SyntheticDataset(Dataset):
@@ -284,8 +307,13 @@ class SyntheticDataset(Dataset):
         super().__init__(params, cache_dir)
         self.spec = input_spec(params)
         data = load_or_generate(params, cache_dir)
+        if params.train_fraction < 1:
+            keep = train_subset(len(data["train"]["label"]), params.train_fraction, params.seed)
+            data["train"] = {k: v[keep] for k, v in data["train"].items()}
         self.splits = {s: TensorSplit(s, **data[s]) for s in SPLITS}
         self.fingerprint = config_hash(params)
+        if params.train_fraction < 1:
+            self.fingerprint += f"-train{params.train_fraction:g}"
 
     @classmethod
     def input_spec(cls, params: SyntheticConfig) -> InputSpec:

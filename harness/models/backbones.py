@@ -22,6 +22,7 @@ from timm.models.vision_transformer import Block, init_weights_vit_jax
 from torch import Tensor, nn
 
 from harness.api import InputSpec
+from harness.models.cnn import VIDEO_CNNS, clip_errors
 
 # What harness.models.weights.read_checkpoint reads
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
@@ -33,11 +34,26 @@ class BackboneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="preset name the defaults came from (e.g. 'tiny', 'vit_b16')")
-    family: Literal["vit", "swinv2"] = Field(
+    family: Literal["vit", "swinv2", "cnn"] = Field(
         "vit",
         description="vit: the harness's plain ViT (every method); swinv2: timm's Swin Transformer V2 (window "
-        "attention, patch merging between stages), for the frozen-backbone methods that support it (lavish, avish)",
+        "attention, patch merging between stages), for the frozen-backbone methods that support it (lavish, avish); "
+        "cnn: one token per short clip from a visual 3-D CNN and an audio 2-D CNN (AVBERT's front ends, "
+        "harness/models/cnn.py; the clips of dataset.clips_per_sample), then the method's transformer blocks",
     )
+    video_cnn: str = Field(
+        "r2plus1d_18",
+        description="cnn only: the visual 3-D CNN run on each short clip: torchvision's r3d_18, mc3_18 or "
+        "r2plus1d_18 (random init, nothing downloaded), or tiny_r3d / tiny_r2plus1d (2 stages of torchvision's "
+        "blocks at cnn_width, for CPU runs)",
+    )
+    audio_cnn: str = Field(
+        "resnet18",
+        description="cnn only: the audio 2-D CNN run on each clip's log-mel window: a timm model name (random init, "
+        "1 input channel, pooled features, e.g. resnet18 or resnet50), or tiny_resnet (timm's ResNet with one "
+        "BasicBlock per stage, cnn_width to 8 x cnn_width channels)",
+    )
+    cnn_width: int = Field(16, gt=0, description="cnn only: first-stage channels of the tiny_* CNNs (doubled after)")
     stage_depths: tuple[int, ...] | None = Field(
         None,
         description="swinv2 only: blocks per stage (e.g. [2, 2, 18, 2]); depth must be their sum, embed_dim and "
@@ -68,13 +84,20 @@ class BackboneConfig(BaseModel):
     checkpoint: str | None = Field(
         None,
         description="local image-ViT weights (.safetensors, .pth/.pt/.bin, .npz; timm layout), loaded by the "
-        "method's load_backbone after init (harness/models/weights.py); None = random init",
+        "method's load_backbone after init (harness/models/weights.py); or a harness run's training checkpoint "
+        "(mlflow:RUN_ID, its checkpoint folder or state.pt; e.g. an av_pretrain run), whose method weights load "
+        "by name into the same method (harness/run/transfer.py); None = random init",
     )
     tubelet_init: Literal["central", "average", "average_arp"] = Field(
         "central",
         description="how a checkpoint's 2-D patch kernel fills the tubelet kernel (scenic kernel_init_method): "
         "central = in the middle frame, zeros elsewhere (MBT); average = kernel / tubelet in every frame "
         "(inflation); average_arp = approximate-rank-pooling weights; no effect with tubelet=1",
+    )
+    transfer: Literal["finetune", "linear"] = Field(
+        "finetune",
+        description="finetune: every parameter trains; linear: linear evaluation, the method frozen (no gradients, "
+        "always in eval mode: BatchNorm statistics and dropout as loaded) and only the task's head trained",
     )
     pretrained: Literal["none", "synthetic"] = Field(
         "none",
@@ -99,6 +122,11 @@ class BackboneConfig(BaseModel):
                                  "backbone.checkpoint with a timm Swin-V2 state dict")  # fmt: skip
         elif self.stage_depths is not None:
             raise ValueError("stage_depths is a swinv2 field; a vit backbone has one stack of `depth` blocks")
+        if self.family == "cnn" and self.video_cnn not in VIDEO_CNNS:
+            raise ValueError(f"video_cnn={self.video_cnn!r} is not one of {', '.join(VIDEO_CNNS)}")
+        if self.family == "cnn" and self.pretrained != "none":
+            raise ValueError("pretrained=synthetic pretrains a ViT (harness/run/pretrain.py); a cnn backbone starts "
+                             "from backbone.checkpoint (e.g. an av_pretrain run) or random init")  # fmt: skip
         return self
 
     def stage_widths(self) -> list[int]:
@@ -123,11 +151,14 @@ class BackboneConfig(BaseModel):
             ``(key, message)`` pairs, empty when the config is usable.
         """
         errors: list[tuple[str, str]] = []
-        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            errors.append(("backbone.checkpoint", f"{self.checkpoint!r} is not a file (checkpoints are local files)"))
-        elif self.checkpoint is not None and Path(self.checkpoint).suffix.lower() not in CHECKPOINT_SUFFIXES:
-            errors.append(("backbone.checkpoint", f"{Path(self.checkpoint).name!r} has an unknown suffix; use "
-                                                  f"{', '.join(CHECKPOINT_SUFFIXES)}"))  # fmt: skip
+        if self.checkpoint is not None and not self.checkpoint.startswith("mlflow:"):
+            path = Path(self.checkpoint)
+            if not _checkpoint_exists(self.checkpoint):
+                errors.append(("backbone.checkpoint", f"{self.checkpoint!r} is not a file, nor a folder holding a "
+                               "state.pt (checkpoints are local files, or mlflow:RUN_ID)"))  # fmt: skip
+            elif path.is_file() and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+                errors.append(("backbone.checkpoint", f"{path.name!r} has an unknown suffix; use "
+                                                      f"{', '.join(CHECKPOINT_SUFFIXES)}"))  # fmt: skip
         if spec is not None:
             if num_video_tokens(self, spec) == 0:
                 errors.append(
@@ -147,7 +178,15 @@ class BackboneConfig(BaseModel):
                 )
             if self.family == "swinv2":
                 errors += _swin_input_errors(self, spec)
+            if self.family == "cnn":
+                errors += clip_errors(spec)
         return errors
+
+
+def _checkpoint_exists(path: str) -> bool:
+    """A local weights file, or a training-checkpoint folder with its ``state.pt`` (``harness run``'s)."""
+    p = Path(path)
+    return p.is_file() or (p / "state.pt").is_file()
 
 
 def _swin_input_errors(cfg: BackboneConfig, spec: InputSpec) -> list[tuple[str, str]]:
@@ -223,19 +262,42 @@ def swinv2_l() -> dict:
     return _swinv2("swinv2_l", 192, 6, (2, 2, 18, 2), 12)
 
 
+def _cnn(name: str, video_cnn: str, audio_cnn: str, embed_dim: int, depth: int, num_heads: int, **extra) -> dict:
+    # patch_size / tubelet / audio_patch are ViT fields a cnn backbone does not read (one token per clip)
+    return dict(name=name, family="cnn", video_cnn=video_cnn, audio_cnn=audio_cnn, embed_dim=embed_dim, depth=depth,
+                num_heads=num_heads, patch_size=1, tubelet=1, audio_patch=(1, 1), **extra)  # fmt: skip
+
+
+def cnn_tiny() -> dict:
+    """AVBERT's layout for CPU runs: tiny 3-D / 2-D ResNets (width 16) embed each short clip, a width-64 4-layer
+    transformer over the clip sequences, and the shared time table (one code per clip position, both modalities)."""
+    return _cnn("cnn_tiny", "tiny_r3d", "tiny_resnet", 64, 4, 4, cnn_width=16, time_embed="shared")
+
+
+def cnn_r2plus1d18() -> dict:
+    """torchvision's R(2+1)D-18 and timm's ResNet-18 as the clip CNNs (random init), BERT-base-width transformers;
+    AVBERT used a SlowFast-codebase 3-D ResNet-50 and an audio ResNet-50 (``audio_cnn: resnet50``)."""
+    return _cnn("cnn_r2plus1d18", "r2plus1d_18", "resnet18", 768, 12, 12)
+
+
 def swinv2_micro() -> dict:
     """A 2-stage width-32 Swin-V2 with 4-token windows, for CPU tests of the Swin path on the synthetic dataset."""
     return dict(_swinv2("swinv2_micro", 32, 2, (2, 2), 4), drop_path=0.0)
 
 
 def video_grid(cfg: BackboneConfig, spec: InputSpec) -> tuple[int, int, int]:
-    """(t, h, w) grid of video tokens; VALID padding drops a remainder, as MBT's conv does."""
+    """(t, h, w) grid of video tokens; VALID padding drops a remainder, as MBT's conv does. A cnn backbone has one
+    token per short clip: (K, 1, 1)."""
+    if cfg.family == "cnn":
+        return spec.clips, 1, 1
     side = spec.image_size // cfg.patch_size
     return spec.frames // cfg.tubelet, side, side
 
 
 def audio_grid(cfg: BackboneConfig, spec: InputSpec) -> tuple[int, int]:
-    """(freq, time) grid of audio tokens."""
+    """(freq, time) grid of audio tokens; a cnn backbone's: (1, K), one per short clip."""
+    if cfg.family == "cnn":
+        return 1, spec.clips
     return spec.n_mels // cfg.audio_patch[0], spec.n_frames // cfg.audio_patch[1]
 
 

@@ -38,6 +38,7 @@ from harness.models.backbones import (
     pos_table,
     time_slots,
 )
+from harness.models.cnn import AudioClipCNN, VideoClipCNN
 from harness.models.weights import ImageViT, LoadReport, Mapping, apply_mapping, image_vit, vit_mapping
 
 Readout = Literal["cls", "gap"]
@@ -129,7 +130,11 @@ class Tokenizers(nn.Module):
             "video": (VideoPatchEmbed, num_video_tokens),
             "audio": (AudioPatchEmbed, num_audio_tokens),
         }
-        self.patch = nn.ModuleDict({m: make[m][0](backbone) for m in modalities})
+        if backbone.family == "cnn":  # one token per short clip (harness/models/cnn.py); pos = the clip's time
+            cnns = {"video": VideoClipCNN, "audio": AudioClipCNN}
+            self.patch = nn.ModuleDict({m: cnns[m](backbone, spec) for m in modalities})
+        else:
+            self.patch = nn.ModuleDict({m: make[m][0](backbone) for m in modalities})
         self.pos = nn.ParameterDict({m: pos_table(make[m][1](backbone, spec), d) for m in modalities})
         self.has_cls = cls
         self.cls = nn.ParameterDict({m: cls_token(d) for m in modalities} if cls else {})
@@ -144,6 +149,10 @@ class Tokenizers(nn.Module):
 
     def forward(self, batch: dict, present: dict[str, Tensor], full: bool = False) -> dict[str, Tensor]:
         """``{m: (B, 1 + N_m, D)}``; ``full``: every clip has every modality (``harness.api.complete``)."""
+        return self.assemble(self.embed(batch, present, full))
+
+    def embed(self, batch: dict, present: dict[str, Tensor], full: bool = False) -> dict[str, Tensor]:
+        """Each modality's patch (or, ``family: cnn``, clip) embeddings (B, N_m, D), before positions and CLS."""
         out = {}
         for m, embed in self.patch.items():
             x = batch[m]
@@ -152,7 +161,14 @@ class Tokenizers(nn.Module):
             if not full:
                 keep = present[m].reshape((-1,) + (1,) * (x.dim() - 1))
                 x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
-            tokens = embed(x) + self.pos[m]  # (B, N_m, D)
+            out[m] = embed(x)  # (B, N_m, D)
+        return out
+
+    def assemble(self, embedded: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``[CLS ‖ embeddings + pos (+ time)]`` (B, 1 + N_m, D) of :meth:`embed`'s output (or a masked copy)."""
+        out = {}
+        for m, x in embedded.items():
+            tokens = x + self.pos[m]  # (B, N_m, D)
             if self.time is not None:
                 tokens = tokens + self.time[getattr(self, f"{m}_slot")]  # (N_m, D) broadcast over B
             if not self.has_cls:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
-from harness.api import InputSpec, tree_map
+from harness.api import InputSpec, Task, tree_map
 
 _aten = torch.ops.aten
 
@@ -147,6 +147,8 @@ def train_flops(method: nn.Module, task: nn.Module, spec: InputSpec, batch_size:
     """
     register_sdpa_formulas()
     method, task = meta_copy(method).train(), meta_copy(task).train()
+    if isinstance(task, Task):  # a task that holds its method (av_pretrain) holds the copy, not the original
+        task.bind(method)
     batch = example_batch(spec, batch_size, device="meta")
     with FlopCounterMode(display=False) as forward:
         out = method(batch)

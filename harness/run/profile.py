@@ -45,6 +45,7 @@ class InputConfig(BaseModel):
     n_mels: int = Field(gt=0, description="spectrogram height (frequency bins)")
     n_frames: int = Field(gt=0, description="spectrogram width (time frames)")
     num_classes: int = Field(gt=0, description="classes of the task head")
+    clips: int = Field(1, gt=0, description="K short clips per sample (backbone.family: cnn; dataset.clips_per_sample)")
 
 
 class PaperPart(BaseModel):
@@ -219,9 +220,18 @@ def profile(spec: ProfileSpec) -> dict[str, Any]:
             **{f"method.{n}": count_params(c)[0] for n, c in method.named_children()},
             "task": count_params(task)[0],
         },
+        # AVBERT counts the CNNs and the Transformers apart: the cnn front ends (harness/models/cnn.py), by modality
+        "params_front_ends": front_end_counts(method),
         **forward_flops(method, task, spec.input),
         **({"paper": paper_accounting(spec.paper_extras, method, task)} if spec.paper_extras else {}),
     }
+
+
+def front_end_counts(method: torch.nn.Module) -> dict[str, int]:
+    """Parameters of each per-clip CNN front end (``backbone.family: cnn``) by modality; empty for patch tokenisers."""
+    from harness.models.cnn import parts
+
+    return {name.rsplit(".", 1)[-1]: n for name, n in parts(method).items()}
 
 
 def _tokeniser_counts(method: torch.nn.Module) -> dict[str, int]:
@@ -266,10 +276,21 @@ def format_profile(p: dict[str, Any]) -> str:
             f"params     total {p['params_total']:,} ({p['params_total'] / 1e6:.1f} M), trainable "
             f"{p['params_trainable']:,} ({p['params_trainable'] / 1e6:.1f} M)",
             "parts      " + ", ".join(f"{k} {v:,}" for k, v in p["params_parts"].items() if v),
+            *_front_end_lines(p),
             f"forward    {_g(p['gflops'])} GFLOPs = 2 x {_g(p['gmacs'])} GMACs (one clip, batch 1)",
             *_paper_lines(p.get("paper")),
         ]
     )
+
+
+def _front_end_lines(p: dict[str, Any]) -> list[str]:
+    """The CNN front ends apart from the transformers (AVBERT's accounting); nothing for patch tokenisers."""
+    cnn = p.get("params_front_ends") or {}
+    if not cnn:
+        return []
+    shown = ", ".join(f"{m} {n:,} ({n / 1e6:.1f} M)" for m, n in cnn.items())
+    rest = p["params_total"] - sum(cnn.values()) - p["params_parts"].get("task", 0)
+    return [f"cnn        {shown}; the method without them {rest:,} ({rest / 1e6:.1f} M)"]
 
 
 def _paper_lines(paper: dict[str, Any] | None) -> list[str]:

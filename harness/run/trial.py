@@ -68,19 +68,23 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
     segments = spec.task.method_segments()
     shapes = segment_spec(input_spec, segments) if segments else input_spec
     method = METHODS.get(spec.method.name).build(spec.method, spec.backbone, shapes)
-    if spec.backbone.checkpoint is not None:  # after init, before the cost is counted (harness/models/weights.py)
-        from harness.models.weights import read_checkpoint
+    if spec.backbone.checkpoint is not None:  # after init, before the cost is counted (harness/run/transfer.py)
+        from harness.run.transfer import load_backbone
 
-        loaded = method.load_backbone(read_checkpoint(spec.backbone.checkpoint))
-        print(loaded.summary(f"backbone.checkpoint {spec.backbone.checkpoint}"), file=sys.stderr)
+        load_backbone(method, spec)
     if spec.backbone.pretrained != "none":  # the cached synthetic-pretrained frozen backbone (harness/run/pretrain.py)
         from harness.run.pretrain import apply_pretrained
 
         apply_pretrained(method, spec, cache_dir(spec))
+    if spec.backbone.transfer == "linear":  # linear evaluation: only the task's head trains
+        from harness.run.transfer import freeze
+
+        freeze(method)
     if segments:
         score_per_segment(method, segments)
     task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
     task.loss_reduction = spec.train.loss_reduction  # over a clip's per-class loss terms (Task.reduce_classes)
+    task.bind(method)
     return method, task
 
 
@@ -120,6 +124,11 @@ def run_tags(spec: RunSpec, device: torch.device, data, task: torch.nn.Module) -
         tags["harness.cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     if (key := pretrained_key(spec)) is not None:  # backbone.pretrained: the cached weights' key
         tags["harness.backbone_pretrained"] = key
+    from harness.run.transfer import transfer_tags
+
+    tags.update(transfer_tags(spec))  # backbone.checkpoint: the run it started from
+    if spec.backbone.transfer != "finetune":
+        tags["harness.transfer"] = spec.backbone.transfer
     return tags
 
 

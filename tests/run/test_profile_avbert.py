@@ -59,3 +59,19 @@ def test_meta_counts_equal_the_cpu_built_lowrank(fields, tmp_path):
     assert got["params_total"] == count_params(torch.nn.ModuleDict({"method": model, "task": head}))[0]
     assert got["params_parts"]["method.encoders"] == count_params(model.encoders)[0]
     assert got["gflops"] == forward_flops(model, head, spec.input)["gflops"] > 0
+
+
+def test_avbert_cnn_counts_the_front_ends_apart_from_the_transformers():
+    """The per-clip CNNs as torchvision / timm build them (classifier dropped) + their projection to D and LayerNorm,
+    and the transformers as in avbert_shared_lowrank."""
+    import timm
+    from torchvision.models.video import r2plus1d_18
+
+    video = r2plus1d_18(weights=None)
+    video_n = count_params(video)[0] - linear(512, 400) + linear(512, D) + 2 * D
+    audio_n = count_params(timm.create_model("resnet50", in_chans=1, num_classes=0))[0] + linear(2048, D) + 2 * D
+    p = profile(load_profile(preset_path("avbert_cnn")))
+    assert p["params_front_ends"] == {"video": video_n, "audio": audio_n}
+    assert p["params_parts"]["method.encoders"] == 3_843_840
+    assert p["tokens"] == {"video": 10, "audio": 10}
+    assert "cnn        video 31,695,645" in format_profile(p)
