@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
 from harness.cli import main
 from harness.report.build import swept_keys
@@ -141,10 +142,12 @@ def test_paired_differences_over_shared_seeds():
     assert set(pairs.index) == {"late", "vanilla"}  # "solo" shares only one seed
     assert pairs.loc["late", "mean"] == pytest.approx(10.0) and pairs.loc["late", "n"] == 3
     assert pairs.loc["late", "ci95"] == pytest.approx(t_interval(pd.Series([10.0, 9.0, 11.0])))
-    assert not pairs.loc["late", "overlap"] and pairs.loc["vanilla", "overlap"]
+    low, high = stats.ttest_rel([70.0, 72.0, 74.0], [60.0, 63.0, 63.0]).confidence_interval()
+    assert (pairs.loc["late", "low"], pairs.loc["late", "high"]) == pytest.approx((low, high))
+    assert not pairs.loc["late", "indistinguishable"] and pairs.loc["vanilla", "indistinguishable"]
     text = paired_markdown(paired_differences(runs, ["method.name"]))
     assert "`mbt` minus each row" in text and "vs `late`: +10.0 ± " in text and "vs `vanilla`: +0.7" in text
-    assert text.count("≈") == 1
+    assert text.count("≈") == 2 and "paired 95% t-interval of the difference" in text  # the mark and its rule
     assert paired_differences(runs.iloc[:6].assign(**{"params.seed": list("012345")}), ["method.name"]).empty
 
 
@@ -173,3 +176,15 @@ def test_report_spec_validation_without_mlflow(tmp_path):
     assert spec.sweeps(None) == ["a", "b"] and spec.sweeps("c") == ["c"] and spec.reference == {"mbt": 71.5}
     for name in ("table2", "robustness"):  # the shipped specs are valid
         assert load_spec(Path(__file__).resolve().parents[2] / "reports" / f"{name}.yaml").columns
+
+
+def test_a_repeated_seed_is_one_replicate():
+    """Three runs of one seed (tune.num_samples on a grid, before it was refused) are n = 1, not n = 3."""
+    runs = pd.DataFrame({
+        "params.method.name": ["mbt"] * 3 + ["late"] * 2,
+        "params.seed": ["0", "0", "0", "0", "1"],
+        "metrics.test/top1": [70.0, 70.0, 70.0, 60.0, 62.0],
+    })  # fmt: skip
+    table = aggregate(runs, ["method.name"]).set_index("method.name")
+    assert table.loc["mbt", "n"] == 1 and pd.isna(table.loc["mbt", "test top-1 ci95"])
+    assert table.loc["late", "n"] == 2 and table.attrs["repeated_seeds"] == 2
