@@ -344,7 +344,8 @@ def _probe_errors(raw: dict, axes: dict[str, Domain], variants: list[tuple[dict,
 SEED_DRAWN = Domain("randint", bounds=(0, 2**31 - 1))  # the seed axis added when samples are the replicates
 
 
-def _replicate_errors(tune: TuneConfig, axes: dict[str, Domain], variants: list[tuple[dict, dict]], raw: dict) -> Errors:
+def _replicate_errors(tune: TuneConfig, axes: dict[str, Domain], variants: list[tuple[dict, dict]],
+                      raw: dict) -> Errors:  # fmt: skip
     """Seeds are the only replicate axis. ``tune.num_samples`` > 1 repeats each grid point: on a grid-only sweep that
     is the same trial with the same seed run again (a report would count it as n more seeds), so it is refused; with
     drawn axes and no seed axis, each sample draws its seed too (``axes["seed"]`` is added, in place)."""

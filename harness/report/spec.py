@@ -326,7 +326,8 @@ def figure_data(table: pd.DataFrame, keys: list[str], fig: FigureSpec) -> pd.Dat
     """The points of ``fig``: one per row of the aggregated ``table`` with a numeric y.
 
     Columns: ``series`` (the row's label without x: what a line joins), ``hue`` (colour), ``label`` (the whole row),
-    ``x`` (NaN for a row without an x value: a reference line), ``y`` and ``yerr`` (95% CI half-width; NaN for n = 1: no bar is drawn, not a zero-width one).
+    ``x`` (NaN for a row without an x value: a reference line), ``y`` and ``yerr`` (95% CI half-width; NaN for
+    n = 1: no bar is drawn, rather than one of zero width).
     Row keys are ``table`` columns holding text (``"—"`` when a run lacks the param); costs and metrics are numbers,
     the parameter counts in millions.
     """
