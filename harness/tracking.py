@@ -66,6 +66,32 @@ def tracking_uri(explicit: str | None = None) -> str:
     return uri
 
 
+def missing_store(uri: str) -> str | None:
+    """Why ``uri`` names no store yet (a SQLite file that does not exist), naming it; None when it may exist.
+
+    ``harness report`` and ``harness ui`` read a store: they say so instead of creating an empty one where they run.
+    """
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    if db.is_file():
+        return None
+    default = "" if os.environ.get("MLFLOW_TRACKING_URI") else " (the default: mlflow.db in the current directory)"
+    return (
+        f"no MLflow store at {db}{default}; run from the directory the sweep ran in, or pass --tracking-uri "
+        "(or set MLFLOW_TRACKING_URI) to the store `harness sweep` printed"
+    )
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: ``<store folder>/mlartifacts/<experiment>`` beside a SQLite store (not
+    ``./mlruns`` of whatever directory a command runs in); None (the server's own choice) for other stores."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    return (db.parent / "mlartifacts" / re.sub(r"[^\w.-]+", "_", experiment)).resolve().as_uri()
+
+
 def open_client(uri: str):
     """An ``MlflowClient`` on ``uri`` whose store exists: a SQLite file is created (MLflow's schema migration) under
     an exclusive lock on ``<file>.lock``, so processes that start on a new store at once do not race."""
@@ -141,7 +167,7 @@ def experiment_id(client, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
     except Exception:  # created meanwhile by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -322,6 +348,9 @@ def log_learning_curves(client, run_id: str, history: dict[int, dict[str, float]
 def serve_ui(uri: str | None, host: str, port: int) -> int:
     """``harness ui``: the MLflow UI on the project's store, bound to ``host`` (127.0.0.1 by default); its exit code."""
     uri = tracking_uri(uri)
+    if (missing := missing_store(uri)) is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     print(f"MLflow UI for {redact(uri)} at http://{host}:{port}  (Ctrl-C to stop)", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
