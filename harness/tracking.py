@@ -129,8 +129,10 @@ def package_versions() -> dict[str, str]:
     return tags
 
 
-def code_tags() -> dict[str, str]:
-    """Git SHA and dirty flag of the harness checkout, and the versions of what a number depends on."""
+def code_tags(source: str | None = None) -> dict[str, str]:
+    """Git SHA and dirty flag of the harness checkout, and the versions of what a number depends on; MLflow's own
+    source tags too (``mlflow.source.git.commit``, ``mlflow.source.name``: ``source`` or the command line,
+    ``mlflow.source.type``), which fill the UI's Source column."""
     import mlflow
     import torch
 
@@ -144,11 +146,32 @@ def code_tags() -> dict[str, str]:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10)  # fmt: skip
         if sha.returncode == 0:
-            tags["harness.git_sha"] = sha.stdout.strip()
+            tags["harness.git_sha"] = tags["mlflow.source.git.commit"] = sha.stdout.strip()
             tags["harness.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
+    cli = Path(sys.argv[0]).stem in ("harness", "__main__")  # `harness sweep FILE`, `python -m harness.cli ...`
+    tags["mlflow.source.name"] = redact(source or (" ".join(["harness", *sys.argv[1:3]]) if cli else sys.argv[0]))
+    tags["mlflow.source.type"] = "LOCAL"
     return tags
+
+
+def log_dataset(client, run_id: str, tags: dict[str, str], name: str) -> None:
+    """``mlflow.log_input`` of the data a run trained on, from its data tags (:func:`harness.run.trial.run_tags`):
+    digest = the manifest hash (a prepared set) or the fingerprint, profile = the clip counts per split; the UI's
+    Datasets column shows it. Nothing when the run has no data tag."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    digest = tags.get("harness.manifest_hash") or tags.get("harness.dataset_fingerprint")
+    if not digest:
+        return
+    counts = dict(kv.split("=", 1) for kv in tags.get("harness.data_counts", "").split() if "=" in kv)
+    profile = json.dumps({"clips": {k: int(v) for k, v in counts.items()}, "decoder": tags.get("harness.decoder")})
+    source = json.dumps({"card": name, "fingerprint": tags.get("harness.dataset_fingerprint")})
+    dataset = Dataset(name=name, digest=digest[:36], source_type="harness", source=source, profile=profile)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
 
 
 def run_params(spec_dict: dict) -> dict[str, str]:
@@ -199,11 +222,12 @@ class MlflowReporter:
     def __init__(self, client, run_id: str, uri: str, experiment: str, logged: set | None = None):
         self.client, self.run_id, self.uri, self.experiment = client, run_id, uri, experiment
         self.logged: set[tuple[str, int]] = logged if logged is not None else set()  # (metric, step) in the run
+        self.dataset = "dataset"  # the card's name, for mlflow.log_input
 
     @classmethod
     @contextmanager
     def open(cls, spec: RunSpec, uri: str | None = None, parent_run_id: str | None = None, tags: dict | None = None,
-             run_id: str | None = None):  # fmt: skip
+             run_id: str | None = None, run_name: str | None = None):  # fmt: skip
         """Start a run for ``spec``, or reopen ``run_id`` (a resumed trial: params not logged again); it ends
         FINISHED, or FAILED with the error if the block raises."""
         uri = tracking_uri(uri or spec.tracking.uri)
@@ -214,12 +238,14 @@ class MlflowReporter:
             self = cls(client, run_id, uri, experiment, logged_steps(client, run_id))
         else:
             exp_id = experiment_id(client, experiment)
-            all_tags = {**code_tags(), **(tags or {}), "mlflow.runName": f"{spec.name}-{spec.method.name}-s{spec.seed}"}
+            name = run_name or f"{spec.name}-{spec.method.name}-s{spec.seed}"
+            all_tags = {**code_tags(), **(tags or {}), "mlflow.runName": name}
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = client.create_run(exp_id, tags=all_tags)
             self = cls(client, run.info.run_id, uri, experiment)
             log_params(client, self.run_id, run_params(spec.to_dict()))
+        self.dataset = spec.dataset.name
         try:
             yield self
         except KeyboardInterrupt:  # SIGINT/SIGTERM (harness.run.signals): stopped, not failed; --resume continues
@@ -234,6 +260,7 @@ class MlflowReporter:
     def start(self, info: dict) -> None:
         for key, value in info["tags"].items():
             self.client.set_tag(self.run_id, key, value)
+        log_dataset(self.client, self.run_id, info["tags"], self.dataset)
         log_metrics(self.client, self.run_id, info["metrics"], step=0, logged=self.logged)
 
     def report(self, metrics: dict[str, float], step: int) -> None:

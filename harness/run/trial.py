@@ -108,6 +108,7 @@ def run_tags(spec: RunSpec, device: torch.device, data, task: torch.nn.Module) -
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     tags = {"harness.device": name, "harness.torch_version": torch.__version__, **package_versions(),
             **data.provenance(), "harness.primary_metric": f"test/{task.primary_metric}"}  # fmt: skip
+    tags["harness.data_counts"] = " ".join(f"{k}={len(v)}" for k, v in data.splits.items())  # mlflow.log_input's
     if (key := pretrained_key(spec)) is not None:  # backbone.pretrained: the cached weights' key
         tags["harness.backbone_pretrained"] = key
     return tags
