@@ -108,7 +108,7 @@ def dry_run(path: str, overrides: list[str]) -> int:
     drawn = {k: d for k, d in spec.axes.items() if d.kind != "grid"}
     points = [dict(zip(grid, combo)) for combo in itertools.product(*(d.values for d in grid.values()))]
     n = 0
-    for sample in range(spec.tune.num_samples):
+    for _ in range(spec.tune.num_samples):
         for variant in spec.variants:
             for point in points:
                 n += 1
