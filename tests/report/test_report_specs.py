@@ -219,7 +219,7 @@ def test_rows_from_two_manifests_are_split_in_table_and_figure_or_refused(tmp_pa
     refuse = tmp_path / "refuse.yaml"
     refuse.write_text((REPORTS / "bottlenecks.yaml").read_text() + "mixed_provenance: refuse\n")
     assert main(["report", "--spec", str(refuse), "--out", str(tmp_path / "r.md"), "--tracking-uri", uri]) == 1
-    assert "row `mbt, 1` mixes runs of different manifest" in capsys.readouterr().out
+    assert "row `mbt, 1` mixes runs of different manifest" in capsys.readouterr().err
 
 
 def _errors(tmp_path, text: str) -> str:
