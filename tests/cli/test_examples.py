@@ -1,10 +1,12 @@
-"""Every example of `harness --help`, of each subcommand's help and of the README's "Using it" block runs, at tiny sizes.
+"""Every example of `harness --help`, of each subcommand's help and of the README's "Using it" block runs at tiny
+sizes.
 
 The examples are read from the parsers and the README themselves, so a new one is run too (or must be given a
 reason in SKIP). Each runs as a process in one scratch folder (``sweeps/``, ``reports/`` and ``run.yaml`` copied
 there), in order: the README's `harness run` makes the run that `harness eval RUN_ID` scores, the sweeps make what
 `harness report` reads. Training commands get TINY (48 clips, width 16, 2 layers, 1 epoch) and sweeps are narrowed
-to one trial; all but the plain `harness ls KIND` are marked slow (each imports torch in a process of its own). The examples that end in an error on purpose say so in their comment.
+to one trial; all but the plain `harness ls KIND` are marked slow (each imports torch in a process of its own).
+The examples that end in an error on purpose say so in their comment ("exit 2").
 """
 
 from __future__ import annotations
