@@ -183,14 +183,20 @@ def run_params(spec_dict: dict) -> dict[str, str]:
     return out
 
 
+# MLflow's UI shows an experiment of this kind in its model-training view (runs, metrics, charts), not the GenAI one.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client, name: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a SQLite store, the model-training kind) if new."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name),
+                                        tags=EXPERIMENT_KIND)  # fmt: skip
     except Exception:  # created meanwhile by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -372,14 +378,35 @@ def log_learning_curves(client, run_id: str, history: dict[int, dict[str, float]
     return True
 
 
+def _latest_sweep(uri: str) -> tuple[str, str, str] | None:
+    """(experiment id, parent run id, sweep name) of the latest sweep invocation in the store, or None."""
+    try:
+        client = open_client(uri)
+        exps = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(exps, "tags.`harness.sweep` != ''", order_by=["attributes.start_time DESC"],
+                                   max_results=200) if exps else []  # fmt: skip
+    except Exception:  # the UI starts all the same
+        return None
+    parent = next((r for r in found if "mlflow.parentRunId" not in r.data.tags), None)
+    if parent is None:
+        return None
+    return parent.info.experiment_id, parent.info.run_id, parent.data.tags["harness.sweep"]
+
+
 def serve_ui(uri: str | None, host: str, port: int) -> int:
     """``harness ui``: the MLflow UI on the project's store, bound to ``host`` (127.0.0.1 by default); its exit code."""
     uri = tracking_uri(uri)
     if (missing := missing_store(uri)) is not None:
         print(f"error: {missing}", file=sys.stderr)
         return 1
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI for {redact(uri)} at http://{host}:{port}  (Ctrl-C to stop)", flush=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "true"}  # fmt: skip
+    base = f"http://{host}:{port}/#"
+    print(f"MLflow UI for {redact(uri)} at {base}/experiments?workflowType=machine_learning  (Ctrl-C to stop)",
+          flush=True)  # fmt: skip
+    if (latest := _latest_sweep(uri)) is not None:  # its parent run: the summary of the sweep (harness.sweep.summary)
+        exp, run, name = latest
+        print(f"latest sweep '{name}': {base}/experiments/{exp}/runs/{run}?workflowType=machine_learning", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]  # fmt: skip
     return subprocess.call(cmd, env=env)

@@ -15,6 +15,7 @@ def test_the_parent_run_answers_which_method_is_best_at_what_cost(finished_sweep
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("t_sweep")
     assert exp.artifact_location == (tmp / "mlartifacts" / "t_sweep").resolve().as_uri()  # beside the store
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     kids = [r for r in runs if r is not parent]
