@@ -99,8 +99,6 @@ def command(example: str, ws: dict) -> tuple[list[str], int]:
         words += [w for s in sets for w in ("--set", s)]
     if words[0] == "sweep":
         words += ["--storage", str(ws["tmp"] / "ray")]
-    if words[0] == "prepare" or words[0] == "synth":
-        words += ["--set", "frames=4", "--set", "image_size=32"] if words[0] == "prepare" else []
     return [sys.executable, "-m", "harness.cli", *words], code
 
 
