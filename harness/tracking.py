@@ -66,6 +66,32 @@ def tracking_uri(explicit: str | None = None) -> str:
     return uri
 
 
+def missing_store(uri: str) -> str | None:
+    """Why ``uri`` names no store yet (a SQLite file that does not exist), naming it; None when it may exist.
+
+    ``harness report`` and ``harness ui`` read a store: they say so instead of creating an empty one where they run.
+    """
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    if db.is_file():
+        return None
+    default = "" if os.environ.get("MLFLOW_TRACKING_URI") else " (the default: mlflow.db in the current directory)"
+    return (
+        f"no MLflow store at {db}{default}; run from the directory the sweep ran in, or pass --tracking-uri "
+        "(or set MLFLOW_TRACKING_URI) to the store `harness sweep` printed"
+    )
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: ``<store folder>/mlartifacts/<experiment>`` beside a SQLite store (not
+    ``./mlruns`` of whatever directory a command runs in); None (the server's own choice) for other stores."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    return (db.parent / "mlartifacts" / re.sub(r"[^\w.-]+", "_", experiment)).resolve().as_uri()
+
+
 def open_client(uri: str):
     """An ``MlflowClient`` on ``uri`` whose store exists: a SQLite file is created (MLflow's schema migration) under
     an exclusive lock on ``<file>.lock``, so processes that start on a new store at once do not race."""
@@ -103,8 +129,10 @@ def package_versions() -> dict[str, str]:
     return tags
 
 
-def code_tags() -> dict[str, str]:
-    """Git SHA and dirty flag of the harness checkout, and the versions of what a number depends on."""
+def code_tags(source: str | None = None) -> dict[str, str]:
+    """Git SHA and dirty flag of the harness checkout, and the versions of what a number depends on; MLflow's own
+    source tags too (``mlflow.source.git.commit``, ``mlflow.source.name``: ``source`` or the command line,
+    ``mlflow.source.type``), which fill the UI's Source column."""
     import mlflow
     import torch
 
@@ -118,11 +146,32 @@ def code_tags() -> dict[str, str]:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10)  # fmt: skip
         if sha.returncode == 0:
-            tags["harness.git_sha"] = sha.stdout.strip()
+            tags["harness.git_sha"] = tags["mlflow.source.git.commit"] = sha.stdout.strip()
             tags["harness.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
+    cli = Path(sys.argv[0]).stem in ("harness", "__main__")  # `harness sweep FILE`, `python -m harness.cli ...`
+    tags["mlflow.source.name"] = redact(source or (" ".join(["harness", *sys.argv[1:3]]) if cli else sys.argv[0]))
+    tags["mlflow.source.type"] = "LOCAL"
     return tags
+
+
+def log_dataset(client, run_id: str, tags: dict[str, str], name: str) -> None:
+    """``mlflow.log_input`` of the data a run trained on, from its data tags (:func:`harness.run.trial.run_tags`):
+    digest = the manifest hash (a prepared set) or the fingerprint, profile = the clip counts per split; the UI's
+    Datasets column shows it. Nothing when the run has no data tag."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    digest = tags.get("harness.manifest_hash") or tags.get("harness.dataset_fingerprint")
+    if not digest:
+        return
+    counts = dict(kv.split("=", 1) for kv in tags.get("harness.data_counts", "").split() if "=" in kv)
+    profile = json.dumps({"clips": {k: int(v) for k, v in counts.items()}, "decoder": tags.get("harness.decoder")})
+    source = json.dumps({"card": name, "fingerprint": tags.get("harness.dataset_fingerprint")})
+    dataset = Dataset(name=name, digest=digest[:36], source_type="harness", source=source, profile=profile)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
 
 
 def run_params(spec_dict: dict) -> dict[str, str]:
@@ -134,14 +183,20 @@ def run_params(spec_dict: dict) -> dict[str, str]:
     return out
 
 
+# MLflow's UI shows an experiment of this kind in its model-training view (runs, metrics, charts), not the GenAI one.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client, name: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a SQLite store, the model-training kind) if new."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name),
+                                        tags=EXPERIMENT_KIND)  # fmt: skip
     except Exception:  # created meanwhile by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -173,11 +228,12 @@ class MlflowReporter:
     def __init__(self, client, run_id: str, uri: str, experiment: str, logged: set | None = None):
         self.client, self.run_id, self.uri, self.experiment = client, run_id, uri, experiment
         self.logged: set[tuple[str, int]] = logged if logged is not None else set()  # (metric, step) in the run
+        self.dataset = "dataset"  # the card's name, for mlflow.log_input
 
     @classmethod
     @contextmanager
     def open(cls, spec: RunSpec, uri: str | None = None, parent_run_id: str | None = None, tags: dict | None = None,
-             run_id: str | None = None):  # fmt: skip
+             run_id: str | None = None, run_name: str | None = None):  # fmt: skip
         """Start a run for ``spec``, or reopen ``run_id`` (a resumed trial: params not logged again); it ends
         FINISHED, or FAILED with the error if the block raises."""
         uri = tracking_uri(uri or spec.tracking.uri)
@@ -188,12 +244,14 @@ class MlflowReporter:
             self = cls(client, run_id, uri, experiment, logged_steps(client, run_id))
         else:
             exp_id = experiment_id(client, experiment)
-            all_tags = {**code_tags(), **(tags or {}), "mlflow.runName": f"{spec.name}-{spec.method.name}-s{spec.seed}"}
+            name = run_name or f"{spec.name}-{spec.method.name}-s{spec.seed}"
+            all_tags = {**code_tags(), **(tags or {}), "mlflow.runName": name}
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = client.create_run(exp_id, tags=all_tags)
             self = cls(client, run.info.run_id, uri, experiment)
             log_params(client, self.run_id, run_params(spec.to_dict()))
+        self.dataset = spec.dataset.name
         try:
             yield self
         except KeyboardInterrupt:  # SIGINT/SIGTERM (harness.run.signals): stopped, not failed; --resume continues
@@ -208,6 +266,7 @@ class MlflowReporter:
     def start(self, info: dict) -> None:
         for key, value in info["tags"].items():
             self.client.set_tag(self.run_id, key, value)
+        log_dataset(self.client, self.run_id, info["tags"], self.dataset)
         log_metrics(self.client, self.run_id, info["metrics"], step=0, logged=self.logged)
 
     def report(self, metrics: dict[str, float], step: int) -> None:
@@ -319,11 +378,35 @@ def log_learning_curves(client, run_id: str, history: dict[int, dict[str, float]
     return True
 
 
+def _latest_sweep(uri: str) -> tuple[str, str, str] | None:
+    """(experiment id, parent run id, sweep name) of the latest sweep invocation in the store, or None."""
+    try:
+        client = open_client(uri)
+        exps = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(exps, "tags.`harness.sweep` != ''", order_by=["attributes.start_time DESC"],
+                                   max_results=200) if exps else []  # fmt: skip
+    except Exception:  # the UI starts all the same
+        return None
+    parent = next((r for r in found if "mlflow.parentRunId" not in r.data.tags), None)
+    if parent is None:
+        return None
+    return parent.info.experiment_id, parent.info.run_id, parent.data.tags["harness.sweep"]
+
+
 def serve_ui(uri: str | None, host: str, port: int) -> int:
     """``harness ui``: the MLflow UI on the project's store, bound to ``host`` (127.0.0.1 by default); its exit code."""
     uri = tracking_uri(uri)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI for {redact(uri)} at http://{host}:{port}  (Ctrl-C to stop)", flush=True)
+    if (missing := missing_store(uri)) is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "true"}  # fmt: skip
+    base = f"http://{host}:{port}/#"
+    print(f"MLflow UI for {redact(uri)} at {base}/experiments?workflowType=machine_learning  (Ctrl-C to stop)",
+          flush=True)  # fmt: skip
+    if (latest := _latest_sweep(uri)) is not None:  # its parent run: the summary of the sweep (harness.sweep.summary)
+        exp, run, name = latest
+        print(f"latest sweep '{name}': {base}/experiments/{exp}/runs/{run}?workflowType=machine_learning", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]  # fmt: skip
     return subprocess.call(cmd, env=env)

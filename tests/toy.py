@@ -71,5 +71,5 @@ search:
   variants:
     - {method.name: [vanilla, mbt], method.fusion_layer: [0, 2, 4]}
     - {method.name: [late, audio_only, video_only]}
-tune: {num_samples: 2}
+tune: {num_samples: 1}
 """

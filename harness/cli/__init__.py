@@ -21,10 +21,10 @@ examples:
   harness ls methods
   harness validate sweeps/fusion_layer.yaml --set train.epochs=1
   harness run run.yaml --set method.name=mbt --set method.fusion_layer=2
-  harness sweep sweeps/fusion_layer.yaml --set tune.num_samples=3
+  harness sweep sweeps/fusion_layer.yaml --set seed=[0,1,2,3,4]     # more seeds: the replicates
   harness sweep sweeps/fusion_layer.yaml --address auto --storage /shared/ray_results
   harness report --sweep fusion_layer --out reports/fusion_layer.md
-  harness eval RUN_ID --set dataset.test_clips=4
+  harness eval RUN_ID --split val
   harness profile --preset mbt_b16_audioset
   harness ui --port 5000
 

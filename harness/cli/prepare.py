@@ -12,7 +12,7 @@ def add(sub):
         "decode a dataset's media once into a sharded cache (resumable) and write its manifest.json",
         "  harness prepare ave --root /data/AVE_Dataset --workers 8\n"
         "  harness prepare vggsound --root /data/vggsound --cache /fast/cache --strict\n"
-        "  harness prepare ave --root /tmp/ave --set frames=4 --set image_size=32\n"
+        "  harness prepare ave --root /tmp/ave --set frames=4 --set image_size=32 --set resize=37\n"
         "  harness prepare vggsound --root /data/vggsound --dry-run      # bytes per clip, projected size",
     )
     p.add_argument("dataset", metavar="DATASET", help="dataset card (`harness ls datasets`)")

@@ -24,10 +24,11 @@ def add(sub):
         help="md, csv, tex (LaTeX tabular) or html (one self-contained page); default: the --out suffix",
     )
     add_tracking(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a report of another sweep invocation at --out")
     return p
 
 
 def run(args) -> int:
     from harness.report.build import report_file
 
-    return report_file(args.sweep, args.spec, args.out, args.format, args.tracking_uri)
+    return report_file(args.sweep, args.spec, args.out, args.format, args.tracking_uri, args.overwrite)

@@ -15,6 +15,7 @@ def add(sub):
         "sweep",
         "run every trial of a sweep file with Ray Tune, one MLflow child run per trial",
         "  harness sweep sweeps/fusion_layer.yaml\n"
+        "  harness sweep sweeps/bottlenecks.yaml --set method.bottleneck_tokens=[1,4] --dry-run\n"
         "  harness sweep sweeps/fusion_layer.yaml --address auto --storage /shared/ray_results",
     )
     p.add_argument("file", metavar="FILE", help="sweep YAML file")
@@ -25,6 +26,8 @@ def add(sub):
     resume = "finish the unfinished trials of the last run of FILE (same --set) in their MLflow runs; none rerun"
     p.add_argument("--resume", action="store_true", help=resume)
     p.add_argument("--yes", action="store_true", help="start a sweep of more than 1,000 trials without asking")
+    p.add_argument("--dry-run", action="store_true", help="list the trials (one line each) and exit; nothing runs")
+    p.add_argument("--verbose", action="store_true", help="Ray's own log lines and each failed trial's traceback")
     return p
 
 
@@ -35,6 +38,12 @@ def run(args) -> int:
     from harness.run.signals import Interrupted
     from harness.sweep.resume import StoreUnavailable, SweepInterrupted
 
+    if args.dry_run:
+        from harness.sweep.space import dry_run
+
+        return dry_run(args.file, args.set)
+    if args.verbose:
+        os.environ["HARNESS_VERBOSE"] = "1"
     if not args.address and not os.environ.get("RAY_ADDRESS"):
         from harness.sweep.local import loopback_only
 

@@ -10,7 +10,8 @@ def add(sub):
         sub,
         "validate",
         "check run/sweep files (every problem at once; exit 2 on errors) without training",
-        "  harness validate sweeps/fusion_layer.yaml\n  harness validate run.yaml --set method.fusion_layer=13",
+        "  harness validate sweeps/fusion_layer.yaml\n"
+        "  harness validate run.yaml --set method.fusion_layer=13     # on purpose: says what is allowed, exit 2",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="run or sweep YAML file(s)")
     add_set(p)

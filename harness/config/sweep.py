@@ -57,7 +57,10 @@ class TuneConfig(BaseModel):
     """How Ray Tune runs the sweep's trials."""
 
     model_config = ConfigDict(extra="forbid")
-    num_samples: int = Field(1, ge=1, description="samples per grid point (random axes drawn once per sample)")
+    num_samples: int = Field(1, ge=1, description="samples per grid point: the drawn axes (choice, uniform, ...) "
+                             "drawn once per sample; seeds are the replicates, so a grid-only sweep refuses more "
+                             "than 1 (use search.seed: {grid: [0, 1, 2]}), and without a seed axis each sample "
+                             "draws its own seed")  # fmt: skip
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="trials at once at most; null = as resources allow"
     )
@@ -244,14 +247,51 @@ def _search_sections(raw: dict, errors: Errors) -> tuple[dict, list, dict]:
     return search, variants, tune_raw
 
 
-def _drop_overridden(search: dict, variants: list[dict], parsed: list[tuple[str, Any, str]], errors: Errors) -> None:
-    """An override of a searched key replaces that axis (in ``search`` and in every variant), in place."""
-    for key, _, label in parsed:
+def _grid_values(value: Any) -> list | None:
+    """The values of ``--set KEY=[1,4]`` or ``--set KEY=1,4`` on a searched key; None for a single value."""
+    if isinstance(value, list):
+        return [as_number(v) for v in value]
+    if isinstance(value, str) and "," in value:
+        return [as_number(yaml.safe_load(v.strip())) for v in value.split(",")]
+    return None
+
+
+def _listed(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _drop_overridden(search: dict, variants: list[dict], parsed: list[tuple[str, Any, str]], errors: Errors) -> list:
+    """An override of a searched key replaces that axis (in ``search`` and in every variant), in place; a list or
+    comma value (``--set method.bottleneck_tokens=[1,4]``) makes it a grid of those values instead. Returns the
+    overrides left to apply to the base run."""
+    rest = []
+    for key, value, label in parsed:
         if key.split(".")[0] == "search":
             errors.append((label, "search axes cannot be set with --set; set the key itself, e.g. --set train.lr=1e-3"))
-        for holder in (search, *variants):
-            for searched in [k for k in holder if k == key or k.startswith(key + ".")]:
+        grid = _grid_values(value)
+        narrowed = False
+        if key in search and grid is not None:
+            search[key], narrowed = {"grid": grid}, True
+        for searched in [k for k in search if k == key or k.startswith(key + ".")] if not narrowed else []:
+            del search[searched]
+        # A variant that sets the key keeps only the given values; one that sets none of them goes (so --set
+        # method.name=late keeps the variant of late, not late with another method's options).
+        keep = grid if grid is not None else [value]
+        matches = [v for v in variants if key in v and any(x in keep for x in _listed(v[key]))]
+        for v in [v for v in variants if key in v]:
+            listed = _listed(v[key])
+            if matches and v not in matches:
+                variants.remove(v)
+            elif grid is not None:
+                v[key], narrowed = [x for x in listed if x in keep] or grid, True
+            else:
+                del v[key]
+        for holder in variants:
+            for searched in [k for k in holder if k.startswith(key + ".")]:
                 del holder[searched]
+        if not narrowed:
+            rest.append((key, value, label))
+    return rest
 
 
 def _axes(search: dict, errors: Errors) -> dict[str, Domain]:
@@ -302,11 +342,34 @@ def _probe_errors(raw: dict, axes: dict[str, Domain], variants: list[tuple[dict,
     return errors
 
 
+SEED_DRAWN = Domain("randint", bounds=(0, 2**31 - 1))  # the seed axis added when samples are the replicates
+
+
+def _replicate_errors(tune: TuneConfig, axes: dict[str, Domain], variants: list[tuple[dict, dict]],
+                      raw: dict) -> Errors:  # fmt: skip
+    """Seeds are the only replicate axis. ``tune.num_samples`` > 1 repeats each grid point: on a grid-only sweep that
+    is the same trial with the same seed run again (a report would count it as n more seeds), so it is refused; with
+    drawn axes and no seed axis, each sample draws its seed too (``axes["seed"]`` is added, in place)."""
+    if tune.num_samples == 1:
+        return []
+    seeded = "seed" in axes or any("seed" in v for v, _ in variants)
+    if all(d.kind == "grid" for d in axes.values()):
+        points = len(variants) * math.prod(len(d.values) for d in axes.values())
+        seeds = "" if seeded else f", all with seed {raw.get('seed', 0)}"
+        return [("tune.num_samples", f"{tune.num_samples} on a grid-only sweep runs each of its {points} distinct "
+                 f"trials {tune.num_samples} times{seeds}: identical runs, not replicates. Seeds are the replicates: "
+                 "set tune.num_samples: 1 and give more seeds (search: {seed: {grid: [0, 1, 2]}}, or "
+                 "--set seed=[0,1,2] where seed is searched)")]  # fmt: skip
+    if not seeded:
+        axes["seed"] = SEED_DRAWN
+    return []
+
+
 def build_sweep(raw: dict, parsed: list[tuple[str, Any, str]], errors: Errors, path: Path) -> SweepSpec:
     """Validate a merged sweep dict with its parsed ``--set`` overrides (see :func:`harness.config.load_config`)."""
     raw = copy.deepcopy(raw)
     search, raw_variants, tune_raw = _search_sections(raw, errors)
-    _drop_overridden(search, raw_variants, parsed, errors)
+    parsed = _drop_overridden(search, raw_variants, parsed, errors)
     origins: dict[str, str] = {}
     sweep_dict = {**raw, "tune": tune_raw}
     errors += apply_overrides(sweep_dict, [p for p in parsed if p[0].split(".")[0] != "search"], origins)
@@ -319,6 +382,8 @@ def build_sweep(raw: dict, parsed: list[tuple[str, Any, str]], errors: Errors, p
         errors.append(("name", "required for sweeps: it names the MLflow experiment, e.g. name: fusion_layer"))
     axes = _axes(search, errors)
     variants = _variants(raw_variants, axes, errors)
+    if tune is not None:
+        errors += _replicate_errors(tune, axes, variants, raw)
     errors += _probe_errors(raw, axes, variants, origins)
     if errors:
         raise ConfigError(errors)

@@ -11,6 +11,8 @@ of the runs' task (``harness.report.stats.primary_metric``).
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,20 +25,22 @@ from harness.report.spec import (
     apply_filters,
     figure_data,
     load_spec,
+    paired_lines,
     paired_markdown,
     provenance_span,
     spec_table,
     split_provenance,
 )
-from harness.report.stats import aggregate, metric_label, paired_differences, primary_metric
+from harness.report.stats import INDISTINGUISHABLE, aggregate, metric_label, paired_differences, primary_metric
+from harness.tracking import missing_store, redact
 from harness.tracking import tracking_uri as resolve_uri
 
 # Params that never define a row: they differ between seeds or only say where things were stored.
 _NOT_A_KEY = {"seed", "name", "cache_dir", "tracking.uri", "tracking.experiment", "train.threads"}
 
 
-def find_sweep(client, sweep: str | None):
-    """The parent run of the latest invocation of ``sweep`` (or of any sweep); raises ``LookupError``."""
+def sweep_parents(client, sweep: str | None) -> list:
+    """The parent runs of every invocation of ``sweep`` (of any sweep if None), latest first; raises ``LookupError``."""
     exps = client.search_experiments()
     filt = "tags.`harness.sweep` = '{}'".format(sweep.replace("'", "\\'")) if sweep else "tags.`harness.sweep` != ''"
     found = client.search_runs([e.experiment_id for e in exps], filt, order_by=["attributes.start_time DESC"])
@@ -44,9 +48,73 @@ def find_sweep(client, sweep: str | None):
     if not parents:
         names = sorted({e.name for e in exps if e.name != "Default"})
         what = f"no sweep named '{sweep}'" if sweep else "no sweep"
-        raise LookupError(f"{what} in this MLflow store; experiments here: {', '.join(names) or 'none'}. "
-                          "Run `harness sweep FILE` first, or pass --tracking-uri / --sweep.")  # fmt: skip
+        raise LookupError(f"{what} in the MLflow store {redact(client.tracking_uri)}; experiments there: "
+                          f"{', '.join(names) or 'none'}. Run `harness sweep FILE` first, or pass --tracking-uri "
+                          "/ --sweep.")  # fmt: skip
+    return parents
+
+
+def _finished(client, parent) -> int:
+    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+                              "and attributes.status = 'FINISHED'", max_results=1)  # fmt: skip
+    return len(kids)
+
+
+def find_sweep(client, sweep: str | None):
+    """The parent run of the latest invocation of ``sweep``; without a name, of the latest sweep invocation that has
+    a FINISHED trial (the latest one if none has). Raises ``LookupError``."""
+    parents = sweep_parents(client, sweep)
+    if sweep is None:
+        return next((p for p in parents if _finished(client, p)), parents[0])
     return parents[0]
+
+
+def earlier_invocations(client, parent) -> str | None:
+    """A note naming the other invocations of ``parent``'s sweep (the report uses this one only); None if none."""
+    name = parent.data.tags.get("harness.sweep")
+    others = [p for p in sweep_parents(client, name) if p.info.run_id != parent.info.run_id] if name else []
+    if not others:
+        return None
+    shown = "; ".join(f"`{p.info.run_id}` (hash `{p.data.tags.get('harness.sweep_hash', '?')[:12]}`, "
+                      f"{p.info.status})" for p in others[:5]) + (f"; and {len(others) - 5} more" if len(others) > 5
+                                                                 else "")  # fmt: skip
+    return (
+        f"Sweep `{name}` has {len(others)} other invocation{'s' if len(others) > 1 else ''} in this store "
+        f"({shown}); this report uses parent run `{parent.info.run_id}` only."
+    )
+
+
+# Params that say what budget a number was bought with; every table's caption states them.
+BUDGET = {"train.epochs": "epochs", "dataset.name": "data", "backbone.name": "backbone", "engine.name": "engine"}
+
+
+def budget(runs: pd.DataFrame) -> str:
+    """``Budget: 10 epochs; data synthetic (manifest 1a2b3c4d5e6f); backbone tiny; engine torch; precision bf16.``:
+    what the rows were trained with, from the runs' params and data tags; a value that differs between runs is
+    listed with every value ("per row")."""
+
+    def values(col: str) -> list[str]:
+        return sorted(map(str, runs[col].dropna().unique())) if col in runs.columns else []
+
+    def text(vals: list[str]) -> str:
+        return vals[0] if len(vals) == 1 else f"{' / '.join(vals)} (per row)" if vals else "—"
+
+    parts = []
+    for key, what in BUDGET.items():
+        vals = values(f"params.{key}")
+        if key == "dataset.name":
+            subset = [c for c in runs.columns if c.startswith("params.dataset.") and any(
+                w in c for w in ("subset", "max_clips", "limit", "fraction", "num_clips", "clips_per"))]  # fmt: skip
+            extra = [f"{c.removeprefix('params.dataset.')} {text(values(c))}" for c in subset]
+            data = [f"manifest `{h[:12]}`" for h in values("tags.harness.manifest_hash")]
+            data = data or [f"fingerprint `{h[:12]}`" for h in values("tags.harness.dataset_fingerprint")]
+            inner = ", ".join(extra + data)
+            parts.append(f"data {text(vals)}" + (f" ({inner})" if inner else ""))
+        else:
+            parts.append(f"{text(vals)} epochs" if what == "epochs" else f"{what} {text(vals)}")
+    for col in sorted(c for c in runs.columns if c.startswith("params.") and c.endswith(("precision", "dtype"))):
+        parts.append(f"{col.removeprefix('params.')} {text(values(col))}")
+    return "Budget: " + "; ".join(parts) + "."
 
 
 def child_runs(uri: str, parent) -> pd.DataFrame:
@@ -181,25 +249,54 @@ def _figures(table: pd.DataFrame, keys: list[str], spec, out: Path, name: str, p
 
 
 def _write(out: Path, fmt: str, show: pd.DataFrame, title: str, note: str, notes: list[str], after: str,
-           paths: dict[str, Path], figs: list) -> None:  # fmt: skip
-    """The table in ``fmt`` at ``out``."""
+           paths: dict[str, Path], figs: list, table: pd.DataFrame, pairs: pd.DataFrame) -> None:  # fmt: skip
+    """The table in ``fmt`` at ``out``; every format carries the same sections: the caption (what the numbers are,
+    the budget), the notes, the paired differences with their rule, the figures."""
+    sections = [("Notes", notes)] if notes else []
+    if not pairs.empty:
+        head = f"Paired differences (test {pairs['metric'].iloc[0]}, `{pairs['best'].iloc[0]}` minus each row)"
+        sections.append((head, [*paired_lines(pairs), f"{INDISTINGUISHABLE}."]))
+    label = "tab:" + re.sub(r"[^A-Za-z0-9]+", "-", out.stem)
     if fmt == "md":
         md_figs = [(head, png.name, caption) for head, png, caption in figs]
         out.write_text(to_markdown(show, title, note, paths.get("png", Path()).name or None, after, md_figs))
     elif fmt == "tex":
-        out.write_text(to_latex(show, title, " ".join([note, *notes])))
+        out.write_text(to_latex(show, title, note, table, label, sections))
     elif fmt == "html":
-        out.write_text(to_html(show, title, " ".join([note, *notes]), png=paths.get("png"), figures=figs,
+        out.write_text(to_html(show, title, note, png=paths.get("png"), figures=figs, table=table, sections=sections,
                                metric=metric_label(show.attrs.get("primary", "top1"))))  # fmt: skip
 
 
-def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None, spec=None) -> dict[str, Path]:
+def claim(out: Path, parents: list, overwrite: bool) -> Path:
+    """Refuse to replace a report of another sweep invocation at ``out`` (unless ``overwrite``): each report writes
+    ``<out stem>.report.json`` naming its parent runs. Returns that file's path."""
+    import json
+
+    marker = out.with_name(f"{out.stem}.report.json")
+    ids = [p.info.run_id for p in parents]
+    if marker.is_file() and not overwrite:
+        before = json.loads(marker.read_text())
+        if before.get("parent_runs") != ids:
+            runs = before.get("parent_runs", [])
+            raise FileExistsError(
+                f"{out} holds the report of another sweep invocation ({', '.join(before.get('sweeps', []))}: parent "
+                f"run{'s' if len(runs) != 1 else ''} {', '.join(runs)}, {before.get('budget', '')}); this one is "
+                f"parent run {', '.join(ids)}. Pick another --out, or pass --overwrite to replace it"
+            )
+    elif out.exists() and not marker.is_file():
+        print(f"note: replacing {out}, which names no sweep invocation", file=sys.stderr)
+    return marker
+
+
+def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None, spec=None,
+                 overwrite: bool = False) -> dict[str, Path]:  # fmt: skip
     """Write the report of ``sweep`` (latest sweep if None) and log it to the sweep's parent run.
 
     ``out`` gets the table in ``fmt`` (default: its suffix): ``md``, ``csv``, ``tex`` (a booktabs tabular) or
     ``html`` (one self-contained page, figure inlined). Beside it, whatever the format: the raw aggregates as CSV
     and the figure as PNG and SVG. ``spec`` (a ``ReportSpec``) picks sweeps, runs, rows and columns; without it the
-    generic comparison. Returns ``{kind: path}`` for every file written.
+    generic comparison. A report of another sweep invocation at ``out`` is not replaced without ``overwrite``
+    (:func:`claim`: ``FileExistsError``). Returns ``{kind: path}`` for every file written.
     """
     from mlflow.tracking import MlflowClient
 
@@ -221,13 +318,22 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None,
     extra = {c.removeprefix("metrics."): c for c in spec.metric_columns()} if spec else {}
     primary = primary_metric(runs)  # the tasks' own (harness.primary_metric): mAP, seg_acc, action_top1, top1
     table = aggregate(runs, keys, extra, primary)
+    for parent in parents:
+        if (other := earlier_invocations(client, parent)) is not None:
+            notes.append(other)
+    if table.attrs.get("repeated_seeds"):
+        notes.append(f"{table.attrs['repeated_seeds']} runs repeated a seed of their row; each seed counts once "
+                     "(the mean of its runs), so n is the number of distinct seeds.")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
+    marker = claim(out, parents, overwrite)
     ids = [(p.info.run_id, p.data.tags.get("harness.sweep_hash", "?")[:12]) for p in parents]
     where = ", ".join(f"`{n}` (parent run `{r}`, sweep hash `{h}`)" for n, (r, h) in zip(names, ids))
+    spent = budget(runs)
     note = (f"Sweep {where}: {len(runs)} finished trials, compared by the task's primary metric, test "
-            f"{metric_label(primary)} (`{primary}`). Metrics are "
-            "mean ± 95% t-interval over seeds (n per row); GFLOPs = 2 × multiply-adds of one clip's forward pass; "
-            "\"audio only\" masks the video at test time and vice versa.")  # fmt: skip
+            f"{metric_label(primary)} (`{primary}`). {spent} Metrics are "
+            "mean ± 95% t-interval over seeds (n distinct seeds per row; n = 1: no interval); GFLOPs = 2 × "
+            "multiply-adds of one clip's forward pass; \"audio only\" masks the video at test time and vice versa; "
+            "bold: the best of a column.")  # fmt: skip
     title = spec.title if spec and spec.title else f"{name}: method comparison"
     paths = {"csv": out if fmt == "csv" else out.with_suffix(".csv"), "png": out.with_suffix(".png"),
              "svg": out.with_suffix(".svg")}  # fmt: skip
@@ -236,10 +342,14 @@ def build_report(uri: str, sweep: str | None, out: Path, fmt: str | None = None,
     show = spec_table(table, runs, keys, spec) if spec else display_table(table, keys)
     show.attrs["primary"] = primary
     after = "".join(f"Note: {n}\n" for n in notes)
-    pairs = paired_markdown(paired_differences(runs, keys, f"metrics.{primary}"))
+    paired = paired_differences(runs, keys, f"metrics.{primary}")
+    pairs = paired_markdown(paired)
     after += ("\n" if after and pairs else "") + pairs
-    _write(out, fmt, show, title, note, notes, after, paths, figs)
+    _write(out, fmt, show, title, note, notes, after, paths, figs, table, paired)
     paths[fmt] = out
+    marker.write_text(json.dumps({"sweeps": names, "parent_runs": [p.info.run_id for p in parents],
+                                  "sweep_hashes": [h for _, h in ids], "budget": spent}, indent=1) + "\n")  # fmt: skip
+    paths["report.json"] = marker
     for parent in parents:
         for p in dict.fromkeys(paths.values()):
             client.log_artifact(parent.info.run_id, str(p), "report")
@@ -266,7 +376,8 @@ def _spec_figures(table: pd.DataFrame, keys: list[str], spec, out: Path, name: s
     return drawn
 
 
-def report_file(sweep: str | None, spec: str | None, out: str, fmt: str | None, tracking_uri: str | None) -> int:
+def report_file(sweep: str | None, spec: str | None, out: str, fmt: str | None, tracking_uri: str | None,
+                overwrite: bool = False) -> int:  # fmt: skip
     """``harness report``; the spec is ``--spec FILE``, else ``OUT`` with the suffix ``.yaml`` if that exists.
 
     Returns 0, or 1 when there is nothing to report; a bad spec or format raises ``ConfigError`` (exit 2).
@@ -275,12 +386,15 @@ def report_file(sweep: str | None, spec: str | None, out: str, fmt: str | None, 
     path = Path(spec) if spec else (beside if beside.is_file() else None)
     loaded = load_spec(path) if path else None
     uri = resolve_uri(tracking_uri)
+    if (missing := missing_store(uri)) is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
     try:
-        paths = build_report(uri, sweep, Path(out), fmt, loaded)
-    except LookupError as e:  # nothing to report (no such sweep, no finished run); a KeyError is a bug: raise it
+        paths = build_report(uri, sweep, Path(out), fmt, loaded, overwrite)
+    except (LookupError, FileExistsError) as e:  # nothing to report, or another report there; a KeyError is a bug
         if isinstance(e, KeyError):
             raise
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 1
     for kind, p in paths.items():
         print(f"{kind}: {p}")

@@ -65,7 +65,7 @@ def bars(table: pd.DataFrame, paths: list[Path], title: str):
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(data) + 2), 4.5))
     x, width = np.arange(len(data)), 0.8 / len(cols)
     for i, (col, colour) in enumerate(zip(cols, colours(len(cols)), strict=True)):
-        ci = data[f"{col} ci95"].fillna(0).to_numpy()
+        ci = data[f"{col} ci95"].to_numpy()  # NaN (n = 1): no error bar, rather than a cap at zero width
         ax.bar(x + (i - (len(cols) - 1) / 2) * width, data[col], width, yerr=ci, capsize=2, label=legend[col],
                color=colour)  # fmt: skip
     ax.set_xticks(x, data["label"], rotation=35, ha="right")
@@ -103,7 +103,7 @@ def figure(table: pd.DataFrame, paths: list[Path], title: str) -> None:
     for i, (method, g) in enumerate(layered.groupby("method.name", sort=False)):
         dodge = 0.06 * (i - (len(methods) - 1) / 2)  # methods at the same Lf side by side
         g = g.assign(lf=g["method.fusion_layer"].astype(int) + dodge).sort_values("lf")
-        ax.errorbar(g["lf"], g[both], yerr=g[f"{both} ci95"].fillna(0), marker="o", capsize=3,
+        ax.errorbar(g["lf"], g[both], yerr=g[f"{both} ci95"], marker="o", capsize=3,
                     label=method, color=palette[method])  # fmt: skip
     flat = table.drop(layered.index)
     for _, r in flat.iterrows():
@@ -166,7 +166,7 @@ def spec_figure(data: pd.DataFrame, fig, paths: list[Path], title: str) -> list[
     for r in refs.itertuples():
         color = palette[r.hue]
         ax.axhline(r.y, ls="--", color=color, label=r.label)
-        if r.yerr > 0:
+        if r.yerr > 0:  # NaN (n = 1) too: no band
             ax.axhspan(r.y - r.yerr, r.y + r.yerr, color=color, alpha=0.12)
     front = []
     if fig.pareto and not placed.empty:

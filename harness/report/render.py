@@ -57,7 +57,8 @@ def to_markdown(show: pd.DataFrame, title: str, note: str, figure: str | None = 
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
                 "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
-_TEX_SYMBOL = {"±": r"$\pm$", "×": r"$\times$", "—": "---", "`": ""}
+_TEX_SYMBOL = {"±": r"$\pm$", "×": r"$\times$", "—": "---", "`": "", "≈": r"$\approx$", "Δ": r"$\Delta$",
+               "↑": r"$\uparrow$", "≥": r"$\geq$", "≤": r"$\leq$"}  # fmt: skip
 
 
 def tex_escape(text: str) -> str:
@@ -68,40 +69,81 @@ def tex_escape(text: str) -> str:
     return out
 
 
-def to_latex(show: pd.DataFrame, title: str, note: str) -> str:
-    """A ``table`` float with a booktabs ``tabular`` (``\\usepackage{booktabs}``); text left, numbers right."""
+def best_cells(show: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Which cells hold the best value of their column: the metric columns (those with a CI in ``table``), highest
+    mean; read from the cells' leading number, so any row order works."""
+    best = pd.DataFrame(False, index=show.index, columns=show.columns)
+    for col in show.columns:
+        if f"{col} ci95" not in table.columns:
+            continue
+        values = pd.to_numeric(show[col].str.extract(r"^\s*([-+]?\d+(?:\.\d+)?)")[0], errors="coerce")
+        if values.notna().any():
+            best[col] = values == values.max()
+    return best
+
+
+def _styled(show: pd.DataFrame, table: pd.DataFrame | None, css: str):
+    """``show`` as a pandas ``Styler``: the best value of each metric column in ``css``, no index."""
+    best = best_cells(show, table) if table is not None else pd.DataFrame(False, show.index, show.columns)
+    up = {c: f"{c} ↑" for c in show.columns if best[c].any()}  # higher is better
+    show, best = show.rename(columns=up), best.rename(columns=up)
+    return show.style.hide(axis="index").apply(lambda _: best.map(lambda b: css if b else ""), axis=None)
+
+
+def _sections_tex(sections: list[tuple[str, list[str]]]) -> list[str]:
+    out = []
+    for head, lines in sections:
+        out += ["", rf"\paragraph{{{tex_escape(head)}}}"] if head else [""]
+        out += [tex_escape(line) + ("" if i == len(lines) - 1 else r" \\") for i, line in enumerate(lines)]
+    return out
+
+
+def to_latex(show: pd.DataFrame, title: str, note: str, table: pd.DataFrame | None = None, label: str = "tab:results",
+             sections: list[tuple[str, list[str]]] = ()) -> str:  # fmt: skip
+    """A ``table`` float (pandas ``Styler.to_latex``): booktabs rules (``\\usepackage{booktabs}``), the caption
+    (title and note: what the numbers are and the budget), a label, the best value of each metric column in bold,
+    text left and numbers right; after it the report's other sections (notes, paired differences) as paragraphs."""
     align = "".join("l" if c in ("method", "fusion layer") else "r" for c in show.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(title)}. {tex_escape(note)}}}",
-             rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-             " & ".join(tex_escape(c) for c in show.columns) + r" \\", r"\midrule"]  # fmt: skip
-    lines += [" & ".join(tex_escape(v) for v in row) + r" \\" for row in show.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    styler = _styled(show, table, "textbf:--rwrap;").format(tex_escape).format_index(tex_escape, axis=1)
+    body = styler.to_latex(column_format=align, hrules=True, position="t", position_float="centering",
+                           label=label, caption=f"{tex_escape(title)}. {tex_escape(note)}")  # fmt: skip
+    return body + "\n".join(_sections_tex(list(sections))) + ("\n" if sections else "")
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;color:#222}
 table{border-collapse:collapse;font-size:.92em}th,td{padding:.35em .8em;border-bottom:1px solid #ddd}
-th{background:#f4f4f4;text-align:left}td{text-align:right}td:first-child,td:nth-child(2){text-align:left}
+caption{caption-side:top;text-align:left;color:#444;margin-bottom:.6em}th{background:#f4f4f4;text-align:left}td{text-align:right}td:first-child,td:nth-child(2){text-align:left}
 img{max-width:100%;margin-top:1.5em}code{background:#f4f4f4;padding:0 .2em}figure{margin:1.5em 0}
 figcaption{color:#555;font-size:.9em}"""
 
 
+def _html_text(text: str) -> str:
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
 def to_html(show: pd.DataFrame, title: str, note: str, png: Path | None = None,
-            figures: list[tuple[str, Path, str]] = (), metric: str = "top-1") -> str:  # fmt: skip
-    """One self-contained page: the table and each figure inlined as a base64 PNG; no external asset.
+            figures: list[tuple[str, Path, str]] = (), metric: str = "top-1", table: pd.DataFrame | None = None,
+            sections: list[tuple[str, list[str]]] = ()) -> str:  # fmt: skip
+    """One self-contained page: the table (pandas ``Styler``, the note as its caption, best of each metric column
+    in bold), the report's other sections (notes, paired differences), each figure inlined as a base64 PNG; no
+    external asset.
 
     ``png`` is the one generic figure; ``figures`` holds (title, PNG path, caption) per spec figure.
     """
-    body = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(note))
-    table = show.to_html(index=False, border=0, table_id="results", escape=True)
+    styler = _styled(show, table, "font-weight: bold").set_table_attributes('id="results"')
+    body = styler.set_caption(_html_text(note)).to_html(table_uuid="results", exclude_styles=False)
+    body = re.sub(r'<table id="T_results"\s+id="results"', '<table id="results"', body)
+    text = []
+    for head, lines in sections:
+        text.append((f"<h2>{html.escape(head)}</h2>" if head else "") + "<ul>"
+                    + "".join(f"<li>{_html_text(line)}</li>" for line in lines) + "</ul>")  # fmt: skip
     imgs = [(f"test {metric} against the fusion layer", png, "")] if png is not None else []
     parts = []
     for head, path, caption in [*figures, *imgs]:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        cap = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(caption))
         h2 = f"<h2>{html.escape(head)}</h2>" if figures else ""
-        parts.append(f'<figure>{h2}<img alt="{html.escape(head)}" src="data:image/png;base64,{data}">'
-                     + (f"<figcaption>{cap}</figcaption>" if cap else "") + "</figure>")  # fmt: skip
+        cap = f"<figcaption>{_html_text(caption)}</figcaption>" if caption else ""
+        parts.append(f'<figure>{h2}<img alt="{html.escape(head)}" src="data:image/png;base64,{data}">{cap}</figure>')
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n<p>{body}</p>\n{table}\n"
-            + "\n".join(parts) + "\n</body></html>\n")  # fmt: skip
+            f"<style>{_CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n" + "\n".join(text)
+            + "\n" + "\n".join(parts) + "\n</body></html>\n")  # fmt: skip

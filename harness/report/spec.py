@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.config import ConfigError, load_yaml
 from harness.config.errors import unknown_key_msg
 from harness.report.render import pm
-from harness.report.stats import metric_label, row_labels, table_columns
+from harness.report.stats import INDISTINGUISHABLE, metric_label, row_labels, table_columns
 
 # Spec column -> its header; {m} is the task's primary metric as a header spells it (top-1, mAP, segment acc., ...).
 # ``metric*`` are the primary metric with both modalities and with one masked; ``top1*`` are their older names.
@@ -258,10 +258,19 @@ def paired_markdown(pairs: pd.DataFrame) -> str:
         return ""
     what = f"test {pairs['metric'].iloc[0]}" if "metric" in pairs else "test top-1"
     lines = [f"## Paired differences ({what}, `{pairs['best'].iloc[0]}` minus each row, over shared seeds)", ""]
+    for r in paired_lines(pairs):
+        lines.append(f"- {r}")
+    return "\n".join(lines) + f"\n\n{INDISTINGUISHABLE}.\n"
+
+
+def paired_lines(pairs: pd.DataFrame) -> list[str]:
+    """One line of text per paired difference (every format renders these): ``vs `late`: +10.0 ± 2.5 (n = 3)``."""
+    out = []
     for r in pairs.itertuples(index=False):
-        mark = " ≈ (CIs overlap)" if r.overlap else ""
-        lines.append(f"- vs `{r.row}`: {r.mean:+.1f} ± {0.0 if pd.isna(r.ci95) else r.ci95:.1f} (n = {r.n}){mark}")
-    return "\n".join(lines) + "\n"
+        mark = " ≈" if r.indistinguishable else ""
+        ci = "" if pd.isna(r.ci95) else f" ± {r.ci95:.1f}"
+        out.append(f"vs `{r.row}`: {r.mean:+.1f}{ci} (n = {r.n}){mark}")
+    return out
 
 
 def _numeric_first(col: pd.Series) -> pd.Series:
@@ -317,7 +326,8 @@ def figure_data(table: pd.DataFrame, keys: list[str], fig: FigureSpec) -> pd.Dat
     """The points of ``fig``: one per row of the aggregated ``table`` with a numeric y.
 
     Columns: ``series`` (the row's label without x: what a line joins), ``hue`` (colour), ``label`` (the whole row),
-    ``x`` (NaN for a row without an x value: a reference line), ``y`` and ``yerr`` (95% CI half-width, 0 if none).
+    ``x`` (NaN for a row without an x value: a reference line), ``y`` and ``yerr`` (95% CI half-width; NaN for
+    n = 1: no bar is drawn, rather than one of zero width).
     Row keys are ``table`` columns holding text (``"—"`` when a run lacks the param); costs and metrics are numbers,
     the parameter counts in millions.
     """
@@ -333,7 +343,7 @@ def figure_data(table: pd.DataFrame, keys: list[str], fig: FigureSpec) -> pd.Dat
             raise LookupError(f"figure {fig.name!r}: the report has no column {name!r}")
         scale = 1e6 if name in ("trainable_params", "total_params") else 1.0
         ci = table.get(f"{head} ci95", pd.Series(0.0, index=table.index))
-        return table[head].astype(float) / scale, ci.astype(float).fillna(0.0) / scale
+        return table[head].astype(float) / scale, ci.astype(float) / scale
 
     x, _ = column(fig.x)
     y, yerr = column(fig.y)

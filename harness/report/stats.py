@@ -76,24 +76,43 @@ def aggregate(runs: pd.DataFrame, keys: list[str], extra: dict[str, str] | None 
     df = runs.copy()
     for k in keys:
         df[f"params.{k}"] = df[f"params.{k}"].fillna("—")
-    rows = []
+    rows, repeated = [], 0
     for group, g in df.groupby([f"params.{k}" for k in keys], sort=False, dropna=False):
         row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
         if "method.fusion_layer" not in keys:  # shown even when not swept: it says what kind of fusion a row is
             layers = g.get("params.method.fusion_layer", pd.Series(dtype=object)).dropna().unique()
             row["method.fusion_layer"] = layers[0] if len(layers) == 1 else "—"
-        row["n"] = len(g)
+        seeds = g["params.seed"].astype(str) if "params.seed" in g else pd.Series(range(len(g)), index=g.index)
+        row["n"] = seeds.nunique()  # seeds are the replicates: runs of one seed are one value (their mean)
+        repeated += len(g) - row["n"]
         for col, metric in (("trainable params", "params_trainable"), ("total params", "params_total"),
                             ("GFLOPs", "gflops")):  # fmt: skip
             row[col] = g.get(f"metrics.model/{metric}", pd.Series(dtype=float)).mean()
         for col, metric in {**columns, **(extra or {})}.items():
-            values = g.get(metric, pd.Series(dtype=float))
+            values = g.get(metric, pd.Series(float("nan"), index=g.index)).groupby(seeds).mean()
             row[col], row[f"{col} ci95"] = values.mean(), t_interval(values)
         rows.append(row)
     out = pd.DataFrame(rows)
     out = out.sort_values(next(iter(columns)), ascending=False, kind="stable").reset_index(drop=True)
     out.attrs["primary"] = primary
+    out.attrs["repeated_seeds"] = repeated  # runs that repeated a seed of their row (averaged into it)
     return out
+
+
+INDISTINGUISHABLE = ("≈: the paired 95% t-interval of the difference (over the seeds both rows ran) includes 0, "
+                     "so the two rows are not distinguishable at this number of seeds; the one rule every part of "
+                     "the report uses")  # fmt: skip
+
+
+def paired_interval(a: pd.Series, b: pd.Series) -> tuple[float, float, float]:
+    """Mean of ``a - b`` and its paired 95% t-interval (low, high): ``scipy.stats.ttest_rel(a, b)``."""
+    from scipy import stats
+
+    mean = float((a - b).mean())
+    if (a - b).std(ddof=1) == 0:  # the same difference at every seed: scipy's interval is NaN, the spread is 0
+        return mean, mean, mean
+    low, high = stats.ttest_rel(a.to_numpy(), b.to_numpy()).confidence_interval(0.95)
+    return mean, float(low), float(high)
 
 
 def row_labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -107,22 +126,23 @@ def paired_differences(runs: pd.DataFrame, keys: list[str], metric: str = f"metr
     """The best row (highest mean ``metric``, the primary one's MLflow column) minus each other row over the seeds
     both have.
 
-    One line per other row with at least two shared seeds: ``row``, ``mean`` and ``ci95`` of the paired difference,
-    ``n`` shared seeds, and ``overlap`` (the two rows' own 95% CIs overlap). Empty when no pair qualifies.
+    One line per other row with at least two shared seeds: ``row``, ``mean`` and ``ci95`` (half-width) of the paired
+    difference, its interval ``low``/``high`` (:func:`paired_interval`), ``n`` shared seeds, and
+    ``indistinguishable`` (the interval includes 0: :data:`INDISTINGUISHABLE`). Empty when no pair qualifies.
     """
-    cols = ["row", "mean", "ci95", "n", "overlap"]
+    cols = ["row", "mean", "ci95", "low", "high", "n", "indistinguishable"]
     if metric not in runs.columns or "params.seed" not in runs.columns or runs.empty:
         return pd.DataFrame(columns=cols)
     df = runs.assign(_row=row_labels(runs, keys), _seed=runs["params.seed"].astype(str))
-    stats = df.groupby("_row", sort=False)[metric].agg(["mean", t_interval]).sort_values("mean", ascending=False)
-    best = stats.index[0]
-    by_seed = df.groupby(["_row", "_seed"])[metric].mean()
+    by_seed = df.groupby(["_row", "_seed"], sort=False)[metric].mean()  # a repeated seed is one value
+    means = by_seed.groupby(level="_row", sort=False).mean().sort_values(ascending=False, kind="stable")
+    best = means.index[0]
     out = []
-    for row in stats.index[1:]:
-        diff = (by_seed[best] - by_seed[row]).dropna()
-        if len(diff) < 2:
+    for row in means.index[1:]:
+        a, b = by_seed[best].align(by_seed[row], join="inner")
+        if len(a) < 2:
             continue
-        gap = abs(stats.loc[best, "mean"] - stats.loc[row, "mean"])
-        overlap = bool(gap <= stats.loc[best, "t_interval"] + stats.loc[row, "t_interval"])
-        out.append({"row": row, "mean": diff.mean(), "ci95": t_interval(diff), "n": len(diff), "overlap": overlap})
+        mean, low, high = paired_interval(a, b)
+        out.append({"row": row, "mean": mean, "ci95": (high - low) / 2, "low": low, "high": high, "n": len(a),
+                    "indistinguishable": bool(low <= 0 <= high)})  # fmt: skip
     return pd.DataFrame(out, columns=cols).assign(best=best, metric=metric_label(metric))

@@ -7,7 +7,10 @@ SIGTERM stops it where it is (:mod:`harness.run.signals`): the run ends KILLED a
 
 from __future__ import annotations
 
+import sys
+
 from harness.config import ConfigError, RunSpec
+from harness.run.progress import ConsoleProgress, free_cores
 from harness.run.reporting import LocalCheckpoints, checkpoint_dir
 from harness.run.signals import Interrupted, interrupts
 from harness.run.trial import run_trial
@@ -30,10 +33,22 @@ def run_local(spec: RunSpec, tracking_uri: str | None = None, resume: bool = Fal
         run_id = state["mlflow_run_id"]
         print(f"resuming MLflow run {run_id} after epoch {state['epoch']} from {folder}", flush=True)
     tags = {"harness.checkpoint": str(folder)}  # where `harness eval RUN_ID` finds the trained model
+    if spec.train.threads is None:  # not torch's default on a busy machine (harness.run.progress.free_cores)
+        import torch
+
+        torch.set_num_threads(threads := free_cores())
+        print(f"train.threads: {threads} (the cores the machine's load leaves free; set train.threads to choose)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    # The name says the method and seed, and the config digest of the checkpoint folder tells runs of one file with
+    # different --set apart: run-mbt-s0-1a2b3c.
+    name = f"{spec.name}-{spec.method.name}-s{spec.seed}-{folder.name.rsplit('-', 1)[-1][:6]}"
+    tags["mlflow.source.name"] = "harness run " + spec.name
+    with_mlflow = MlflowReporter.open(spec, tracking_uri, run_id=run_id, tags=tags, run_name=name)
     try:
-        with interrupts(), MlflowReporter.open(spec, tracking_uri, run_id=run_id, tags=tags) as mlflow_reporter:
-            reporter = LocalCheckpoints(mlflow_reporter, folder, {"mlflow_run_id": mlflow_reporter.run_id}, resume)
-            final = run_trial(spec, reporter)
+        with interrupts(), with_mlflow as mlflow_reporter:
+            progress = ConsoleProgress(mlflow_reporter, spec)  # a bar per epoch, an epoch line
+            reporter = LocalCheckpoints(progress, folder, {"mlflow_run_id": mlflow_reporter.run_id}, resume)
+            final = run_trial(spec, reporter, hooks=[progress])
     except Interrupted as e:
         state = LocalCheckpoints.read(folder)
         where = f"after epoch {state['epoch']} (checkpoint in {folder})" if state else "before its first checkpoint"

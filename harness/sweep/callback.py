@@ -25,11 +25,12 @@ from ray.tune import Callback
 
 from harness.config import RunSpec, set_dotted
 from harness.run.tune_report import START
-from harness.sweep.space import describe, scheduler_tags, trial_assignment
+from harness.sweep.space import describe, run_name, scheduler_tags, trial_assignment
 from harness.sweep.writer import StoreWriter
 from harness.tracking import (
     code_tags,
     error_summary,
+    log_dataset,
     log_failure,
     log_learning_curves,
     log_metrics,
@@ -76,6 +77,16 @@ class SweepLog:
         self.settled: set[str] = set()  # trials whose run had FINISHED before the driver was restarted
         self.logged: dict[str, set[tuple[str, int]]] = {}  # trial id -> (metric, step) its run holds
         self.stored: dict[str, dict[int, dict[str, float]]] = {}  # trial id -> what its run held when found
+        self.dataset_name = str((base.get("dataset") or {}).get("name", "dataset"))  # mlflow.log_input's name
+        self.total, self.ended, self.began = spec.num_trials, 0, time.time()  # the `k/N done, ETA` of each line
+
+    def progress(self) -> str:
+        """``3/15 done, ETA 4m10s``: trials ended in this invocation against those it runs (``total``)."""
+        k = min(self.ended, self.total)
+        if not k or k >= self.total:
+            return f"{k}/{self.total} done"
+        left = (time.time() - self.began) / k * (self.total - k)
+        return f"{k}/{self.total} done, ETA {int(left // 60)}m{int(left % 60):02d}s"
 
     def drain(self, timeout: float | None = None) -> list[tuple]:
         """Wait for the queued MLflow writes; returns those still queued when the store has failed for
@@ -101,7 +112,7 @@ class SweepLog:
             set_dotted(d, key, value)
         tags = {**code_tags(), **scheduler_tags(self.spec), "mlflow.parentRunId": self.parent_run_id,
                 "harness.sweep": self.spec.name, "harness.sweep_hash": self.spec.source_hash,
-                "harness.trial_id": tid, "mlflow.runName": f"{self.spec.name}-{tid}"}  # fmt: skip
+                "harness.trial_id": tid, "mlflow.runName": run_name(trial.config, self.spec)}  # fmt: skip
         self.writer.submit(("open", tid, tags, run_params(RunSpec.from_dict(d).to_dict()), self._label(trial)))
 
     def on_trial_recover(self, trial) -> None:
@@ -123,6 +134,7 @@ class SweepLog:
         tid = trial.trial_id
         seconds = time.time() - self.t0.get(tid, time.time())
         m = self.last.get(tid, {})
+        self.ended += 1
         stopped = not any(k.startswith("test/") for k in m)  # ended before its final test: the scheduler stopped it
         checkpoint = trial.checkpoint.path if getattr(trial, "checkpoint", None) is not None else None
         self.writer.submit(
@@ -136,7 +148,11 @@ class SweepLog:
         self.writer.submit(("failure", trial.trial_id, text))
         first = error_summary(text)
         self.failed.append(f"{self._label(trial)}: {first}")
-        print(f"  FAIL  {self._label(trial)}: {first}", flush=True)
+        self.ended += 1
+        if os.environ.get("HARNESS_VERBOSE") == "1":  # harness sweep --verbose: the whole traceback too
+            print(text.rstrip(), flush=True)
+        print(f"  FAIL  {self._label(trial)}: {first} (traceback: error.txt of its run) [{self.progress()}]",
+              flush=True)  # fmt: skip
 
     # -- the writes (the writer's thread); each may run twice after a restart, to the same effect -----------------
 
@@ -193,6 +209,7 @@ class SweepLog:
         if tid not in self.settled:
             for key, value in tags.items():
                 self.client.set_tag(run_id, key, value)
+            log_dataset(self.client, run_id, tags, self.dataset_name)
 
     def _op_metrics(self, tid: str, metrics: dict, step: int) -> None:
         run_id = self._run_of(tid)
@@ -212,7 +229,8 @@ class SweepLog:
         if stopped:
             self.client.set_tag(run_id, "harness.stopped_early", "true")
             self.client.set_terminated(run_id, status="KILLED")
-            print(f"  stop  {label}: stopped early at epoch {int(m.get('epoch', -1)) + 1}", flush=True)
+            print(f"  stop  {label}: stopped early at epoch {int(m.get('epoch', -1)) + 1} [{self.progress()}]",
+                  flush=True)  # fmt: skip
             return
         if checkpoint is not None:  # the trial's last Tune checkpoint: what `harness eval RUN_ID` scores
             self.client.set_tag(run_id, "harness.checkpoint", checkpoint)
@@ -220,7 +238,7 @@ class SweepLog:
         self.finished += 1
         shown = " ".join(f"{k}={m[k]:.1f}" for k in ("test/top1", "test/top1:audio_only", "test/top1:video_only")
                          if k in m)  # fmt: skip
-        print(f"  done  {label}: {shown} ({seconds:.0f} s)", flush=True)
+        print(f"  done  {label}: {shown} ({seconds:.0f} s) [{self.progress()}]", flush=True)
 
     def _op_failure(self, tid: str, text: str) -> None:
         log_failure(self.client, self._run_of(tid), text)

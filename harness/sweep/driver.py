@@ -16,6 +16,7 @@ stops a sweep resumably (exit 130/143), and a failing MLflow store loses nothing
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -30,8 +31,9 @@ from harness.run.signals import Interrupts, interrupts
 from harness.run.trial import cache_dir
 from harness.sweep.callback import SweepLog, attach, detach
 from harness.sweep.local import loopback_only, ray_processes, watch
-from harness.sweep.resume import StoreUnavailable, SweepInterrupted, close_sweep, interrupted_sweep
+from harness.sweep.resume import StoreUnavailable, SweepInterrupted, close_sweep, interrupted_sweep, trial_statuses
 from harness.sweep.space import first_trial, first_values, param_space, run_label, scheduler_tags
+from harness.sweep.summary import log_summary
 from harness.sweep.trainable import trainable
 from harness.tracking import code_tags, experiment_id, open_client, redact, tracking_uri
 
@@ -86,7 +88,7 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
         else:
             name = f"{spec.name}-{spec.source_hash[:8]}-{int(time.time())}"
             path = str(Path(storage or Path.cwd() / ".harness" / "ray").resolve() / name)
-            tags = {**code_tags(), **scheduler_tags(spec), "harness.sweep": spec.name,
+            tags = {**code_tags(f"harness sweep {spec.name}"), **scheduler_tags(spec), "harness.sweep": spec.name,
                     "harness.sweep_hash": spec.source_hash, "harness.ray_experiment": path,
                     "harness.num_trials": str(spec.num_trials)}  # fmt: skip
             parent_id = client.create_run(exp_id, tags={**tags, "mlflow.runName": spec.name}).info.run_id
@@ -96,6 +98,8 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
         ray.shutdown()
         raise
     log = SweepLog(client, exp_id, parent_id, spec, base)
+    if resume:  # the `k/N done` lines count what this invocation runs
+        log.total = max(1, spec.num_trials - len(trial_statuses(client, exp_id, parent_id)["FINISHED"]))
     callback = attach(log)  # what Tune holds; a restored experiment's copy reaches this log too
 
     res = spec.tune.resources
@@ -156,6 +160,8 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
             if status == "KILLED" or not left:
                 stopped = status == "KILLED" or (signals is not None and signals.first is not None)
                 counts = close_sweep(client, exp_id, parent_id, interrupted=stopped, quiet=status == "KILLED")
+                if status != "KILLED":
+                    _log_summary(client, exp_id, parent_id, spec)
         finally:
             detach(log)
             ray.shutdown()
@@ -173,6 +179,15 @@ def run_sweep(spec: SweepSpec, tracking: str | None = None, storage: str | None 
     for op, error in log.writer.refused:
         print(f"MLflow refused a write of trial {op[1]} ({op[0]}): {error}", file=sys.stderr)
     return len(failed) + len(log.writer.refused)
+
+
+def _log_summary(client, exp_id: str, parent_id: str, spec: SweepSpec) -> None:
+    """The best row of each method on the parent run (``harness.sweep.summary``); a store error only warns."""
+    try:
+        log_summary(client, exp_id, parent_id, spec)
+    except Exception as e:  # the runs are written; the summary is a view of them
+        print(f"warning: could not write the sweep's summary to its parent run ({type(e).__name__}: {e})",
+              file=sys.stderr)  # fmt: skip
 
 
 @contextmanager
@@ -218,15 +233,24 @@ def start_ray(address: str | None) -> None:
     # on every node this way
     env = {k: v for k, v in os.environ.items() if k == "HARNESS_HOOKS" or k.startswith("HARNESS_HOOK_")}
     runtime_env = {"env_vars": env} if env else None
+    quiet = os.environ.get("HARNESS_VERBOSE") != "1"  # harness sweep --verbose: Ray's own logs too
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False, runtime_env=runtime_env)
+        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False, runtime_env=runtime_env,
+                 logging_level=logging.ERROR if quiet else logging.INFO)  # fmt: skip
+        cpus = ray.cluster_resources().get("CPU", 0)
+        print(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address} ({cpus:g} CPUs, "
+              f"{len(ray.nodes())} nodes)", flush=True)  # fmt: skip
     else:  # on 127.0.0.1 only (harness.sweep.local); its processes end with this one, however it ends
         if not loopback_only() and ray.util.get_node_ip_address() != "127.0.0.1":
             print("note: Ray was imported before the sweep started, so its local instance listens on "
                   f"{ray.util.get_node_ip_address()}, not only on 127.0.0.1", file=sys.stderr)  # fmt: skip
         before = set(ray_processes())
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
+                 logging_level=logging.ERROR if quiet else logging.INFO)  # fmt: skip
         watch(ray_processes(before))
+    if quiet:  # a failed trial's traceback is in its run's error.txt, and its FAIL line says so
+        for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def scheduler_options(spec: SweepSpec) -> dict:

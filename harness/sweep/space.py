@@ -7,6 +7,7 @@ the dotted assignment that ``SweepSpec.run_dict`` applies.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from harness.config import RunSpec, SweepSpec
@@ -51,6 +52,38 @@ def describe(config: dict, spec: SweepSpec) -> str:
     return " ".join(f"{k}={a[k]}" for k in swept_keys(spec) if k in a) or "trial"
 
 
+# How a run name spells a swept key (the papers' symbols); other keys by their last part: `lr0.001`.
+SHORT = {"method.fusion_layer": "Lf", "method.bottleneck_tokens": "Nb", "seed": "s", "train.lr": "lr",
+         "backbone.name": "", "method.name": ""}  # fmt: skip
+
+
+def varying_keys(spec: SweepSpec) -> list[str]:
+    """The swept keys that take more than one value over the sweep's trials (a drawn axis always does)."""
+    out = []
+    for key in swept_keys(spec):
+        d = spec.axes.get(key)
+        values = {repr(v[key]) for v in spec.variants if key in v} | ({repr(x) for x in d.values} if d and d.values
+                                                                       else set())  # fmt: skip
+        if (d is not None and d.values is None) or len(values) > 1:
+            out.append(key)
+    return out
+
+
+def run_name(config: dict, spec: SweepSpec) -> str:
+    """A child run's name from what varies between the sweep's trials, the method first and the seed last:
+    ``mbt-Lf2-Nb4-s0`` (``SHORT`` spellings; other keys as ``readout=gap``)."""
+    a = {"method.name": (spec.base.get("method") or {}).get("name"), **trial_assignment(config)}
+    keys = [k for k in varying_keys(spec) if k in a and k not in ("method.name", "seed")]
+
+    def part(k: str) -> str:
+        v = f"{a[k]:.3g}" if isinstance(a[k], float) else str(a[k])
+        return f"{SHORT[k]}{v}" if k in SHORT else f"{k.rsplit('.', 1)[-1]}={v}"
+
+    head = [str(a["method.name"])] if a["method.name"] else []
+    tail = [f"s{a['seed']}"] if "seed" in a else []
+    return "-".join([*head, *map(part, keys), *tail]) or spec.name
+
+
 def run_label(run, spec: SweepSpec) -> str:
     """:func:`describe` of a child run, from its params."""
     p = run.data.params
@@ -61,3 +94,27 @@ def scheduler_tags(spec: SweepSpec) -> dict[str, str]:
     """``harness.scheduler``, and ``harness.budget_matched``: false when ASHA stops trials early (reports mark it)."""
     matched = spec.tune.scheduler == "fifo"
     return {"harness.scheduler": spec.tune.scheduler, "harness.budget_matched": str(matched).lower()}
+
+
+def dry_run(path: str, overrides: list[str]) -> int:
+    """``harness sweep FILE --dry-run``: every trial as its run name and swept values, one line each; nothing runs.
+    Drawn axes (choice, uniform, ...) are shown as their domains: Ray Tune draws them."""
+    from harness.config import ConfigError, load_config
+
+    spec = load_config(path, overrides)
+    if not isinstance(spec, SweepSpec):
+        raise ConfigError([("search", f"{path} has no search: or tune: section; run it with `harness run {path}`")])
+    grid = {k: d for k, d in spec.axes.items() if d.kind == "grid"}
+    drawn = {k: d for k, d in spec.axes.items() if d.kind != "grid"}
+    points = [dict(zip(grid, combo)) for combo in itertools.product(*(d.values for d in grid.values()))]
+    n = 0
+    for _ in range(spec.tune.num_samples):
+        for variant in spec.variants:
+            for point in points:
+                n += 1
+                config = {**point, "__variant__": variant}
+                extra = " ".join(f"{k}~{d.kind}{list(d.values or d.bounds)}" for k, d in drawn.items())
+                print(f"{n:>4}  {run_name(config, spec):<28} {describe(config, spec)} {extra}".rstrip())
+    print(f"{spec.num_trials} trials ({spec.tune.num_samples} sample(s) x {len(spec.variants)} variant(s) x "
+          f"{len(points)} grid point(s)); nothing was run", flush=True)  # fmt: skip
+    return 0

@@ -40,7 +40,7 @@ def test_ls_sweeps_reads_first_comment(tmp_path, monkeypatch, capsys):
 def test_validate_ok_for_run_and_sweep(toy, capsys):  # noqa: F811
     run, sweep = toy("r.yaml", RUN), toy("s.yaml", SWEEP)
     assert main(["validate", str(run), str(sweep)]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"{run}: ok (run)", f"{sweep}: ok (sweep with 54 trials)"]
+    assert capsys.readouterr().out.splitlines() == [f"{run}: ok (run)", f"{sweep}: ok (sweep with 27 trials)"]
     assert main(["validate", str(sweep), "--set", "tune.num_samples=1", "--set", "seed=0"]) == 0
     assert capsys.readouterr().out.strip() == f"{sweep}: ok (sweep with 9 trials)"
 

@@ -108,20 +108,21 @@ def test_sweep_expansion_counts(toy):
     sweep = load_config(toy("s.yaml", SWEEP))
     assert isinstance(sweep, SweepSpec)
     assert len(sweep.variants) == 2 * 3 + 3
-    assert sweep.num_trials == 9 * 3 * 2
+    assert sweep.num_trials == 9 * 3
     trials = sweep.trial_dicts()
     assert len(trials) == sweep.num_trials
     combos = {(t["method"]["name"], t["method"].get("fusion_layer"), t["seed"]) for t in trials}
     assert len(combos) == 27 and ("mbt", 4, 2) in combos and ("late", None, 0) in combos
-    assert "search" not in sweep.base and sweep.tune.num_samples == 2 and len(sweep.source_hash) == 64
+    assert "search" not in sweep.base and sweep.tune.num_samples == 1 and len(sweep.source_hash) == 64
 
 
 def test_sweep_override_replaces_axis_and_changes_hash(toy):
     path = toy("s.yaml", SWEEP)
     sweep = load_config(path, ["seed=5", "method.name=mbt", "tune.num_samples=1"])
     assert "seed" not in sweep.axes and sweep.base["seed"] == 5
-    assert sweep.variants == [{"method.fusion_layer": 0}, {"method.fusion_layer": 2}, {"method.fusion_layer": 4}, {}]
-    assert sweep.num_trials == 4
+    # the variants that set method.name to something else go: mbt's options are not tried on late
+    assert sweep.variants == [{"method.fusion_layer": 0}, {"method.fusion_layer": 2}, {"method.fusion_layer": 4}]
+    assert sweep.num_trials == 3
     assert sweep.source_hash != load_config(path).source_hash
 
 
@@ -157,3 +158,24 @@ def test_tune_only_file_is_a_sweep_with_random_axis(toy):
     assert sweep.resolve({"train.lr": 5e-3}).train.lr == 5e-3
     with pytest.raises(ValueError, match="grid-only"):
         sweep.trial_dicts()
+
+
+def test_seeds_are_the_only_replicates(toy):
+    """num_samples > 1 on a grid-only sweep would rerun identical trials: refused; with drawn axes it draws seeds."""
+    path = toy("s.yaml", SWEEP)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["tune.num_samples=3"])
+    (key, msg), *_ = e.value.errors
+    assert key == "tune.num_samples" and "27 distinct trials 3 times" in msg and "search: {seed:" in msg
+    text = RUN + "name: r\nsearch: {train.lr: {loguniform: [1e-4, 1e-2]}}\ntune: {num_samples: 4}\n"
+    sweep = load_config(toy("r.yaml", text))
+    assert sweep.axes["seed"].kind == "randint" and sweep.num_trials == 4
+
+
+def test_set_narrows_a_search_axis(toy):
+    path = toy("s.yaml", SWEEP)
+    sweep = load_config(path, ["seed=[0,2]", "method.name=mbt,late"])
+    assert sweep.axes["seed"].values == (0, 2)
+    names = {v["method.name"] for v in sweep.variants}
+    assert names == {"mbt", "late"} and sweep.num_trials == (3 + 1) * 2
+    assert load_config(path, ["seed=1"]).base["seed"] == 1  # a single value still replaces the axis

@@ -126,7 +126,7 @@ def test_child_run_and_its_top1_in_the_mlflow_ui(store, ui, browser, tmp_path):
     parent = page.get_by_role("row").filter(has=page.get_by_role("link", name=SWEEP, exact=True))
     parent.first.wait_for()
     parent.first.locator("button").first.click()  # expand the sweep's parent run: its trials are nested
-    link = page.get_by_role("link", name=re.compile(rf"^{SWEEP}-"))
+    link = page.get_by_role("link", name=re.compile(r"^(late|audio_only)$"))  # named from what varies
     link.first.wait_for()
     name = link.first.inner_text().strip()
     assert name in children, f"{name!r} is not a child run; children: {sorted(children)}"
@@ -146,6 +146,30 @@ def test_child_run_and_its_top1_in_the_mlflow_ui(store, ui, browser, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
+def test_parent_run_shows_each_methods_top1_and_gflops(store, ui, browser, tmp_path):
+    """The page `harness ui` links to (the latest sweep's parent run) answers "which method is best at what cost"
+    without choosing columns: its description holds the summary table, its metrics the same numbers."""
+    uri, tmp = store
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(SWEEP)
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    link = re.search(r"latest sweep '\w+': (\S+)", (tmp / "ui.log").read_text())
+    assert link and parent.info.run_id in link.group(1), (tmp / "ui.log").read_text()
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.set_default_timeout(60_000)
+    page.goto(link.group(1).replace("http://127.0.0.1:", f"{ui.rsplit(':', 1)[0]}:"))
+    page.get_by_text("late/test/top1", exact=True).first.wait_for()
+    text = page.inner_text("body")
+    m = parent.data.metrics
+    for method in ("late", "audio_only"):
+        assert method in text and f"{method}/gflops" in text
+        assert f"{m[f'{method}/test/top1']:.1f}" in text and f"{m[f'{method}/gflops']:.4f}" in text, method
+    shot = tmp_path / "mlflow_parent_run.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"\nscreenshot of the sweep's parent run (its summary): {shot}")
+    assert shot.stat().st_size > 10_000
+
+
 def test_html_report_opens_from_disk(store, browser, tmp_path):
     uri, _ = store
     out = tmp_path / "report.html"
@@ -157,7 +181,7 @@ def test_html_report_opens_from_disk(store, browser, tmp_path):
     table = page.locator("table#results")
     assert table.count() == 1
     headers = [h.strip() for h in table.locator("th").all_inner_texts()]
-    assert headers[:2] == ["method", "fusion layer"] and "test top-1" in headers
+    assert headers[:2] == ["method", "fusion layer"] and "test top-1 ↑" in headers
     methods = {t.strip() for t in table.locator("tbody tr td:first-child").all_inner_texts()}
     assert methods == {"late", "audio_only"}
     img = page.locator("img").first

@@ -116,7 +116,7 @@ def test_runs_of_tasks_with_different_primary_metrics_are_not_mixed(store, capsy
     spec = tmp / "mixed.yaml"
     spec.write_text("sweep: [paper_mbt_audioset_mini, paper_lavish_ave_swinv2l]\nrows: [method.name]\n")
     assert main(["report", "--spec", str(spec), "--out", str(tmp / "mixed.md"), "--tracking-uri", uri]) == 1
-    assert "different primary metrics (test/map, test/seg_acc)" in capsys.readouterr().out
+    assert "different primary metrics (test/map, test/seg_acc)" in capsys.readouterr().err
 
 
 def test_real_trials_on_the_audioset_layout_report_by_map(tmp_path, capsys):

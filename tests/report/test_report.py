@@ -3,16 +3,18 @@ statistics and rendering on made-up runs."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
 from harness.cli import main
 from harness.report.build import swept_keys
-from harness.report.render import tex_escape
+from harness.report.render import tex_escape, to_html, to_latex
 from harness.report.spec import load_spec, paired_markdown, split_provenance
 from harness.report.stats import aggregate, paired_differences, t_interval
 
@@ -43,7 +45,7 @@ def test_report_format_follows_the_out_suffix(finished_sweep, suffix):
         assert r"mean $\pm$ 95\% t-interval" in text and "±" not in text and "×" not in text
     elif suffix == "html":
         assert text.startswith("<!DOCTYPE html>") and re.search(r'<table [^>]*id="results"', text)
-        assert "<td>audio_only</td>" in text and 'src="data:image/png;base64,' in text
+        assert re.search(r"<td [^>]*>audio_only</td>", text) and 'src="data:image/png;base64,' in text
         assert 'src="http' not in text and "<link" not in text and "<script" not in text  # nothing external
     else:
         assert set(pd.read_csv(out)["method.name"]) == {"late", "audio_only"}
@@ -70,7 +72,7 @@ def test_tex_escape():
 def test_report_unknown_sweep_says_what_exists(finished_sweep, capsys):
     _, uri, tmp = finished_sweep
     assert main(["report", "--sweep", "nope", "--out", str(tmp / "x.md"), "--tracking-uri", uri]) == 1
-    assert "no sweep named 'nope'" in capsys.readouterr().out
+    assert "no sweep named 'nope'" in capsys.readouterr().err
 
 
 def test_aggregate_groups_seeds_with_a_t_interval():
@@ -141,10 +143,12 @@ def test_paired_differences_over_shared_seeds():
     assert set(pairs.index) == {"late", "vanilla"}  # "solo" shares only one seed
     assert pairs.loc["late", "mean"] == pytest.approx(10.0) and pairs.loc["late", "n"] == 3
     assert pairs.loc["late", "ci95"] == pytest.approx(t_interval(pd.Series([10.0, 9.0, 11.0])))
-    assert not pairs.loc["late", "overlap"] and pairs.loc["vanilla", "overlap"]
+    low, high = stats.ttest_rel([70.0, 72.0, 74.0], [60.0, 63.0, 63.0]).confidence_interval()
+    assert (pairs.loc["late", "low"], pairs.loc["late", "high"]) == pytest.approx((low, high))
+    assert not pairs.loc["late", "indistinguishable"] and pairs.loc["vanilla", "indistinguishable"]
     text = paired_markdown(paired_differences(runs, ["method.name"]))
     assert "`mbt` minus each row" in text and "vs `late`: +10.0 ± " in text and "vs `vanilla`: +0.7" in text
-    assert text.count("≈") == 1
+    assert text.count("≈") == 2 and "paired 95% t-interval of the difference" in text  # the mark and its rule
     assert paired_differences(runs.iloc[:6].assign(**{"params.seed": list("012345")}), ["method.name"]).empty
 
 
@@ -173,3 +177,55 @@ def test_report_spec_validation_without_mlflow(tmp_path):
     assert spec.sweeps(None) == ["a", "b"] and spec.sweeps("c") == ["c"] and spec.reference == {"mbt": 71.5}
     for name in ("table2", "robustness"):  # the shipped specs are valid
         assert load_spec(Path(__file__).resolve().parents[2] / "reports" / f"{name}.yaml").columns
+
+
+def test_a_repeated_seed_is_one_replicate():
+    """Three runs of one seed (tune.num_samples on a grid, before it was refused) are n = 1, not n = 3."""
+    runs = pd.DataFrame({
+        "params.method.name": ["mbt"] * 3 + ["late"] * 2,
+        "params.seed": ["0", "0", "0", "0", "1"],
+        "metrics.test/top1": [70.0, 70.0, 70.0, 60.0, 62.0],
+    })  # fmt: skip
+    table = aggregate(runs, ["method.name"]).set_index("method.name")
+    assert table.loc["mbt", "n"] == 1 and pd.isna(table.loc["mbt", "test top-1 ci95"])
+    assert table.loc["late", "n"] == 2 and table.attrs["repeated_seeds"] == 2
+
+
+@pytest.mark.ray
+def test_every_format_states_the_budget_and_keeps_another_invocations_report(finished_sweep, capsys):
+    _, uri, tmp = finished_sweep
+    out = tmp / "budget" / "t.md"
+    for suffix in ("md", "tex", "html"):
+        path = out.with_suffix(f".{suffix}")
+        assert main(["report", "--sweep", "t_sweep", "--out", str(path), "--tracking-uri", uri]) == 0
+        assert "2 epochs; data synthetic (fingerprint" in path.read_text(), suffix
+    marker = out.with_name("t.report.json")
+    assert json.loads(marker.read_text())["parent_runs"]
+    marker.write_text(json.dumps({"sweeps": ["other"], "parent_runs": ["abc"], "budget": "Budget: 10 epochs."}))
+    before = out.read_text()
+    assert main(["report", "--sweep", "t_sweep", "--out", str(out), "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert "another sweep invocation (other: parent run abc, Budget: 10 epochs.)" in err and "--overwrite" in err
+    assert out.read_text() == before
+    assert main(["report", "--sweep", "t_sweep", "--out", str(out), "--tracking-uri", uri, "--overwrite"]) == 0
+
+
+def test_report_without_a_store_names_it_and_creates_none(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"
+    assert main(["report", "--out", str(tmp_path / "r.md"), "--tracking-uri", uri]) == 1
+    assert f"no MLflow store at {tmp_path / 'none' / 'mlflow.db'}" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    assert main(["ui", "--tracking-uri", uri]) == 1
+
+
+def test_latex_and_html_carry_the_same_sections_with_the_best_in_bold():
+    show = pd.DataFrame({"method": ["mbt", "late_x"], "test top-1": ["70.1 ± 2.0", "60.0"], "n": ["3", "1"]})
+    table = pd.DataFrame({"test top-1": [70.1, 60.0], "test top-1 ci95": [2.0, float("nan")]})
+    sections = [("Paired differences", ["vs `late_x`: +10.1 ± 1.0 (n = 3)", "≈: the rule"])]
+    tex = to_latex(show, "T", "Budget: 2 epochs.", table, "tab:t", sections)
+    assert r"\toprule" in tex and r"\label{tab:t}" in tex and r"\textbf{70.1 $\pm$ 2.0}" in tex
+    assert r"test top-1 $\uparrow$" in tex and r"\paragraph{Paired differences}" in tex and "$\\approx$" in tex
+    assert "Budget: 2 epochs." in tex.split(r"\caption{", 1)[1].split("}", 1)[0]
+    page = to_html(show, "T", "Budget: 2 epochs.", table=table, sections=sections)
+    assert "<caption>Budget: 2 epochs.</caption>" in page and "<h2>Paired differences</h2>" in page
+    assert re.search(r"#T_results_row0_col1 \{\s*font-weight: bold", page) and "late_x</td>" in page

@@ -31,28 +31,31 @@ SEEDS = (0, 1)
 
 def _accuracy(method: str, lf: int | None, nb: int | None, seed: int) -> float:
     """A made-up top-1 with a clear shape: token fusion > late > unimodal, better for earlier Lf and more Nb."""
-    base = {"vanilla": 90.0, "mbt": 92.0, "late": 55.0, "audio_only": 20.0, "video_only": 17.0}[method]
+    base = {"vanilla": 90.0, "mbt": 92.0, "late": 55.0, "audio_only": 20.0, "video_only": 17.0, "lowrank": 60.0}[method]
     return base - 5.0 * (lf or 0) + 2.0 * (nb or 0).bit_length() + (1.0 if seed else -1.0)
 
 
 def _gflops(method: str, lf: int | None, nb: int | None) -> float:
-    base = {"vanilla": 6.0, "mbt": 9.0, "late": 5.8, "audio_only": 2.3, "video_only": 3.6}[method]
+    base = {"vanilla": 6.0, "mbt": 9.0, "late": 5.8, "audio_only": 2.3, "video_only": 3.6, "lowrank": 4.0}[method]
     return (base - 0.5 * (lf or 0) + 0.1 * (nb or 0)) / 1000
 
 
 def _log_sweep(uri: str, name: str, trials: list[dict], cache: Path, manifest=lambda method, seed: "") -> None:
     """A parent run tagged as sweep ``name`` and one FINISHED child run per (trial, seed).
 
-    ``manifest(method, seed)``: the run's ``harness.manifest_hash`` tag (none when empty).
+    ``manifest(method, seed)``: the run's ``harness.manifest_hash`` tag (none when empty). A trial's ``backbone`` entry
+    (popped) updates the run's backbone section.
     """
     client = MlflowClient(uri)
     exp = experiment_id(client, name)
     tags = {**code_tags(), "harness.sweep": name, "harness.sweep_hash": f"{name:0<64}"[:64], "mlflow.runName": name}
     parent = client.create_run(exp, tags=tags)
-    for method in trials:
+    for trial in trials:
+        method = {k: v for k, v in trial.items() if k != "backbone"}
         for seed in SEEDS:
-            run = {"name": name, "seed": seed, "dataset": {"name": "synthetic"}, "backbone": {"name": "tiny"},
-                   "method": method, "train": {"epochs": 1}, "cache_dir": str(cache)}  # fmt: skip
+            run = {"name": name, "seed": seed, "dataset": {"name": "synthetic"},
+                   "backbone": {"name": "tiny", **trial.get("backbone", {})}, "method": method,
+                   "train": {"epochs": 1}, "cache_dir": str(cache)}  # fmt: skip
             spec = resolve_run(run)
             lf, nb = method.get("fusion_layer"), method.get("bottleneck_tokens")
             top1 = _accuracy(method["name"], lf, nb, seed)
@@ -82,6 +85,12 @@ def store(tmp_path_factory, cache):
     zoo = [{"name": "vanilla", "fusion_layer": 0}, {"name": "mbt", "fusion_layer": 0, "bottleneck_tokens": 4}]
     _log_sweep(uri, "quickstart", zoo + UNFUSED, cache)
     _log_sweep(uri, "methods", [*zoo, {"name": "mbt", "fusion_layer": 3}, *UNFUSED], cache)
+    pretrained = "mlflow:pretraining?task.negative_sampling=random"
+    transfer = [{"name": "lowrank", "sharing": sharing, "fusion": "mid", "backbone": backbone}
+                for sharing in ("none", "all")
+                for backbone in ({"transfer": "linear", "checkpoint": pretrained},
+                                 {"transfer": "finetune", "checkpoint": None})]  # fmt: skip
+    _log_sweep(uri, "pretraining_transfer", transfer, cache)
     return uri, tmp
 
 
@@ -219,7 +228,7 @@ def test_rows_from_two_manifests_are_split_in_table_and_figure_or_refused(tmp_pa
     refuse = tmp_path / "refuse.yaml"
     refuse.write_text((REPORTS / "bottlenecks.yaml").read_text() + "mixed_provenance: refuse\n")
     assert main(["report", "--spec", str(refuse), "--out", str(tmp_path / "r.md"), "--tracking-uri", uri]) == 1
-    assert "row `mbt, 1` mixes runs of different manifest" in capsys.readouterr().out
+    assert "row `mbt, 1` mixes runs of different manifest" in capsys.readouterr().err
 
 
 def _errors(tmp_path, text: str) -> str:
