@@ -36,4 +36,4 @@ class Concat(ViTStreams):
     def forward(self, batch: dict) -> dict:
         z, present = self.unimodal(batch)  # m -> (B, 1 + N_m, D) after the final norm
         cls = [torch.where(present[m][:, None], z[m][:, 0], 0.0) for m in self.order]  # (B, D) each
-        return {"embedding": torch.cat(cls, dim=-1)}  # (B, 2D)
+        return self.with_tokens({"embedding": torch.cat(cls, dim=-1)}, z, present)  # embedding (B, 2D)

@@ -80,4 +80,4 @@ class Cross(ViTStreams):
                 z = new  # every stream read the layer-l inputs
 
         z = {m: self.norm(x) for m, x in z.items()}
-        return read_out(z, present, cfg.readout)
+        return self.with_tokens(read_out(z, present, cfg.readout), z, present)

@@ -28,4 +28,4 @@ class Late(ViTStreams):
 
     def forward(self, batch: dict) -> dict:
         z, present = self.unimodal(batch)  # m -> (B, 1 + N_m, D) after the final norm
-        return readout_cls(z, present)
+        return self.with_tokens(readout_cls(z, present), z, present)

@@ -129,4 +129,5 @@ class LAVISH(FrozenBackbone):
             z = {m: x + mhsa[m] + res[m] for m, x in z.items()}
             res = self.adapt("p2", layer, z, keys, present)
             z = {m: x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x)))) + res[m] for m, x in z.items()}
-        return readout_cls({m: self.norm(x) for m, x in z.items()}, present)
+        z = {m: self.norm(x) for m, x in z.items()}
+        return self.with_tokens(readout_cls(z, present), z, present)

@@ -65,9 +65,18 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
-from harness.api import FusionMethod, InputSpec, MethodConfig, attn_mask, keep_keys, present_masks
+from harness.api import (
+    FusionMethod,
+    InputSpec,
+    MethodConfig,
+    TokenLayout,
+    attn_mask,
+    keep_keys,
+    present_masks,
+    token_outputs,
+)
 from harness.models.backbones import BackboneConfig, drop_path_rate
-from harness.models.blocks import Readout, Tokenizers, readout_cls, readout_field, readout_gap
+from harness.models.blocks import Readout, Tokenizers, readout_cls, readout_field, readout_gap, vit_token_layout
 
 Sharing = Literal["none", "layers", "modalities", "all"]
 INIT_STD = {"code": 0.01, "bert": 0.02}  # normal inits: AVBERT's init_weights(FC_INIT_STD); BERT's uncalled one
@@ -303,6 +312,7 @@ class LowRank(FusionMethod):
     """Unimodal encoders, then a multimodal encoder over [video ‖ audio], all of factorised shared layers."""
 
     Config = LowRankConfig
+    token_outputs = True
     contract_variants = (
         {"fusion": "early"},
         {"fusion": "late", "readout": "gap"},
@@ -363,4 +373,8 @@ class LowRank(FusionMethod):
                 joint = self.encoders("multimodal", joint, attn_mask(torch.cat(keep, dim=1)), rates[self.lu :])
                 z = dict(zip(ORDER, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
         z = {m: self.norm(x) for m, x in z.items()}
-        return readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)
+        out = readout_cls(z, present) if cfg.readout == "cls" else readout_gap(z, present)
+        return dict(out, tokens=token_outputs(z, present, self.token_layout()))
+
+    def token_layout(self) -> TokenLayout:
+        return vit_token_layout(self.backbone, self.spec, ORDER)

@@ -123,4 +123,4 @@ class MBT(ViTStreams):
                 b = mean_over_modalities(b_new, present)  # (B, Nb, D)
 
         z = {m: self.norm(x) for m, x in z.items()}
-        return read_out(z, present, cfg.readout)
+        return self.with_tokens(read_out(z, present, cfg.readout), z, present)

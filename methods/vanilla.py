@@ -101,4 +101,4 @@ class Vanilla(ViTStreams):
             z = dict(zip(self.order, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
 
         z = {m: self.norm(x) for m, x in z.items()}
-        return read_out(z, present, cfg.readout)
+        return self.with_tokens(read_out(z, present, cfg.readout), z, present)

@@ -15,7 +15,7 @@ This package imports nothing else of the harness (``tests/test_layering.py`` hol
 from harness.api.data import Dataset, DatasetError
 from harness.api.engine import Checkpoints, Engine, Reporter, TrainHook
 from harness.api.inputs import InputSpec
-from harness.api.method import CheckpointError, FusionMethod, MethodConfig
+from harness.api.method import CheckpointError, FusionMethod, MethodConfig, StageLayout, TokenLayout, token_outputs
 from harness.api.modalities import attn_mask, keep_keys, mean_over_modalities, modality_weights, present_masks
 from harness.api.segments import check_segments, score_per_segment, segment_spec
 from harness.api.task import Task, TaskConfig, Tree, average_views, tree_map
@@ -30,8 +30,10 @@ __all__ = [
     "InputSpec",
     "MethodConfig",
     "Reporter",
+    "StageLayout",
     "Task",
     "TaskConfig",
+    "TokenLayout",
     "TrainHook",
     "Tree",
     "attn_mask",
@@ -43,5 +45,6 @@ __all__ = [
     "present_masks",
     "score_per_segment",
     "segment_spec",
+    "token_outputs",
     "tree_map",
 ]

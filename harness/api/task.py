@@ -108,6 +108,14 @@ class Task(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
 
+    def bind(self, method: nn.Module) -> None:
+        """Called once with the built method, right after the task (``harness.run.trial.build_model``): a task over
+        token outputs (``segmentation``) builds its head on ``method.token_layout()`` here. Default: nothing.
+
+        Raises:
+            ValueError: the method cannot feed this task (e.g. no token outputs).
+        """
+
     # -- what a task defines -----------------------------------------------------------------------------------
 
     def head_logits(self, embedding: Tensor) -> Tree:
