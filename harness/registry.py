@@ -306,6 +306,7 @@ METHODS.register("video_only", "methods.unimodal:VideoOnly", "video stream only 
 TASKS.register("classification", "harness.tasks.classification:ClassificationTask", "single-label classification: shared linear head, cross-entropy, top-1/top-5")  # noqa: E501
 TASKS.register("multilabel", "harness.tasks.multilabel:MultilabelTask", "multi-label classification (AudioSet): shared linear head, sigmoid BCE, mAP/AUC")  # noqa: E501
 TASKS.register("localization", "harness.tasks.localization:LocalizationTask", "per-segment event labels (AVE): shared head per segment, CE, segment accuracy")  # noqa: E501
+TASKS.register("segmentation", "harness.tasks.segmentation:SegmentationTask", "sounding-object masks per frame (AVSBench S4/MS3): FPN mask decoder over the video tokens, BCE, mIoU/F-score")  # noqa: E501
 TASKS.register("multihead", "harness.tasks.multihead:MultiheadTask", "verb + noun heads (EPIC-KITCHENS-100): mean CE, per-head and action (joint) top-1/top-5")  # noqa: E501
 BACKBONES.register("tiny", "harness.models.backbones:tiny", "tiny ViT for CPU tests and the synthetic dataset")
 BACKBONES.register("vit_ti16", "harness.models.backbones:vit_ti16", "ViT-Ti/16 (D=192, L=12, 3 heads)")
@@ -319,6 +320,7 @@ ENGINES.register("torch", "harness.run.engines.torch_engine:TorchEngine", "plain
 ENGINES.register("deepspeed", "harness.run.engines.deepspeed_engine:DeepSpeedEngine", "DeepSpeed (ZeRO 0-3, bf16/fp16) on engine.workers Ray Train ranks; gloo on CPU, nccl on GPU")  # noqa: E501
 ENGINES.register("auto", "harness.run.engines.auto:AutoEngine", "deepspeed where CUDA is available, torch otherwise")
 FORMATS.register("synthetic", "harness.data.synthetic:SyntheticDataset", "procedural audio-visual clips generated on the fly and cached")  # noqa: E501
+FORMATS.register("synthetic_avs", "harness.data.synthetic_avs:SyntheticAVSDataset", "the synthetic clips labelled with the sounding object's mask per frame (segmentation)")  # noqa: E501
 FORMATS.register("vggsound_csv", "harness.data.formats:VGGSoundDataset", "VGGSound: vggsound.csv (ytid,start,label,split) + stat.csv classes; single label")  # noqa: E501
 FORMATS.register("audioset_csv", "harness.data.formats:AudioSetDataset", "AudioSet segment CSVs (quoted MID lists) + class_labels_indices.csv; multi-hot")  # noqa: E501
 FORMATS.register("ave", "harness.data.formats:AVEDataset", "AVE Annotations.txt + {train,val,test}_order.h5; per-second labels with background")  # noqa: E501

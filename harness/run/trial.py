@@ -80,6 +80,7 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
     if segments:
         score_per_segment(method, segments)
     task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
+    task.bind(method)  # a head over the method's tokens (segmentation) is built on its token layout
     task.loss_reduction = spec.train.loss_reduction  # over a clip's per-class loss terms (Task.reduce_classes)
     return method, task
 
