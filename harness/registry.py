@@ -321,6 +321,7 @@ ENGINES.register("deepspeed", "harness.run.engines.deepspeed_engine:DeepSpeedEng
 ENGINES.register("auto", "harness.run.engines.auto:AutoEngine", "deepspeed where CUDA is available, torch otherwise")
 FORMATS.register("synthetic", "harness.data.synthetic:SyntheticDataset", "procedural audio-visual clips generated on the fly and cached")  # noqa: E501
 FORMATS.register("synthetic_avs", "harness.data.synthetic_avs:SyntheticAVSDataset", "the synthetic clips labelled with the sounding object's mask per frame (segmentation)")  # noqa: E501
+FORMATS.register("avsbench", "harness.data.avsbench:AVSBenchDataset", "AVSBench S4/MS3: meta-data CSV + PNG frames, wavs and per-frame masks; segmentation")  # noqa: E501
 FORMATS.register("vggsound_csv", "harness.data.formats:VGGSoundDataset", "VGGSound: vggsound.csv (ytid,start,label,split) + stat.csv classes; single label")  # noqa: E501
 FORMATS.register("audioset_csv", "harness.data.formats:AudioSetDataset", "AudioSet segment CSVs (quoted MID lists) + class_labels_indices.csv; multi-hot")  # noqa: E501
 FORMATS.register("ave", "harness.data.formats:AVEDataset", "AVE Annotations.txt + {train,val,test}_order.h5; per-second labels with background")  # noqa: E501

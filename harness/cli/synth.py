@@ -27,5 +27,6 @@ def run(args) -> int:
 
     info = synth(Path(args.out), args.layout, args.clips, args.seed)
     print(f"wrote {info['clips']} clips ({args.layout} layout: {', '.join(info['files'])}) under {args.out}")
-    print(f"next: harness prepare {args.layout} --root {args.out}")
+    card = {"avsbench": "avsbench_s4"}.get(args.layout, args.layout)  # the dataset card that reads the layout
+    print(f"next: harness prepare {card} --root {args.out}")
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-LAYOUTS = ("vggsound", "audioset", "ave", "kinetics_sounds", "epic_kitchens_100")
+LAYOUTS = ("vggsound", "audioset", "ave", "kinetics_sounds", "epic_kitchens_100", "avsbench")
 USED = 6  # classes the generated clips actually use (the class lists are full size)
 
 
@@ -210,3 +210,10 @@ def _epic_kitchens_100(out: Path, n: int, rng, seconds: float) -> dict:
     for name, rs in rows.items():
         _csv(out / name, rs, header)
     return {"clips": n, "files": [*rows, "EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"]}
+
+
+def _avsbench(out: Path, n: int, rng, seconds: float) -> dict:
+    """AVSBench S4: PNG frames, wavs and masks of harness.data.synthetic_avs's clips (``harness.data.avsbench``)."""
+    from harness.data.avsbench import write_synthetic
+
+    return write_synthetic(out, n, seed=int(rng.integers(2**31)))

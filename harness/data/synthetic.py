@@ -191,7 +191,8 @@ def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, n_frames: int) ->
     return out
 
 
-def generate(cfg: SyntheticConfig, latents: bool = False, masks: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+def generate(cfg: SyntheticConfig, latents: bool = False, masks: bool = False, waves: bool = False
+             ) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
     """Generate all splits: {split: {"video": uint8 (N,T,3,H,W), "audio": float (N,1,M,F), "label": (N,)}}.
 
     Args:
@@ -202,6 +203,7 @@ def generate(cfg: SyntheticConfig, latents: bool = False, masks: bool = False) -
         masks: also return ``mask`` uint8 (N, T, H, W): the visible pixels of the sounding object in every frame
             (none while it is not drawn), the ``synthetic_avs`` format's label; computed without random draws, so
             the clips do not depend on this flag either.
+        waves: also return ``wave`` float (N, samples), the soundtrack before the log-mel (``harness synth``).
     """
     g = torch.Generator().manual_seed(cfg.seed)
     radius = cfg.object_size or max(2, cfg.image_size // 6)
@@ -227,6 +229,8 @@ def generate(cfg: SyntheticConfig, latents: bool = False, masks: bool = False) -
         out[split] = {"video": video, "audio": audio, "label": colour[:, 0] * cfg.timbres + timbre}
         if latents:
             out[split].update(latent_attributes(cfg, colour, shape, timbre, events, frame_events))
+        if waves:
+            out[split]["wave"] = wave
         if masks:
             lit = drawn_events | (cfg.idle_brightness > 0)  # (n, K, T): drawn in frame t
             drawn = _object_masks(drawn_shapes, drawn_centres, radius, cfg) & lit[..., None, None]
