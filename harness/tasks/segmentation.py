@@ -97,6 +97,7 @@ class SegmentationTask(Task):
 
     Config = SegmentationConfig
     primary_metric = "miou"
+    token_modalities = ("video",)  # the config refuses a method without video token outputs (harness.config.run)
 
     def __init__(self, cfg: SegmentationConfig, num_classes: int, embed_dim: int):
         super().__init__(cfg, num_classes, embed_dim)

@@ -148,3 +148,26 @@ def test_swin_stages_feed_the_fpn():
     assert task.use_stages and len(task.decoder.lateral) == 2
     batch = {"video": torch.randn(1, 2, 3, 16, 16), "audio": torch.randn(1, 1, 16, 24)}
     assert task.logits(model(batch), batch).shape == (1, 2, 16, 16)
+
+
+def test_the_config_refuses_a_method_without_video_tokens(cache):
+    from harness.config import ConfigError, resolve_run
+
+    run = {"name": "t", "dataset": {"name": "synthetic_avs"}, "backbone": {"name": "tiny"}, "cache_dir": str(cache)}
+    resolve_run({**run, "method": {"name": "mbt"}})
+    with pytest.raises(ConfigError, match="'audio_only' consumes no video"):
+        resolve_run({**run, "method": {"name": "audio_only"}})
+
+
+def test_the_decoder_is_counted_in_the_model_cost():
+    from harness.models.complexity import count_params, forward_flops
+    from harness.run.trial import model_cost
+
+    cls = METHODS.get("mbt")
+    model = cls.build(cls.Config(name="mbt"), BackboneConfig(**TINY), SPEC)
+    task = SegmentationTask(SegmentationConfig(decoder_width=16), 1, model.embed_dim)
+    task.bind(model)
+    cost = model_cost(model, task, SPEC)
+    assert cost["model/params_total"] == count_params(model)[0] + count_params(task)[0]
+    assert count_params(task)[0] == sum(p.numel() for p in task.decoder.parameters()) > 0
+    assert cost["model/gflops"] > forward_flops(model, None, SPEC)["gflops"]
