@@ -191,8 +191,8 @@ def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, n_frames: int) ->
     return out
 
 
-def generate(cfg: SyntheticConfig, latents: bool = False, masks: bool = False, waves: bool = False
-             ) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+def generate(cfg: SyntheticConfig, latents: bool = False, masks: bool = False, waves: bool = False,
+             positions: bool = False) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
     """Generate all splits: {split: {"video": uint8 (N,T,3,H,W), "audio": float (N,1,M,F), "label": (N,)}}.
 
     Args:
@@ -204,6 +204,8 @@ def generate(cfg: SyntheticConfig, latents: bool = False, masks: bool = False, w
             (none while it is not drawn), the ``synthetic_avs`` format's label; computed without random draws, so
             the clips do not depend on this flag either.
         waves: also return ``wave`` float (N, samples), the soundtrack before the log-mel (``harness synth``).
+        positions: also return ``colours`` (N, K) and ``mean_x`` (N, K), each object's colour and mean x over the
+            clip, object 0 the sounding one (``synthetic_avqa``'s questions).
     """
     g = torch.Generator().manual_seed(cfg.seed)
     radius = cfg.object_size or max(2, cfg.image_size // 6)
@@ -231,6 +233,8 @@ def generate(cfg: SyntheticConfig, latents: bool = False, masks: bool = False, w
             out[split].update(latent_attributes(cfg, colour, shape, timbre, events, frame_events))
         if waves:
             out[split]["wave"] = wave
+        if positions:
+            out[split].update(colours=colour.clone(), mean_x=centres[..., 0].mean(-1))
         if masks:
             lit = drawn_events | (cfg.idle_brightness > 0)  # (n, K, T): drawn in frame t
             drawn = _object_masks(drawn_shapes, drawn_centres, radius, cfg) & lit[..., None, None]
