@@ -27,6 +27,7 @@ class Concat(ViTStreams):
     """Separate streams z_m <- Block_m(z_m) for l = 0..L-1; embedding = [CLS_v ‖ CLS_a] of width 2D."""
 
     Config = MethodConfig  # nothing to tune beyond the backbone
+    token_outputs = True  # forward returns tokens (with_tokens)
     order = ("video", "audio")
 
     def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec):

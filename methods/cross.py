@@ -53,6 +53,7 @@ class Cross(ViTStreams):
     """Per-modality blocks; from Lf on each stream's queries attend over [other modality ‖ own tokens]."""
 
     Config = CrossConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
     contract_variants = ({"readout": "gap"}, {"readout": "gap", "fusion_layer": 1}, {"readout": "gap_cls"},
                          {"fusion_layer": 1})  # fmt: skip
 

@@ -82,6 +82,7 @@ class LAVISH(FrozenBackbone):
     """A frozen shared ViT over each modality; 4 adapters per block carry audio <-> video information."""
 
     Config = LAVISHConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
     positions: ClassVar[tuple[str, ...]] = ("p1", "p2")  # beside the MHSA, beside the FFN
 
     contract_variants = (

@@ -83,6 +83,7 @@ class MBT(ViTStreams):
     """Per-modality streams that exchange information only through Nb shared bottleneck tokens."""
 
     Config = MBTConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
     contract_variants = ({"readout": "gap"}, {"readout": "gap_cls"}, {"shared_weights": True},
                          {"fusion_layer": 0, "bottleneck_tokens": 1, "readout": "gap"})  # fmt: skip
 

@@ -71,6 +71,7 @@ class Vanilla(ViTStreams):
     """Shared blocks; per-modality passes below Lf, one joint sequence from Lf on."""
 
     Config = VanillaConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
     contract_variants = ({"readout": "gap"}, {"readout": "gap", "fusion_layer": 2}, {"readout": "gap_cls"},
                          {"fusion_layer": 1})  # fmt: skip
     # Concatenation order of the joint sequence: MBT's z = [z_rgb ‖ z_spec].

@@ -265,7 +265,6 @@ class ViTStreams(FusionMethod):
 
     # The order of the modalities' tokenisers (and of a joint sequence); default: ``modalities``.
     order: ClassVar[tuple[str, ...] | None] = None
-    token_outputs: ClassVar[bool] = True  # every subclass returns its streams' final tokens (with_tokens)
 
     def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec, shared_weights: bool = False,
                  cls_tokens: bool = True):  # fmt: skip

@@ -150,7 +150,6 @@ class FrozenBackbone(FusionMethod):
 
     Config = FrozenConfig
     frozen_prefix: ClassVar[str] = "tokens"  # always frozen: harness/run/frozen_cache.py may cache its output
-    token_outputs: ClassVar[bool] = True
 
     def __init__(self, cfg: FrozenConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)

@@ -1,6 +1,6 @@
 """``segmentation`` (AVSBench S4 / MS3): a binary mask of the sounding object(s) per frame; mIoU (Jaccard) and F-score.
 
-The head is a mask decoder over the method's video tokens (``harness.tasks.mask_decoder``): the method must return
+The head is a mask decoder over the method's video tokens (:class:`MaskDecoder`): the method must return
 token outputs (``FusionMethod.token_outputs``) with video. Labels are (B, T_l, H_l, W_l) masks in {0, 1} (255: not
 annotated, left out of the loss and the metrics, as AVSBench S4's train split annotates only a video's first frame);
 label frame j is decoded from token time step ``j * T // T_l`` and the logits are resized to the label's size.
@@ -19,11 +19,26 @@ utility.py``: ``mask_iou``, ``Eval_Fmeasure``; ``test.py`` runs them on one vide
   with β² = 0.3 (NaN -> 0), averaged over those frames, its maximum over θ; a video without such a frame scores 0
   (the code's zero-initialised score). The mean over videos.
 
-Shapes: ``B`` clips, ``N`` clips of a split, ``T`` token time steps, ``T_l`` labelled frames, ``H x W`` mask size.
+Decoder (:class:`MaskDecoder`): a light FPN over the method's video token grids, then progressive upsampling.
+LAVISH's AVS model (GenjiB/LAVISH ``AVS/avs_scripts/avs_s4/model/PVT_AVSModel.py``, ``Pred_endecoder``) feeds the
+frozen Swin-V2's four stage maps (the last after the final norm), each through a Linear, into AVSBench's decoder
+(OpenNLPLab/AVSBench ``avs_scripts/avs_s4/model/``): per stage a sum of dilated 3x3 convolutions, then top-down
+fusion blocks (residual convolution units, x2 bilinear upsampling) and output convolutions to one channel. This
+decoder keeps that shape, lighter, over whatever grids the method returns: a hierarchical backbone's stage maps
+(``stages``, the last replaced by the normed final ``tokens``, as LAVISH) or, for a plain ViT, the one grid of its
+final ``tokens`` (then it is SETR-PUP's progressive upsampling). It reads the video tokens only: what the mask owes
+to the audio must come through the method's fusion, which is what the task compares. Known differences: no TPAVI
+(AVSBench's audio-visual attention inside the decoder: fusion in the head), one 1x1 lateral convolution per grid
+instead of the dilated-convolution sum and the Linear, one 3x3 convolution + GroupNorm + ReLU per fusion and per x2
+upsampling step instead of the residual units.
+
+Shapes: ``B`` clips, ``N`` clips of a split, ``T`` token time steps, ``T_l`` labelled frames, ``H x W`` mask size,
+``h x w`` a token grid, ``C_s`` its width, ``C`` the decoder's.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -33,11 +48,52 @@ from torch import Tensor, nn
 
 from harness.api import present_masks
 from harness.api.task import Task, TaskConfig
-from harness.tasks.mask_decoder import MaskDecoder
 
 IGNORE = 255  # a mask value for "not annotated"
 BETA2 = 0.3  # AVSBench's F-measure weight
 THRESHOLDS = 255  # AVSBench's pr_num
+
+
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    """3x3 convolution, GroupNorm (up to 8 groups), ReLU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(math.gcd(8, c_out), c_out), nn.ReLU())
+
+
+class MaskDecoder(nn.Module):
+    """Grids ``[(B, T, h_s·w_s, C_s)]``, finest first -> mask logits (B, T, H, W).
+
+    Args:
+        grids: ``(h_s, w_s, C_s)`` of every input grid, finest first.
+        width: C, the decoder's channels.
+        out_size: (H, W) of the logits; the finest grid is doubled ``ceil(log2(H / h_0))`` times, then resized.
+    """
+
+    def __init__(self, grids: list[tuple[int, int, int]], width: int, out_size: tuple[int, int]):
+        super().__init__()
+        self.grids = grids
+        self.out_size = out_size
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for _, _, c in grids)
+        self.smooth = nn.ModuleList(conv_block(width, width) for _ in grids)
+        steps = max(0, math.ceil(math.log2(max(out_size[0] / grids[0][0], out_size[1] / grids[0][1]))))
+        self.up = nn.ModuleList(conv_block(width if i == 0 else max(width // 2**i, 8), max(width // 2 ** (i + 1), 8))
+                                for i in range(steps))  # fmt: skip
+        self.out = nn.Conv2d(max(width // 2**steps, 8) if steps else width, 1, 1)
+
+    def forward(self, maps: list[Tensor]) -> Tensor:
+        b, t = maps[0].shape[:2]
+        x = None
+        for s in reversed(range(len(maps))):  # coarsest first: top-down, upsample and add
+            h, w, c = self.grids[s]
+            y = self.lateral[s](maps[s].reshape(b * t, h, w, c).permute(0, 3, 1, 2))  # (B·T, C, h, w)
+            if x is not None:
+                y = y + F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            x = self.smooth[s](y)
+        for block in self.up:
+            x = block(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        x = self.out(x)  # (B·T, 1, h', w')
+        if tuple(x.shape[-2:]) != self.out_size:
+            x = F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False)
+        return x.view(b, t, *self.out_size)  # (B, T, H, W)
 
 
 class SegmentationConfig(TaskConfig):
