@@ -307,6 +307,8 @@ TASKS.register("classification", "harness.tasks.classification:ClassificationTas
 TASKS.register("multilabel", "harness.tasks.multilabel:MultilabelTask", "multi-label classification (AudioSet): shared linear head, sigmoid BCE, mAP/AUC")  # noqa: E501
 TASKS.register("localization", "harness.tasks.localization:LocalizationTask", "per-segment event labels (AVE): shared head per segment, CE, segment accuracy")  # noqa: E501
 TASKS.register("av_pretrain", "harness.tasks.av_pretrain:AVPretrainTask", "self-supervised AVBERT pretraining: masked embedding prediction + correct pair prediction, random or CANS negatives; no labels")  # noqa: E501
+TASKS.register("segmentation", "harness.tasks.segmentation:SegmentationTask", "sounding-object masks per frame (AVSBench S4/MS3): FPN mask decoder over the video tokens, BCE, mIoU/F-score")  # noqa: E501
+TASKS.register("avqa", "harness.tasks.avqa:AVQATask", "audio-visual question answering (MUSIC-AVQA): LSTM question encoder, AV grounding over the tokens, answer head, accuracy per question type")  # noqa: E501
 TASKS.register("multihead", "harness.tasks.multihead:MultiheadTask", "verb + noun heads (EPIC-KITCHENS-100): mean CE, per-head and action (joint) top-1/top-5")  # noqa: E501
 BACKBONES.register("tiny", "harness.models.backbones:tiny", "tiny ViT for CPU tests and the synthetic dataset")
 BACKBONES.register("vit_ti16", "harness.models.backbones:vit_ti16", "ViT-Ti/16 (D=192, L=12, 3 heads)")
@@ -322,6 +324,9 @@ ENGINES.register("torch", "harness.run.engines.torch_engine:TorchEngine", "plain
 ENGINES.register("deepspeed", "harness.run.engines.deepspeed_engine:DeepSpeedEngine", "DeepSpeed (ZeRO 0-3, bf16/fp16) on engine.workers Ray Train ranks; gloo on CPU, nccl on GPU")  # noqa: E501
 ENGINES.register("auto", "harness.run.engines.auto:AutoEngine", "deepspeed where CUDA is available, torch otherwise")
 FORMATS.register("synthetic", "harness.data.synthetic:SyntheticDataset", "procedural audio-visual clips generated on the fly and cached")  # noqa: E501
+FORMATS.register("synthetic_avs", "harness.data.synthetic_avs:SyntheticAVSDataset", "the synthetic clips labelled with the sounding object's mask per frame (segmentation)")  # noqa: E501
+FORMATS.register("avsbench", "harness.data.avsbench:AVSBenchDataset", "AVSBench S4/MS3: meta-data CSV + PNG frames, wavs and per-frame masks; segmentation")  # noqa: E501
+FORMATS.register("synthetic_avqa", "harness.data.music_avqa:SyntheticAVQADataset", "the synthetic clips with one MUSIC-AVQA-style templated question each (avqa)")  # noqa: E501
 FORMATS.register("vggsound_csv", "harness.data.formats:VGGSoundDataset", "VGGSound: vggsound.csv (ytid,start,label,split) + stat.csv classes; single label")  # noqa: E501
 FORMATS.register("audioset_csv", "harness.data.formats:AudioSetDataset", "AudioSet segment CSVs (quoted MID lists) + class_labels_indices.csv; multi-hot")  # noqa: E501
 FORMATS.register("ave", "harness.data.formats:AVEDataset", "AVE Annotations.txt + {train,val,test}_order.h5; per-second labels with background")  # noqa: E501

@@ -55,6 +55,7 @@ class Adapter(FrozenBackbone):
     """The frozen shared ViT with a unimodal bottleneck adapter beside each sub-layer of each modality's stream."""
 
     Config = BottleneckAdapterConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
 
     def __init__(self, cfg: BottleneckAdapterConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)

@@ -27,6 +27,7 @@ class Concat(ViTStreams):
     """Separate streams z_m <- Block_m(z_m) for l = 0..L-1; embedding = [CLS_v ‖ CLS_a] of width 2D."""
 
     Config = MethodConfig  # nothing to tune beyond the backbone
+    token_outputs = True  # forward returns tokens (with_tokens)
     order = ("video", "audio")
 
     def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec):
@@ -36,4 +37,4 @@ class Concat(ViTStreams):
     def forward(self, batch: dict) -> dict:
         z, present = self.unimodal(batch)  # m -> (B, 1 + N_m, D) after the final norm
         cls = [torch.where(present[m][:, None], z[m][:, 0], 0.0) for m in self.order]  # (B, D) each
-        return {"embedding": torch.cat(cls, dim=-1)}  # (B, 2D)
+        return self.with_tokens({"embedding": torch.cat(cls, dim=-1)}, z, present)  # embedding (B, 2D)

@@ -61,6 +61,7 @@ class Cross(ViTStreams):
     """Per-modality blocks; from Lf on each stream's queries attend over [other modality ‖ own tokens]."""
 
     Config = CrossConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
     contract_variants = ({"readout": "gap"}, {"readout": "gap", "fusion_layer": 1}, {"readout": "gap_cls"},
                          {"fusion_layer": 1})  # fmt: skip
 
@@ -90,4 +91,4 @@ class Cross(ViTStreams):
                 z = new  # every stream read the layer-l inputs
 
         z = {m: self.norm(x) for m, x in z.items()}
-        return read_out(z, present, cfg.readout)
+        return self.with_tokens(read_out(z, present, cfg.readout), z, present)

@@ -39,3 +39,4 @@ class Frozen(FrozenBackbone):
     """The frozen shared ViT as it is; the task's head reads each modality's CLS."""
 
     Config = FrozenProbeConfig
+    token_outputs = True  # forward returns tokens (with_tokens)

@@ -25,7 +25,8 @@ class Late(ViTStreams):
     """
 
     Config = MethodConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
 
     def forward(self, batch: dict) -> dict:
         z, present = self.unimodal(batch)  # m -> (B, 1 + N_m, D) after the final norm
-        return readout_cls(z, present)
+        return self.with_tokens(readout_cls(z, present), z, present)

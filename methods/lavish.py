@@ -82,6 +82,7 @@ class LAVISH(FrozenBackbone):
     """A frozen shared ViT over each modality; 4 adapters per block carry audio <-> video information."""
 
     Config = LAVISHConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
     positions: ClassVar[tuple[str, ...]] = ("p1", "p2")  # beside the MHSA, beside the FFN
 
     contract_variants = (
@@ -130,4 +131,5 @@ class LAVISH(FrozenBackbone):
             z = {m: x + mhsa[m] + res[m] for m, x in z.items()}
             res = self.adapt("p2", layer, z, keys, rows)
             z = {m: x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x)))) + res[m] for m, x in z.items()}
-        return readout_cls({m: self.norm(x) for m, x in z.items()}, present)
+        z = {m: self.norm(x) for m, x in z.items()}
+        return self.with_tokens(readout_cls(z, present), z, present)

@@ -55,6 +55,7 @@ class LoRA(FrozenBackbone):
     """The frozen shared ViT whose targeted linears carry peft LoRA updates; the blocks are otherwise unchanged."""
 
     Config = LoRAConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
 
     def __init__(self, cfg: LoRAConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)

@@ -77,9 +77,19 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
-from harness.api import FusionMethod, InputSpec, MethodConfig, attn_mask, complete, keep_keys, present_masks
+from harness.api import (
+    FusionMethod,
+    InputSpec,
+    MethodConfig,
+    TokenLayout,
+    attn_mask,
+    complete,
+    keep_keys,
+    present_masks,
+    token_outputs,
+)
 from harness.models.backbones import BackboneConfig, drop_path_rate
-from harness.models.blocks import Readout, Tokenizers, readout_cls, readout_field, readout_gap
+from harness.models.blocks import Readout, Tokenizers, readout_cls, readout_field, readout_gap, vit_token_layout
 
 Sharing = Literal["none", "layers", "modalities", "all"]
 INIT_STD = {"code": 0.01, "bert": 0.02}  # normal inits: AVBERT's init_weights(FC_INIT_STD); BERT's uncalled one
@@ -317,6 +327,7 @@ class LowRank(FusionMethod):
     """Unimodal encoders, then a multimodal encoder over [video ‖ audio], all of factorised shared layers."""
 
     Config = LowRankConfig
+    token_outputs = True
     contract_variants = (
         {"fusion": "early"},
         {"fusion": "late", "readout": "gap"},
@@ -362,7 +373,9 @@ class LowRank(FusionMethod):
         streams = self.encode_tokens(embedded, present, full)
         z = streams["multimodal"] or streams["unimodal"]
         out = readout_cls(z, present) if self.cfg.readout == "cls" else readout_gap(z, present)
-        return {**out, "tokens": embedded}  # the front ends' outputs, for harness.api.TokenSequences tasks
+        # tokens: the final sequences (harness.api.token_outputs); front_tokens: the front ends' outputs, what a
+        # harness.api.TokenSequences task (av_pretrain) re-encodes
+        return {**out, "tokens": token_outputs(z, present, self.token_layout()), "front_tokens": embedded}
 
     def encode_tokens(self, tokens: dict[str, Tensor], present: dict[str, Tensor],
                       full: bool = False) -> dict[str, dict[str, Tensor]]:  # fmt: skip
@@ -393,3 +406,9 @@ class LowRank(FusionMethod):
         last = "multimodal" if self.lm else "unimodal"
         streams[last] = {m: self.norm(x) for m, x in streams[last].items()}
         return streams
+
+    def token_layout(self) -> TokenLayout:
+        if self.backbone.family == "cnn":  # one token per short clip in each modality (harness/models/cnn.py)
+            k, d = self.spec.clips, self.backbone.embed_dim
+            return TokenLayout(video=(k, 1, 1, d), audio=(k, d), audio_time=tuple(range(k)), audio_steps=k)
+        return vit_token_layout(self.backbone, self.spec, ORDER)

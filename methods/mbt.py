@@ -83,6 +83,7 @@ class MBT(ViTStreams):
     """Per-modality streams that exchange information only through Nb shared bottleneck tokens."""
 
     Config = MBTConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
     contract_variants = ({"readout": "gap"}, {"readout": "gap_cls"}, {"shared_weights": True},
                          {"fusion_layer": 0, "bottleneck_tokens": 1, "readout": "gap"})  # fmt: skip
 
@@ -126,4 +127,4 @@ class MBT(ViTStreams):
                 b = mean_over_modalities(b_new, present)  # (B, Nb, D)
 
         z = {m: self.norm(x) for m, x in z.items()}
-        return read_out(z, present, cfg.readout)
+        return self.with_tokens(read_out(z, present, cfg.readout), z, present)

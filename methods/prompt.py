@@ -46,6 +46,7 @@ class Prompt(FrozenBackbone):
     """The frozen shared ViT with p fresh learnable tokens per modality in front of the patches of every block."""
 
     Config = PromptConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
 
     def __init__(self, cfg: PromptConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)

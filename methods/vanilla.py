@@ -72,6 +72,7 @@ class Vanilla(ViTStreams):
     """Shared blocks; per-modality passes below Lf, one joint sequence from Lf on."""
 
     Config = VanillaConfig
+    token_outputs = True  # forward returns tokens (with_tokens)
     contract_variants = ({"readout": "gap"}, {"readout": "gap", "fusion_layer": 2}, {"readout": "gap_cls"},
                          {"fusion_layer": 1})  # fmt: skip
     # Concatenation order of the joint sequence: MBT's z = [z_rgb ‖ z_spec].
@@ -102,4 +103,4 @@ class Vanilla(ViTStreams):
             z = dict(zip(self.order, joint.split(sizes, dim=1)))  # m -> (B, 1 + N_m, D)
 
         z = {m: self.norm(x) for m, x in z.items()}
-        return read_out(z, present, cfg.readout)
+        return self.with_tokens(read_out(z, present, cfg.readout), z, present)

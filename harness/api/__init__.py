@@ -16,7 +16,7 @@ This package imports nothing else of the harness (``tests/test_layering.py`` hol
 from harness.api.data import Dataset, DatasetError
 from harness.api.engine import Checkpoints, Engine, Reporter, TrainHook
 from harness.api.inputs import InputSpec
-from harness.api.method import CheckpointError, FusionMethod, MethodConfig
+from harness.api.method import CheckpointError, FusionMethod, MethodConfig, StageLayout, TokenLayout, token_outputs
 from harness.api.modalities import (
     COMPLETE,
     attn_mask,
@@ -43,9 +43,11 @@ __all__ = [
     "InputSpec",
     "MethodConfig",
     "Reporter",
+    "StageLayout",
     "Task",
     "TaskConfig",
     "TokenSequences",
+    "TokenLayout",
     "TrainHook",
     "Tree",
     "attn_mask",
@@ -60,5 +62,6 @@ __all__ = [
     "score_per_segment",
     "segment_spec",
     "stream_masks",
+    "token_outputs",
     "tree_map",
 ]

@@ -10,19 +10,28 @@ core reads of a method is declared here and nowhere else:
 - ``forward(batch) -> {"embedding": (B, D) or (B, S, D), "per_modality": {m: (B, D)} (optional)}``; a method
   need not localise itself: for a per-segment task it is built on one segment's spec and run on every segment of a
   clip (``harness.api.segments``), its (B·S, D) outputs read as (B, S, D);
+- token-level outputs (``token_outputs = True``): ``forward`` also returns ``"tokens": {"video": (B, T, Nv, D),
+  "audio": (B, Na, D)}`` (each consumed modality's patch tokens after the method's final norm, CLS and bottleneck
+  tokens excluded, an absent modality's rows 0) and, for a hierarchical backbone, ``"stages": [{"video": (B, T,
+  N_s, C_s), "audio": (B, Na_s, C_s)}, ...]`` finest first; :meth:`FusionMethod.token_layout` declares their shapes
+  (:class:`TokenLayout`). Dense and reasoning tasks (``segmentation``, ``avqa``) read them; a method that cannot
+  provide them keeps ``token_outputs = False`` (the default) and those tasks refuse it with a config error;
 - ``embed_dim``: D of the embeddings;
 - ``modalities``: which streams it consumes; ``frozen_prefix``: the frozen submodule whose output
   ``harness.run.frozen_cache`` may cache;
 - ``load_backbone(state_dict)``: fill the backbone from a local image-ViT checkpoint (``backbone.checkpoint``);
 - ``contract_variants``: option sets that ``harness.testing`` runs the contract tests on, besides the defaults.
 
-Shapes: ``B`` batch, ``S`` segments, ``D`` width.
+Shapes: ``B`` batch, ``S`` segments, ``D`` width, ``T`` time steps of the video tokens, ``Nv = h·w`` video tokens
+per time step (row-major over an h x w patch grid), ``Na`` audio tokens.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -35,6 +44,63 @@ if TYPE_CHECKING:  # annotations only: the core's types, never imported by the c
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the configured backbone."""
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """One stage of a hierarchical backbone's outputs: ``video`` (T, h, w, C) and ``audio`` (Na, C) shapes."""
+
+    video: tuple[int, int, int, int] | None = None
+    audio: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The shapes of a method's ``tokens`` (and ``stages``) outputs for one clip; what a task builds its head on.
+
+    Attributes:
+        video: (T, h, w, D): T time steps of an h x w grid of D-wide tokens, returned as (B, T, h·w, D); None when
+            the method consumes no video.
+        audio: (Na, D), returned as (B, Na, D); None when it consumes no audio.
+        audio_time: the time step (in ``range(audio_steps)``) each audio token covers, in token order, so a task can
+            pool the audio per time step whatever the method's token order (frequency- or time-major).
+        audio_steps: time steps of the audio tokens.
+        stages: hierarchical backbones only: every stage's shapes, finest first (the last is the final tokens').
+    """
+
+    video: tuple[int, int, int, int] | None = None
+    audio: tuple[int, int] | None = None
+    audio_time: tuple[int, ...] = ()
+    audio_steps: int = 0
+    stages: tuple[StageLayout, ...] = ()
+
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in ("audio", "video") if getattr(self, m) is not None)
+
+
+def token_outputs(z: dict[str, Tensor], present: dict[str, Tensor], layout: TokenLayout, cls: bool = True
+                  ) -> dict[str, Tensor]:  # fmt: skip
+    """The ``tokens`` output from each modality's final sequence: CLS dropped, video on its grid, absent rows 0.
+
+    Args:
+        z: ``{m: (B, 1 + N_m, D)}`` after the method's final norm (``(B, N_m, D)`` when ``cls`` is False), video tokens
+            time-major over the (T, h, w) grid of ``layout.video``.
+        present: ``{m: (B,) bool}``.
+        layout: the method's :class:`TokenLayout`.
+        cls: whether each sequence starts with a CLS token.
+
+    Returns:
+        ``{"video": (B, T, h·w, D), "audio": (B, Na, D)}`` for the modalities of ``layout``.
+    """
+    out = {}
+    for m in layout.modalities():
+        x = z[m][:, 1:] if cls else z[m]  # (B, N_m, D)
+        x = torch.where(present[m].view(-1, 1, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        if m == "video":
+            t, h, w, _ = layout.video
+            x = x.unflatten(1, (t, h * w))  # (B, T, h·w, D)
+        out[m] = x
+    return out
 
 
 class MethodConfig(BaseModel):
@@ -81,6 +147,9 @@ class FusionMethod(nn.Module):
     # Option sets the contract tests run on besides the defaults (``harness.testing``); ``{"backbone": "swinv2"}``
     # in a set builds the method on the contract's tiny Swin-V2 instead of its tiny ViT.
     contract_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
+    # Whether ``forward`` also returns ``tokens`` (and, hierarchical backbones, ``stages``) as :meth:`token_layout`
+    # declares them. False: the method cannot, and the tasks that need tokens refuse it (a config error).
+    token_outputs: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__()
@@ -97,6 +166,15 @@ class FusionMethod(nn.Module):
     def forward(self, batch: dict) -> dict[str, Tensor | dict[str, Tensor]]:
         """``{"embedding": (B, D) or (B, S, D)}``, optionally ``"per_modality": {m: (B, D)}``."""
         raise NotImplementedError(f"{type(self).__name__} does not define forward(batch)")
+
+    def token_layout(self) -> TokenLayout:
+        """The shapes of the ``tokens`` / ``stages`` outputs (``token_outputs = True``); checked against the outputs by
+        the method contract (``harness.testing``).
+
+        Raises:
+            NotImplementedError: the method has no token outputs (``token_outputs = False``).
+        """
+        raise NotImplementedError(f"method {self.cfg.name!r} returns no token outputs (token_outputs = False)")
 
     def load_backbone(self, state_dict: dict[str, Tensor]) -> LoadReport:
         """Fill the backbone from an image ViT's state dict (timm layout); called after init when

@@ -3,8 +3,9 @@
 A method that implements :class:`TokenSequences` splits its forward in two: the front ends' token embeddings
 (``family: cnn``: one per short clip, AVBERT's CNN embeddings) and the transformers over them. A self-supervised task
 can then mask or re-pair the embeddings (masked embedding prediction, correct pair prediction) and read every
-stream's outputs, while ``forward`` (both parts, unchanged input) also returns the embeddings as ``out["tokens"]``,
-so the front ends run once per step.
+stream's outputs, while ``forward`` (both parts, unchanged input) also returns the embeddings as
+``out["front_tokens"]`` (``out["tokens"]`` are the final sequences, ``harness.api.token_outputs``), so the front ends
+run once per step.
 
 Shapes: ``B`` batch, ``N_m`` tokens of modality m (``K`` clips for a cnn backbone), ``D`` width.
 """

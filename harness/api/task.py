@@ -109,9 +109,14 @@ class Task(nn.Module):
         self.num_classes = num_classes
 
     def bind(self, method: nn.Module) -> None:
-        """Called once by ``harness.run.trial.build_model`` with the method this task trains; a task that needs more
-        than the method's outputs (``av_pretrain``: its token sequences, ``harness.api.TokenSequences``) keeps it
-        here. The default keeps nothing."""
+        """Called once with the built method, right after the task (``harness.run.trial.build_model``): a task over
+        token outputs (``segmentation``) builds its head on ``method.token_layout()`` here; a task that needs more than
+        the method's outputs (``av_pretrain``: its token sequences, ``harness.api.TokenSequences``) keeps it. Default:
+        nothing.
+
+        Raises:
+            ValueError: the method cannot feed this task (e.g. no token outputs).
+        """
 
     # -- what a task defines -----------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.cli.common import add_command
-from harness.data.synth_media import LAYOUTS
+from harness.data.synth_media import FRAME_LAYOUTS, LAYOUTS
 
 
 def add(sub):
@@ -16,7 +16,12 @@ def add(sub):
         "  harness synth --out /tmp/ave --layout ave --clips 20\n  harness prepare ave --root /tmp/ave",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    p.add_argument("--layout", required=True, choices=LAYOUTS, help="whose file names and annotation format to write")
+    p.add_argument(
+        "--layout",
+        required=True,
+        choices=(*LAYOUTS, *FRAME_LAYOUTS),
+        help="whose file names and annotation format to write",
+    )
     p.add_argument("--clips", type=int, default=12, metavar="N", help="clips to write (default 12)")
     p.add_argument("--seed", type=int, default=0, help="generation seed")
     return p
@@ -27,5 +32,6 @@ def run(args) -> int:
 
     info = synth(Path(args.out), args.layout, args.clips, args.seed)
     print(f"wrote {info['clips']} clips ({args.layout} layout: {', '.join(info['files'])}) under {args.out}")
-    print(f"next: harness prepare {args.layout} --root {args.out}")
+    card = {"avsbench": "avsbench_s4"}.get(args.layout, args.layout)  # the dataset card that reads the layout
+    print(f"next: harness prepare {card} --root {args.out}")
     return 0

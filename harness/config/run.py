@@ -304,6 +304,22 @@ def _loss_reduction_fits(train: TrainConfig, task_name: str) -> Errors:
     return []
 
 
+def _method_feeds_task(task_name: str, method_name: str) -> Errors:
+    """A task over token outputs (``Task.token_modalities``: ``segmentation`` decodes video tokens) needs a method
+    that returns them (``FusionMethod.token_outputs``) for those modalities."""
+    needs = getattr(TASKS.get(task_name), "token_modalities", ())
+    if not needs:
+        return []
+    cls = METHODS.get(method_name)
+    if not getattr(cls, "token_outputs", False):
+        return [("method.name", f"{method_name!r} returns no token outputs; task {task_name!r} decodes the method's "
+                                f"{' and '.join(needs)} tokens (FusionMethod.token_outputs)")]  # fmt: skip
+    if missing := [m for m in needs if m not in cls.modalities]:
+        msg = f"{method_name!r} consumes no {' or '.join(missing)}; task {task_name!r} decodes {' and '.join(needs)} "
+        return [("method.name", msg + f"tokens; pick a method with {' and '.join(missing)}")]
+    return []
+
+
 def _resolve(d: dict) -> tuple[RunSpec | None, Errors]:
     errors: Errors = []
     top = validate(_TopLevel, d, "", errors)
@@ -334,6 +350,8 @@ def _resolve(d: dict) -> tuple[RunSpec | None, Errors]:
         errors.append(("train.min_lr", f"must be <= train.lr = {train.lr} (got {train.min_lr})"))
     if isinstance(train, TrainConfig) and task is not None:
         errors += _loss_reduction_fits(train, task_name)
+    if task is not None and method is not None:
+        errors += _method_feeds_task(task_name, method.name)
     engine = _engine(top, errors)
     if errors:
         return None, errors

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-LAYOUTS = ("vggsound", "audioset", "ave", "kinetics_sounds", "epic_kitchens_100")
+LAYOUTS = ("vggsound", "audioset", "ave", "kinetics_sounds", "epic_kitchens_100")  # MP4 files, the media pipeline
+FRAME_LAYOUTS = ("avsbench",)  # PNG frames + wavs, read by their own loaders (harness.data.avsbench)
 USED = 6  # classes the generated clips actually use (the class lists are full size)
 
 
@@ -105,8 +106,8 @@ def _csv(path: Path, rows: list, header: list[str] | None = None) -> None:
 
 def synth(out: Path, layout: str, clips: int = 12, seed: int = 0, seconds: float = 10.0) -> dict:
     """Write ``clips`` synthetic clips of ``layout`` under ``out``; returns {"clips", "files"} for the message."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"--layout {layout!r}: must be one of {', '.join(LAYOUTS)}")
+    if layout not in (*LAYOUTS, *FRAME_LAYOUTS):
+        raise ValueError(f"--layout {layout!r}: must be one of {', '.join((*LAYOUTS, *FRAME_LAYOUTS))}")
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     return globals()[f"_{layout}"](out, clips, rng, seconds)
@@ -210,3 +211,10 @@ def _epic_kitchens_100(out: Path, n: int, rng, seconds: float) -> dict:
     for name, rs in rows.items():
         _csv(out / name, rs, header)
     return {"clips": n, "files": [*rows, "EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"]}
+
+
+def _avsbench(out: Path, n: int, rng, seconds: float) -> dict:
+    """AVSBench S4: PNG frames, wavs and masks of harness.data.synthetic_avs's clips (``harness.data.avsbench``)."""
+    from harness.data.avsbench import write_synthetic
+
+    return write_synthetic(out, n, seed=int(rng.integers(2**31)))

@@ -122,14 +122,13 @@ def _trajectories(n: int, cfg: SyntheticConfig, radius: int, g: torch.Generator)
     return lo + torch.where(pos > span, 2 * span - pos, pos)  # reflect: bounce
 
 
-def _draw_video(colour_ids, shape_ids, events, centres, radius: int, cfg, g) -> torch.Tensor:
-    """Render uint8 frames (n, T, 3, H, W): dim objects, bright when flashing, on a noisy dark background."""
-    n, k, t = events.shape
+def _object_masks(shape_ids, centres, radius: int, cfg) -> torch.Tensor:
+    """(n, K, T, H, W) bool: the pixels each object covers in each frame (before occlusion)."""
+    n, k, t = centres.shape[:3]
     s = cfg.image_size
     yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
     dy = yy.view(1, 1, 1, s, s) - centres[..., 1, None, None]  # (n, K, T, H, W)
     dx = xx.view(1, 1, 1, s, s) - centres[..., 0, None, None]
-    shape = shape_ids  # (n, K)
     inside = torch.stack(
         [
             torch.maximum(dx.abs(), dy.abs()) <= radius * 0.85,  # square
@@ -137,7 +136,23 @@ def _draw_video(colour_ids, shape_ids, events, centres, radius: int, cfg, g) -> 
             dx.abs() + dy.abs() <= radius * 1.2,  # diamond
         ]
     )  # (3, n, K, T, H, W)
-    mask = inside.gather(0, shape.view(1, n, k, 1, 1, 1).expand(1, n, k, t, s, s))[0]
+    return inside.gather(0, shape_ids.view(1, n, k, 1, 1, 1).expand(1, n, k, t, s, s))[0]
+
+
+def sounding_mask(drawn: torch.Tensor, sounding: torch.Tensor) -> torch.Tensor:
+    """(n, T, H, W) bool: the visible pixels of the sounding object, from ``drawn`` (n, K, T, H, W) in drawing order
+    (later objects occlude earlier ones) and ``sounding`` (n,) its index in that order."""
+    k = drawn.shape[1]
+    own = drawn[torch.arange(drawn.shape[0]), sounding]  # (n, T, H, W)
+    later = torch.arange(k)[None] > sounding[:, None]  # (n, K): drawn over it
+    return own & ~(drawn & later[..., None, None, None]).any(1)
+
+
+def _draw_video(colour_ids, shape_ids, events, centres, radius: int, cfg, g) -> torch.Tensor:
+    """Render uint8 frames (n, T, 3, H, W): dim objects, bright when flashing, on a noisy dark background."""
+    n, k, t = events.shape
+    s = cfg.image_size
+    mask = _object_masks(shape_ids, centres, radius, cfg)  # (n, K, T, H, W)
     colour = COLOURS[colour_ids]  # (n, K, 3)
     bright = torch.where(events, 1.0, cfg.idle_brightness)  # (n, K, T)
     img = 0.08 + cfg.noise * torch.randn(n, t, 3, s, s, generator=g)
@@ -190,7 +205,8 @@ def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, n_frames: int) ->
     return out
 
 
-def generate(cfg: SyntheticConfig, latents: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+def generate(cfg: SyntheticConfig, latents: bool = False, masks: bool = False, waves: bool = False,
+             positions: bool = False) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
     """Generate all splits: {split: {"video": uint8 (N,T,3,H,W), "audio": float (N,1,M,F), "label": (N,)}}.
 
     Args:
@@ -198,6 +214,12 @@ def generate(cfg: SyntheticConfig, latents: bool = False) -> dict[str, dict[str,
         latents: also return each split's generative attributes (:func:`latent_attributes`), for unimodal
             pretraining (``harness/run/pretrain.py``). They are derived from draws made anyway, so the clips, labels
             and the cache key do not depend on this flag.
+        masks: also return ``mask`` uint8 (N, T, H, W): the visible pixels of the sounding object in every frame
+            (none while it is not drawn), the ``synthetic_avs`` format's label; computed without random draws, so
+            the clips do not depend on this flag either.
+        waves: also return ``wave`` float (N, samples), the soundtrack before the log-mel (``harness synth``).
+        positions: also return ``colours`` (N, K) and ``mean_x`` (N, K), each object's colour and mean x over the
+            clip, object 0 the sounding one (``synthetic_avqa``'s questions).
     """
     g = torch.Generator().manual_seed(cfg.seed)
     radius = cfg.object_size or max(2, cfg.image_size // 6)
@@ -214,20 +236,23 @@ def generate(cfg: SyntheticConfig, latents: bool = False) -> dict[str, dict[str,
         frame_events = events.repeat_interleave(cfg.frames // cfg.slots, dim=2)  # (n, K, T)
         order = torch.rand(n, k, generator=g).argsort(dim=1)  # random drawing (occlusion) order
         take = order[..., None]
-        video = _draw_video(
-            colour.gather(1, order),
-            shape.gather(1, order),
-            frame_events.gather(1, take.expand(-1, -1, cfg.frames)),
-            centres.gather(1, take[..., None].expand(-1, -1, cfg.frames, 2)),
-            radius,
-            cfg,
-            g,
-        )
+        drawn_events = frame_events.gather(1, take.expand(-1, -1, cfg.frames))
+        drawn_centres = centres.gather(1, take[..., None].expand(-1, -1, cfg.frames, 2))
+        drawn_shapes = shape.gather(1, order)
+        video = _draw_video(colour.gather(1, order), drawn_shapes, drawn_events, drawn_centres, radius, cfg, g)
         wave = _synth_audio(shape[:, 0], timbre, events[:, 0], cfg, g)
         audio = log_mel(wave, cfg.sample_rate, cfg.n_mels, cfg.n_frames)
         out[split] = {"video": video, "audio": audio, "label": colour[:, 0] * cfg.timbres + timbre}
         if latents:
             out[split].update(latent_attributes(cfg, colour, shape, timbre, events, frame_events))
+        if waves:
+            out[split]["wave"] = wave
+        if positions:
+            out[split].update(colours=colour.clone(), mean_x=centres[..., 0].mean(-1))
+        if masks:
+            lit = drawn_events | (cfg.idle_brightness > 0)  # (n, K, T): drawn in frame t
+            drawn = _object_masks(drawn_shapes, drawn_centres, radius, cfg) & lit[..., None, None]
+            out[split]["mask"] = sounding_mask(drawn, order.argsort(dim=1)[:, 0]).to(torch.uint8)
     # AST-style normalisation, (x - mean) / (2 std), with the train split's statistics
     mean, std = out["train"]["audio"].mean(), out["train"]["audio"].std()
     for split in SPLITS:

@@ -20,16 +20,19 @@ from harness.api import (
     FusionMethod,
     InputSpec,
     MethodConfig,
+    TokenLayout,
     attn_mask,
     complete,
     keep_keys,
     mean_over_modalities,
     present_masks,
+    token_outputs,
 )
 from harness.models.backbones import (
     AudioPatchEmbed,
     BackboneConfig,
     VideoPatchEmbed,
+    audio_grid,
     cls_token,
     layer_norm,
     make_blocks,
@@ -37,6 +40,7 @@ from harness.models.backbones import (
     num_video_tokens,
     pos_table,
     time_slots,
+    video_grid,
 )
 from harness.models.cnn import AudioClipCNN, VideoClipCNN
 from harness.models.weights import ImageViT, LoadReport, Mapping, apply_mapping, image_vit, vit_mapping
@@ -108,6 +112,28 @@ def check_fusion_layer(value: int, depth: int, key: str = "method.fusion_layer")
             f"the backbone has depth {depth})",
         )
     ]
+
+
+def vit_token_layout(
+    backbone: BackboneConfig,
+    spec: InputSpec,
+    modalities: tuple[str, ...],
+    audio_patch: tuple[int, int] | None = None,
+    audio_time_major: bool = False,
+) -> TokenLayout:
+    """The :class:`harness.api.TokenLayout` of a ViT method's patch tokens (time-major video tubelets; audio over the
+    (freq, time) grid of ``audio_patch``, frequency-major unless ``audio_time_major``: the (time x mel) image)."""
+    d = backbone.embed_dim
+    layout = {}
+    if "video" in modalities:
+        layout["video"] = (*video_grid(backbone, spec), d)
+    if "audio" in modalities:
+        grid = backbone if audio_patch is None else backbone.model_copy(update={"audio_patch": audio_patch})
+        fa, ta = audio_grid(grid, spec)
+        token = torch.arange(fa * ta)
+        layout |= dict(audio=(fa * ta, d), audio_steps=ta,
+                       audio_time=tuple((token // fa if audio_time_major else token % ta).tolist()))  # fmt: skip
+    return TokenLayout(**layout)
 
 
 class Tokenizers(nn.Module):
@@ -289,6 +315,13 @@ class ViTStreams(FusionMethod):
         own = {m: own_keys(present[m], x.shape[1], self.tokens.has_cls) for m, x in z.items()}  # m -> (B, N)
         z = self.streams(z, own_masks(own, full, self.tokens.has_cls), range(self.backbone.depth))
         return {m: self.norm(x) for m, x in z.items()}, present
+
+    def token_layout(self) -> TokenLayout:
+        return vit_token_layout(self.backbone, self.spec, self.order or self.modalities)
+
+    def with_tokens(self, out: dict, z: dict[str, Tensor], present: dict[str, Tensor]) -> dict:
+        """``out`` and the ``tokens`` of the final sequences ``z`` (``{m: (B, [1 +] N_m, D)}`` after the norm)."""
+        return dict(out, tokens=token_outputs(z, present, self.token_layout(), self.tokens.has_cls))
 
     def backbone_mapping(self, vit: ImageViT) -> Mapping:
         """Our parameter name -> (checkpoint value, its source); a subclass adds what it has beyond the streams."""

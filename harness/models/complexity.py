@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
-from harness.api import InputSpec, Task, tree_map
+from harness.api import InputSpec, tree_map
 
 _aten = torch.ops.aten
 
@@ -98,6 +98,13 @@ def meta_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def meta_copies(method: nn.Module, task: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """:func:`meta_copy` of a method and its task in one copy, so a task that keeps a reference to its method
+    (``av_pretrain``, ``Task.bind``) holds the method's copy, not the original."""
+    pair = meta_copy(nn.ModuleDict({"method": method, "task": task}))
+    return pair["method"], pair["task"]
+
+
 def forward_flops(method: nn.Module, head: nn.Module | None, spec: InputSpec) -> dict[str, float]:
     """FLOPs of one clip's forward pass (batch 1, both modalities present) in eval mode, without grad.
 
@@ -146,9 +153,8 @@ def train_flops(method: nn.Module, task: nn.Module, spec: InputSpec, batch_size:
         ``{"gflops": ..., "gmacs": ...}`` per clip.
     """
     register_sdpa_formulas()
-    method, task = meta_copy(method).train(), meta_copy(task).train()
-    if isinstance(task, Task):  # a task that holds its method (av_pretrain) holds the copy, not the original
-        task.bind(method)
+    method, task = meta_copies(method, task)
+    method.train(), task.train()
     batch = example_batch(spec, batch_size, device="meta")
     with FlopCounterMode(display=False) as forward:
         out = method(batch)

@@ -35,12 +35,14 @@ from harness.api import (
     FusionMethod,
     InputSpec,
     MethodConfig,
+    TokenLayout,
     complete,
     present_masks,
     stream_masks,
+    token_outputs,
 )
 from harness.models.backbones import BackboneConfig, audio_grid, layer_norm, make_blocks, num_audio_tokens
-from harness.models.blocks import Tokenizers, readout_cls
+from harness.models.blocks import Tokenizers, readout_cls, vit_token_layout
 from harness.models.weights import ImageViT, LoadReport, Mapping, apply_mapping, image_vit, vit_mapping
 
 BACKBONE_PARTS = ("tokens", "blocks", "norm")
@@ -190,7 +192,21 @@ class FrozenBackbone(FusionMethod):
         return {m: self.norm(x) for m, x in z.items()}, present
 
     def forward(self, batch: dict) -> dict:
-        return readout_cls(*self.encode(batch))
+        z, present = self.encode(batch)
+        return self.with_tokens(readout_cls(z, present), z, present)
+
+    def token_layout(self) -> TokenLayout:
+        """Video tubelets as ``Tokenizers``; audio on the image grid of the video patch (``audio_embed: image``, time-
+        major for a (time x mel) image) or the backbone's audio patch grid (``spectrogram``)."""
+        cfg: FrozenConfig = self.cfg
+        if cfg.audio_embed == "image":
+            p, time_major = self.backbone.patch_size, cfg.audio_orientation == "time_mel"
+            return vit_token_layout(self.backbone, self.spec, self.modalities, (p, p), time_major)
+        return vit_token_layout(self.backbone, self.spec, self.modalities)
+
+    def with_tokens(self, out: dict, z: dict[str, Tensor], present: dict[str, Tensor]) -> dict:
+        """``out`` and the ``tokens`` of the final sequences ``z`` (``{m: (B, 1 + N_m, D)}`` after the norm)."""
+        return dict(out, tokens=token_outputs(z, present, self.token_layout()))
 
     def backbone_mapping(self, vit: ImageViT) -> Mapping:
         """An image ViT onto ``tokens``, ``blocks`` and ``norm``, MBT's way (``harness.models.weights``)."""

@@ -30,7 +30,8 @@ def resolve_params(dataset: str, root: str, cache: str | None, overrides: list[s
     except UnknownNameError as e:
         raise ConfigError([("DATASET", str(e))]) from e
     cls = FORMATS.get(card["format"])
-    if not (isinstance(cls, type) and issubclass(cls, PreparedDataset)):
+    from_files = getattr(cls, "from_files", False)  # a format that decodes its own files (harness.data.avsbench)
+    if not (isinstance(cls, type) and (issubclass(cls, PreparedDataset) or from_files)):
         raise ConfigError([("DATASET", f"{dataset!r} (format {card['format']!r}) is not read from media files")])
     fields = {**card["params"], "root": root}
     if cache:

@@ -204,6 +204,7 @@ def profile(spec: ProfileSpec) -> dict[str, Any]:
     with torch.device("meta"):
         method = METHODS.get(spec.method.name).build(spec.method, spec.backbone, spec.input)
         task = TASKS.get(spec.task_name)(spec.task, spec.input.num_classes, method.embed_dim)
+        task.bind(method)
     total, trainable = count_params(torch.nn.ModuleDict({"method": method, "task": task}))
     count = {"video": num_video_tokens, "audio": num_audio_tokens}
     return {

@@ -83,8 +83,8 @@ def build_model(spec: RunSpec, input_spec) -> tuple[torch.nn.Module, torch.nn.Mo
     if segments:
         score_per_segment(method, segments)
     task = TASKS.get(spec.task_name)(spec.task, input_spec.num_classes, method.embed_dim)
+    task.bind(method)  # a head over the method's tokens (segmentation) is built on its token layout
     task.loss_reduction = spec.train.loss_reduction  # over a clip's per-class loss terms (Task.reduce_classes)
-    task.bind(method)
     return method, task
 
 
@@ -94,10 +94,10 @@ def model_cost(method: torch.nn.Module, task: torch.nn.Module, input_spec, batch
 
     Counted on a meta-device copy (``harness.models.complexity.meta_copy``): shapes only, no forward on real tensors.
     """
-    from harness.models.complexity import count_params, forward_flops, meta_copy, train_flops
+    from harness.models.complexity import count_params, forward_flops, meta_copies, train_flops
 
     total, trainable = count_params(torch.nn.ModuleDict({"method": method, "task": task}))
-    flops = forward_flops(meta_copy(method), meta_copy(task), input_spec)
+    flops = forward_flops(*meta_copies(method, task), input_spec)
     return {
         "model/params_total": float(total),
         "model/params_trainable": float(trainable),

@@ -6,7 +6,7 @@ Learning", ICLR 2021, https://arxiv.org/abs/2012.04124. The official code (sangh
 fine-tuning only, no pretraining code, so everything below follows the paper's description; the choices it leaves
 open are options, and the ones made here are marked (assumed).
 
-Per training batch, on the front ends' clip embeddings c_m (B, K, D) of the method's forward (``out["tokens"]``,
+Per training batch, on the front ends' clip embeddings c_m (B, K, D) of the method's forward (``out["front_tokens"]``,
 ``harness.api.TokenSequences``; the CNN runs once):
 - CPP pairs: a fraction ``cpp_negatives`` of the clips get the audio sequence of another clip of the mini-batch,
   drawn by the sampling rule below; the CPP head, a linear map of the last stream's [BOS_video ‖ BOS_audio], says
@@ -141,7 +141,7 @@ class AVPretrainTask(Task):
         method = self.__dict__["_method"]
         if method is None:
             raise RuntimeError("av_pretrain: bind(method) was not called (harness.run.trial.build_model does)")
-        tokens = out["tokens"]  # m -> (B, K, D)
+        tokens = out["front_tokens"]  # m -> (B, K, D)
         present = present_masks(batch, ORDER)
         b, k, _ = tokens["video"].shape
         dev = tokens["video"].device
@@ -195,7 +195,7 @@ class AVPretrainTask(Task):
     @torch.no_grad()
     def scores(self, out: dict, batch: dict | None = None) -> Tensor:
         """(B, 4) per clip: mep_loss, mep_acc, cpp_loss, cpp_acc, with masks and pairs seeded by the clip ids."""
-        dev = out["tokens"]["video"].device
+        dev = out["front_tokens"]["video"].device
         g = torch.Generator(device=dev).manual_seed(zlib.crc32("\n".join(batch["id"]).encode()))
         o = self.objectives(out, batch, g)
         return torch.stack([o["mep_loss"], o["mep_acc"], o["cpp_loss"], o["cpp_acc"]], dim=1)

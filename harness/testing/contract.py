@@ -12,6 +12,8 @@ and with each option set in its class's ``contract_variants``. A method is held 
 - with ``precision = "bf16"`` every check runs with each forward under bf16 autocast (``train.precision: bf16``);
   :class:`CompileContract` checks ``torch.compile`` (``train.compile``) with ``fullgraph=True``: no graph break, so
   no host sync and no Python branch on a tensor, and eager's outputs and gradients.
+- token outputs (``token_outputs``): ``tokens`` (and ``stages``) of the shapes :meth:`token_layout` declares, an absent
+  modality's rows 0, a present one's not; they take part in every check above.
 
 Usage in a plug-in's tests::
 
@@ -98,6 +100,8 @@ def outputs(out: dict) -> dict[str, torch.Tensor]:
     """The output tensors, flattened to one dict."""
     flat = {"embedding": out["embedding"]}
     flat.update({f"per_modality.{m}": x for m, x in out.get("per_modality", {}).items()})
+    flat.update({f"tokens.{m}": x for m, x in out.get("tokens", {}).items()})
+    flat.update({f"stages.{i}.{m}": x for i, stage in enumerate(out.get("stages", ())) for m, x in stage.items()})
     return flat
 
 
@@ -149,7 +153,8 @@ class MethodContract(_Cases):
         assert out["embedding"].shape == (3, model.embed_dim)
         assert set(out.get("per_modality", {})) <= set(model.modalities)
         for key, x in outputs(out).items():
-            assert x.shape == (3, model.embed_dim), key
+            if not key.startswith(("tokens.", "stages.")):  # their shapes: test_token_outputs_match_layout
+                assert x.shape == (3, model.embed_dim), key
             assert torch.isfinite(x).all(), key
 
     def test_gradients_reach_trainable_and_not_frozen(self, name, overrides, backbone, spec):
@@ -221,6 +226,37 @@ class MethodContract(_Cases):
         batch = make_batch(spec, [True] * 2, [True] * 2)
         bare = {k: v for k, v in batch.items() if not k.endswith("_present")}
         torch.testing.assert_close(model(bare)["embedding"], model(batch)["embedding"], rtol=0, atol=0)
+
+    def test_token_outputs_match_layout(self, name, overrides, backbone, spec):
+        model = build(name, overrides, backbone, spec).eval()
+        if not model.token_outputs:
+            pytest.skip(f"method {name!r} returns no token outputs (token_outputs = False)")
+        layout = model.token_layout()
+        out = model(make_batch(spec, AUDIO_PRESENT, VIDEO_PRESENT))
+        b = len(AUDIO_PRESENT)
+        assert set(out["tokens"]) == set(layout.modalities()) <= set(model.modalities)
+
+        def check(tokens: dict, video: tuple | None, audio: tuple | None, where: str) -> None:
+            expected = {}
+            if video is not None:
+                t, h, w, d = video
+                expected["video"] = (b, t, h * w, d)
+            if audio is not None:
+                expected["audio"] = (b, *audio)
+            assert {m: tuple(x.shape) for m, x in tokens.items()} == expected, where
+            for m, x in tokens.items():
+                present = torch.tensor(AUDIO_PRESENT if m == "audio" else VIDEO_PRESENT)
+                rows = x.flatten(1).abs().amax(1)  # (B,)
+                assert torch.isfinite(x).all(), f"{where}.{m}"
+                assert (rows[~present] == 0).all() and (rows[present] > 0).all(), f"{where}.{m}: absent rows not 0"
+
+        check(out["tokens"], layout.video, layout.audio, "tokens")
+        if layout.audio is not None:
+            assert len(layout.audio_time) == layout.audio[0]
+            assert set(layout.audio_time) <= set(range(layout.audio_steps))
+        assert len(out.get("stages", ())) == len(layout.stages)
+        for i, (stage, shapes) in enumerate(zip(out.get("stages", ()), layout.stages)):
+            check(stage, shapes.video, shapes.audio, f"stages.{i}")
 
     def test_trainable_count_is_requires_grad(self, name, overrides, backbone, spec):
         model = build(name, overrides, backbone, spec)

@@ -51,7 +51,16 @@ import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from harness.api import CheckpointError, FusionMethod, InputSpec, complete, mean_over_modalities, present_masks
+from harness.api import (
+    CheckpointError,
+    FusionMethod,
+    InputSpec,
+    StageLayout,
+    TokenLayout,
+    complete,
+    mean_over_modalities,
+    present_masks,
+)
 from harness.models.backbones import BackboneConfig
 from harness.models.weights import LoadReport
 from methods.parts.lavish_adapter import AdapterConfig, LAVISHAdapter
@@ -120,6 +129,7 @@ class SwinLAVISH(FusionMethod):
 
     frozen_prefix: ClassVar[str | None] = None  # no frozen tokeniser output to cache (harness/run/frozen_cache.py)
     positions: ClassVar[tuple[str, ...]] = ("p1", "p2")
+    token_outputs: ClassVar[bool] = True  # the final tokens and every stage's map (stages)
 
     def __init__(self, cfg: AdapterConfig, backbone: BackboneConfig, spec: InputSpec):
         super().__init__(cfg, backbone, spec)
@@ -161,7 +171,7 @@ class SwinLAVISH(FusionMethod):
         images, clip = self.pairs(batch, present)
         rows = {m: None if full else p[clip] for m, p in present.items()}  # (P,): the pair's modality is present
         z = {m: self.swin.patch_embed(x) for m, x in images.items()}  # (P, h, w, C_0)
-        layer = 0
+        layer, stages = 0, []
         for stage in self.swin.layers:
             z = {m: stage.downsample(x) for m, x in z.items()}  # (P, h/2, w/2, C_s) from stage 1 on
             for blk in stage.blocks:
@@ -170,10 +180,47 @@ class SwinLAVISH(FusionMethod):
                 res = self.adapt("p2", layer, z, rows)
                 z = {m: x + blk.drop_path2(blk.norm2(blk.mlp(x))) + res[m] for m, x in z.items()}
                 layer += 1
-        pooled = {m: self.swin.norm(x).mean(dim=(1, 2)) for m, x in z.items()}  # (P, C) per pair
+            stages.append(z)
+        final = {m: self.swin.norm(x) for m, x in z.items()}  # (P, h, w, C)
+        pooled = {m: x.mean(dim=(1, 2)) for m, x in final.items()}  # (P, C) per pair
         b = batch["video"].shape[0]
         per_clip = {m: x.unflatten(0, (b, -1)).mean(1) for m, x in pooled.items()}  # (B, C): mean over the T pairs
-        return {"embedding": mean_over_modalities(per_clip, present), "per_modality": per_clip}
+        return {
+            "embedding": mean_over_modalities(per_clip, present),
+            "per_modality": per_clip,
+            "tokens": self.clip_tokens(final, present, b),
+            "stages": [self.clip_tokens(x, present, b) for x in stages],
+        }
+
+    @staticmethod
+    def clip_tokens(z: dict[str, Tensor], present: dict[str, Tensor], b: int) -> dict[str, Tensor]:
+        """Pairs' grids ``{m: (P, h, w, C_s)}`` as a clip's tokens: video (B, T, h·w, C_s), audio (B, T·h_a·w_a, C_s)
+        (pair-major), an absent modality's rows 0."""
+        out = {}
+        for m, x in z.items():
+            x = x.flatten(1, 2).unflatten(0, (b, -1))  # (B, T, h·w, C_s)
+            x = torch.where(present[m].view(-1, 1, 1, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+            out[m] = x if m == "video" else x.flatten(1, 2)
+        return out
+
+    def token_layout(self) -> TokenLayout:
+        """Every stage's grids: the patch grid of a frame and of an audio window's image, halved (rounded up: timm's
+        patch merging pads) from stage 1 on; audio tokens pair-major, so token i covers pair i // (h_a·w_a)."""
+        spec, p, t = self.spec, self.backbone.patch_size, self.spec.frames
+        rows, cols = spec.n_frames // t, spec.n_mels  # an audio window's image, time x mel
+        if self.cfg.audio_orientation != "time_mel":
+            rows, cols = cols, rows
+        grids = {"video": (spec.image_size // p, spec.image_size // p), "audio": (rows // p, cols // p)}
+        stages = []
+        for i, c in enumerate(self.backbone.stage_widths()):
+            if i:
+                grids = {m: (-(-h // 2), -(-w // 2)) for m, (h, w) in grids.items()}
+            (hv, wv), (ha, wa) = grids["video"], grids["audio"]
+            stages.append(StageLayout(video=(t, hv, wv, c), audio=(t * ha * wa, c)))
+        na = stages[-1].audio[0]
+        per_pair = na // t
+        return TokenLayout(video=stages[-1].video, audio=stages[-1].audio, audio_steps=t,
+                           audio_time=tuple(i // per_pair for i in range(na)), stages=tuple(stages))  # fmt: skip
 
     def adapt(self, pos: str, layer: int, z: dict[str, Tensor], rows: dict[str, Tensor]) -> dict[str, Tensor]:
         """{m: adapter_{m,pos,layer}(z_m, z_other)} on flattened tokens, reshaped back to each grid."""
