@@ -167,7 +167,7 @@ def log_dataset(client, run_id: str, tags: dict[str, str], name: str) -> None:
     digest = tags.get("harness.manifest_hash") or tags.get("harness.dataset_fingerprint")
     if not digest:
         return
-    counts = dict(kv.split("=", 1) for kv in tags.get("harness.data_counts", "").split() if "=" in kv)
+    counts = dict(kv.split("=", 1) for kv in tags.get("harness.split_counts", "").split() if "=" in kv)
     profile = json.dumps({"clips": {k: int(v) for k, v in counts.items()}, "decoder": tags.get("harness.decoder")})
     source = json.dumps({"card": name, "fingerprint": tags.get("harness.dataset_fingerprint")})
     dataset = Dataset(name=name, digest=digest[:36], source_type="harness", source=source, profile=profile)

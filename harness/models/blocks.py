@@ -128,11 +128,13 @@ def vit_token_layout(
     if "video" in modalities:
         layout["video"] = (*video_grid(backbone, spec), d)
     if "audio" in modalities:
-        grid = backbone if audio_patch is None else backbone.model_copy(update={"audio_patch": audio_patch})
-        fa, ta = audio_grid(grid, spec)
-        token = torch.arange(fa * ta)
-        layout |= dict(audio=(fa * ta, d), audio_steps=ta,
-                       audio_time=tuple((token // fa if audio_time_major else token % ta).tolist()))  # fmt: skip
+        # plain Python (no config copy, no tensor): forwards call this, also under torch.compile(fullgraph=True)
+        if audio_patch is None:
+            fa, ta = audio_grid(backbone, spec)
+        else:
+            fa, ta = spec.n_mels // audio_patch[0], spec.n_frames // audio_patch[1]
+        steps = tuple(i // fa if audio_time_major else i % ta for i in range(fa * ta))
+        layout |= dict(audio=(fa * ta, d), audio_steps=ta, audio_time=steps)
     return TokenLayout(**layout)
 
 

@@ -122,7 +122,7 @@ def run_tags(spec: RunSpec, device: torch.device, data, task: torch.nn.Module) -
             "harness.precision": resolve_precision(spec.train.precision, device)}  # fmt: skip
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPU(s) a sweep's trial was given (harness/sweep/driver.py)
         tags["harness.cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    tags["harness.data_counts"] = " ".join(f"{k}={len(v)}" for k, v in data.splits.items())  # mlflow.log_input's
+    tags["harness.split_counts"] = " ".join(f"{k}={len(v)}" for k, v in data.splits.items())  # mlflow.log_input's
     if (key := pretrained_key(spec)) is not None:  # backbone.pretrained: the cached weights' key
         tags["harness.backbone_pretrained"] = key
     from harness.run.transfer import transfer_tags
