@@ -2,19 +2,33 @@
 
 The checkpoint folder is :func:`harness.run.reporting.checkpoint_dir` of the resolved run; with ``resume`` the
 interrupted run of the same file and overrides continues from its last epoch, in the same MLflow run. SIGINT or
-SIGTERM stops it where it is (:mod:`harness.run.signals`): the run ends KILLED and its last epoch's checkpoint stays.
+SIGTERM stops it before its next training step (:mod:`harness.run.signals`; a second signal at once): the run ends
+KILLED and its last epoch's checkpoint stays.
 """
 
 from __future__ import annotations
 
 import sys
 
+from harness.api import TrainHook
 from harness.config import ConfigError, RunSpec
 from harness.run.progress import ConsoleProgress, free_cores
 from harness.run.reporting import LocalCheckpoints, checkpoint_dir
-from harness.run.signals import Interrupted, interrupts
+from harness.run.signals import Interrupted, Interrupts, interrupts
 from harness.run.trial import run_trial
 from harness.tracking import MlflowReporter, redact
+
+
+class StopAtStep(TrainHook):
+    """Raises a pending first signal before the next training step: one raised while the store is being written (an
+    SQLite commit) would leave that write's lock held, and the run's KILLED status could not be written."""
+
+    def __init__(self, signals: Interrupts):
+        self.signals = signals
+
+    def on_step(self, epoch: int, step: int) -> None:
+        if self.signals.first is not None:
+            raise Interrupted(self.signals.first)
 
 
 def run_local(spec: RunSpec, tracking_uri: str | None = None, resume: bool = False) -> dict[str, float]:
@@ -45,10 +59,11 @@ def run_local(spec: RunSpec, tracking_uri: str | None = None, resume: bool = Fal
     tags["mlflow.source.name"] = "harness run " + spec.name
     with_mlflow = MlflowReporter.open(spec, tracking_uri, run_id=run_id, tags=tags, run_name=name)
     try:
-        with interrupts(), with_mlflow as mlflow_reporter:
+        with interrupts() as signals, with_mlflow as mlflow_reporter:
+            signals.graceful = lambda signum: True  # the first signal stops before the next step, not mid-write
             progress = ConsoleProgress(mlflow_reporter, spec)  # a bar per epoch, an epoch line
             reporter = LocalCheckpoints(progress, folder, {"mlflow_run_id": mlflow_reporter.run_id}, resume)
-            final = run_trial(spec, reporter, hooks=[progress])
+            final = run_trial(spec, reporter, hooks=[progress, StopAtStep(signals)])
     except Interrupted as e:
         state = LocalCheckpoints.read(folder)
         where = f"after epoch {state['epoch']} (checkpoint in {folder})" if state else "before its first checkpoint"

@@ -53,8 +53,8 @@ class Interrupts:
             self.first = signum
             if self.graceful is not None and self.graceful(signum):
                 name = signal.Signals(signum).name
-                print(f"\n{name}: stopping after the running trials are saved; send it again to stop at once",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(f"\n{name}: stopping at the next safe point (a sweep: after the running trials are saved); "
+                      "send it again to stop at once", file=sys.stderr, flush=True)  # fmt: skip
                 return
         raise Interrupted(self.first)
 

@@ -158,7 +158,7 @@ def test_sigterm_twice_stops_the_sweep_at_once(tiny_run, tmp_path):
     finally:
         driver.finish(30)
     assert code == 143, driver.text[-3000:]
-    assert "SIGTERM: stopping after the running trials are saved" in driver.text
+    assert "SIGTERM: stopping at the next safe point (a sweep: after the running trials are saved)" in driver.text
     assert seconds < 20, seconds  # Ray's shutdown, not the trial's 30 epochs
     client = MlflowClient(uri)
     (parent,), children = _runs(client, "t_sigterm")
