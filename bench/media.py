@@ -9,10 +9,11 @@ ratio) or e.g. ``medium`` (High profile with B-frames and CABAC, as YouTube-sour
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from harness.data.synth_media import write_mp4
 
 
 def scene(seconds: float, fps: int, h: int, w: int, rng) -> np.ndarray:
@@ -34,28 +35,6 @@ def scene(seconds: float, fps: int, h: int, w: int, rng) -> np.ndarray:
     return out
 
 
-def write_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int, preset: str) -> None:
-    """H.264 (yuv420p, x264 ``preset``) + mono AAC at 16 kHz."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=Fraction(fps))
-        vs.height, vs.width = frames.shape[1:3]
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": preset}
-        a = c.add_stream("aac", rate=16000)
-        a.layout = "mono"
-        for f in frames:
-            c.mux(vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        c.mux(vs.encode())
-        for at in range(0, len(wave), 1024):
-            af = av.AudioFrame.from_ndarray(wave[None, at : at + 1024], format="fltp", layout="mono")
-            af.sample_rate, af.pts = 16000, at
-            c.mux(a.encode(af))
-        c.mux(a.encode())
-
-
 def vggsound_root(root: Path, n: int, h: int = 360, w: int = 640, noisy: bool = False,
                   preset: str = "ultrafast") -> list[Path]:  # fmt: skip
     """``n`` clips under ``root`` in the VGGSound layout (``vggsound.csv``, ``stat.csv``, ``video/``), a third of
@@ -71,7 +50,7 @@ def vggsound_root(root: Path, n: int, h: int = 360, w: int = 640, noisy: bool = 
             frames = scene(10.0, 25, h, w, rng)
             wave = (0.3 * np.sin(2 * np.pi * (220 + 40 * i) * np.arange(160000) / 16000)).astype(np.float32)
         paths.append(root / f"video/clip{i:03d}_000000.mp4")
-        write_mp4(paths[-1], frames, wave, 25, preset)
+        write_mp4(paths[-1], frames, wave, 25, preset=preset)
     (root / "stat.csv").write_text("".join(f"c{k:03d},1,x\n" for k in range(309)))
     (root / "vggsound.csv").write_text("".join(f"clip{i:03d},0,c{i % 5:03d},{'train' if i % 3 else 'test'}\n"
                                                for i in range(n)))  # fmt: skip

@@ -33,7 +33,7 @@ import torch
 from harness.data.annotations import ClipRecord
 from harness.data.decode import TIE, CorruptMediaError, decode, decoder_name
 from harness.data.frontend import FrontEndConfig, audio_features
-from harness.data.prepare import PrepareError, clip_info, grid, other_suffix
+from harness.data.prepare import PrepareError, clip_info, grid, listed_files
 from harness.data.shards import settings_hash
 
 MARGIN = 0.1  # seconds of header duration past the last grid frame that count as "not short" without decoding
@@ -87,15 +87,10 @@ def media_manifest(records: list[ClipRecord], root: Path, index_file: Path, sett
         PrepareError: ``strict`` and a file is corrupt.
     """
     table = json.loads(index_file.read_text()) if index_file.exists() else {}
-    missing, hints, todo, stats = [], {}, [], {}
-    for r in records:
-        path = root / r.file
-        if not path.is_file():
-            missing.append(r.id)
-            if (other := other_suffix(path)) is not None:
-                hints[r.id] = f"{r.file} is absent but {other.relative_to(root).as_posix()} exists"
-            continue
-        st = path.stat()
+    found, missing, hints = listed_files(records, root)
+    todo, stats = [], {}
+    for r in found:
+        st = (root / r.file).stat()
         stats[r.id] = [st.st_size, st.st_mtime_ns]
         hit = table.get(_index_key(r))
         if not (hit and hit[:2] == stats[r.id]):

@@ -226,6 +226,21 @@ def other_suffix(path: Path) -> Path | None:
     return None
 
 
+def listed_files(records: list[ClipRecord], root: Path) -> tuple[list[ClipRecord], list[str], dict[str, str]]:
+    """(the records whose file exists, the ids of the missing ones, a hint per missing id whose file exists with
+    another media suffix): what ``harness prepare`` and ``cache: none`` both count as missing."""
+    found, missing, hints = [], [], {}
+    for r in records:
+        path = root / r.file
+        if path.is_file():
+            found.append(r)
+            continue
+        missing.append(r.id)
+        if (other := other_suffix(path)) is not None:
+            hints[r.id] = f"{r.file} is absent but {other.relative_to(root).as_posix()} exists"
+    return found, missing, hints
+
+
 def estimate(records: list[ClipRecord], root: Path, settings: dict, sample: int = 4) -> dict:
     """Bytes per clip of the cache, measured by decoding up to ``sample`` of the listed files that exist.
 
@@ -274,15 +289,10 @@ def prepare(records: list[ClipRecord], root: Path, folder: Path, settings: dict,
     old = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
     known_corrupt = old.get("corrupt_checksums", {})
     sums = _Checksums(folder)
-    missing, todo, index, corrupt, errors, hints, info = [], [], {}, {}, {}, {}, {}
-    for r in records:
-        path = root / r.file
-        if not path.is_file():
-            missing.append(r.id)
-            if (other := other_suffix(path)) is not None:
-                hints[r.id] = f"{r.file} is absent but {other.relative_to(root).as_posix()} exists"
-            continue
-        ck = sums.get(r.file, path)
+    found, missing, hints = listed_files(records, root)
+    todo, index, corrupt, errors, info = [], {}, {}, {}, {}
+    for r in found:
+        ck = sums.get(r.file, root / r.file)
         if r.id in have and have[r.id][2] == ck:
             index[r.id], info[r.id] = have[r.id][:3], have[r.id][3]
         elif known_corrupt.get(r.id, [None])[0] == ck and not strict:

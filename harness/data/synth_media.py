@@ -64,8 +64,9 @@ def render(events: list[tuple[int, float, float]], seconds: float, rng: np.rando
     return (img * 255).round().astype(np.uint8), wave.astype(np.float32)
 
 
-def write_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int = 8, sample_rate: int = 16000) -> None:
-    """An MP4 with one H.264 video stream (yuv420p) and one mono AAC audio stream."""
+def write_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int = 8, sample_rate: int = 16000,
+              preset: str = "ultrafast") -> None:  # fmt: skip
+    """An MP4 with one H.264 video stream (yuv420p, x264 ``preset``) and one mono AAC audio stream."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,7 @@ def write_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int = 8, sa
         vs = c.add_stream("libx264", rate=Fraction(fps))
         vs.height, vs.width = frames.shape[1:3]
         vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "ultrafast"}
+        vs.options = {"preset": preset}
         a = c.add_stream("aac", rate=sample_rate)
         a.layout = "mono"
         for f in frames:

@@ -241,15 +241,11 @@ class DeepSpeedEngine(TorchEngine):
                     engine.backward(part)
                     engine.step()
                     loss += part.detach().float() / t.grad_accum
-                if pending is not None:  # the previous step's loss, read while this one runs (one step late)
-                    self._check_finite(*pending)
-                    clock.done()
+                self._settle(pending, clock)  # the previous step's loss, read one step late
                 pending = (loss, epoch, i)
                 total += loss
                 n += 1
-            if pending is not None:
-                self._check_finite(*pending)
-                clock.done()
+            self._settle(pending, clock)
             dist.all_reduce(total)  # sum over ranks of each rank's mean loss per step
             seen += n * t.batch_size
             train_time += time.perf_counter() - tick

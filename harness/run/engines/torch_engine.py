@@ -203,15 +203,11 @@ class TorchEngine(Engine):
                     hook.on_step(epoch, i)
                 batch = augment(self._to_device(batch, train), task, t, key=(self.spec.seed, epoch, i))
                 loss = self.train_step(method, task, batch, opt, sched, scaler, params)
-                if pending is not None:  # the previous step's loss: read while this one runs on the device
-                    self._check_finite(*pending)
-                    clock.done()
+                self._settle(pending, clock)  # the previous step's loss, read one step late
                 pending = (loss, epoch, i)
                 total += loss
                 n += 1
-            if pending is not None:
-                self._check_finite(*pending)
-                clock.done()
+            self._settle(pending, clock)
             seen += n * t.batch_size
             train_time += time.perf_counter() - tick
             val = self.evaluate(method, task, data.splits["val"])
@@ -248,6 +244,13 @@ class TorchEngine(Engine):
         scaler.update()
         sched.step()
         return loss
+
+    def _settle(self, pending: tuple[torch.Tensor, int, int] | None, clock: StepClock) -> None:
+        """The step before this one is done: check its (loss, epoch, step), read while the next one runs on the
+        device (no sync on the step just queued), and time it; nothing before the first step."""
+        if pending is not None:
+            self._check_finite(*pending)
+            clock.done()
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Raise :class:`NonFiniteLossError` if the step's loss is NaN or infinite (reads it back: a sync)."""
